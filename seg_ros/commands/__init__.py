@@ -1,0 +1,1 @@
+"""Sub-commands of the `seg_ros` CLI (see seg_ros/cli.py)."""

@@ -1,0 +1,189 @@
+"""The ROS-free core every entry point shares (node, evaluate, benchmark, segment).
+
+image (numpy RGB, any size) -> resize + normalise -> backend -> label /
+confidence / probabilities at network size -> optional dense CRF -> resize
+back to the image's size.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+
+import cv2
+import numpy as np
+
+LOG = logging.getLogger(__name__)
+
+COMPACT_OUTPUTS = ("label", "confidence")
+FULL_OUTPUTS = ("probabilities",)
+
+
+@dataclass(frozen=True)
+class CrfSettings:
+    """Dense-CRF parameters (meanings as in Krähenbühl & Koltun / pydensecrf)."""
+
+    enabled: bool = False
+    iterations: int = 5
+    gaussian_sxy: float = 3.0
+    gaussian_weight: float = 3.0
+    bilateral_sxy: float = 80.0
+    bilateral_srgb: float = 13.0
+    bilateral_weight: float = 10.0
+
+    def kwargs(self) -> dict:
+        return {
+            "iterations": self.iterations,
+            "gaussian_sxy": self.gaussian_sxy,
+            "gaussian_weight": self.gaussian_weight,
+            "bilateral_sxy": self.bilateral_sxy,
+            "bilateral_srgb": self.bilateral_srgb,
+            "bilateral_weight": self.bilateral_weight,
+        }
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything needed to build a pipeline; the node's parameters and the CLI flags map onto it."""
+
+    model: str = ""  # segnet | deeplab | refinenet; "" = the best bundled model
+    weights: str = ""  # "" = the family's bundled weights (random init with a warning if none)
+    num_classes: int = 0  # 0 = from the weights, else from the class table
+    class_table: str = ""  # "" = from the weights' metadata, else camvid
+    model_options: dict = field(default_factory=dict)  # backbone, version, light_weight, output_stride
+    backend: str = "auto"  # auto | tensorrt | onnxruntime | torch
+    precision: str = "fp32"  # fp32 | fp16 | int8
+    input_height: int = 0  # network input size; 0 = the size the model was trained at
+    input_width: int = 0
+    threads: int = 0  # CPU threads for the backend; 0 = library default
+    backend_options: dict = field(default_factory=dict)  # tensorrt.* etc., passed to the backend
+    crf: CrfSettings = field(default_factory=CrfSettings)
+
+
+@dataclass
+class SegmentationResult:
+    label: np.ndarray  # H×W uint8 (uint16 above 254 classes), input image size
+    confidence: np.ndarray  # H×W float32 in [0, 1]: the winning class's probability
+    probabilities: np.ndarray | None  # H×W×C float32, only when asked for
+    timings_ms: dict[str, float]  # preprocess, inference, crf, postprocess
+
+
+class SegmentationPipeline:
+    """One backend plus the pre/post-processing around it. Not thread-safe: one caller at a time."""
+
+    def __init__(self, backend, *, num_classes: int, input_size: tuple[int, int],
+                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                 crf: CrfSettings | None = None):
+        self.backend = backend
+        self.num_classes = int(num_classes)
+        self.input_height, self.input_width = (int(v) for v in input_size)
+        # Normalisation folded into one multiply-add on 0..255 pixels.
+        std_arr = np.asarray(std, np.float32) * 255.0
+        self._scale = (1.0 / std_arr).reshape(1, 1, 3)
+        self._offset = (-np.asarray(mean, np.float32) * 255.0 / std_arr).reshape(1, 1, 3)
+        self.crf = crf or CrfSettings()
+        self.label_dtype = np.uint8 if self.num_classes <= 254 else np.uint16
+
+    def set_crf(self, crf: CrfSettings) -> None:
+        """Swap CRF settings; applies from the next frame."""
+        self.crf = crf
+
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """RGB (or mono) uint8 H×W[×3] -> (network-size RGB uint8, 1×3×h×w float32 batch)."""
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 image, got shape {image.shape} dtype {image.dtype}")
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            raise ValueError("empty image")
+        size = (self.input_width, self.input_height)
+        small = image if image.shape[1::-1] == size else cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        batch = small.astype(np.float32) * self._scale + self._offset
+        return small, np.ascontiguousarray(batch.transpose(2, 0, 1)[None])
+
+    def process(self, image: np.ndarray, want_probabilities: bool = False) -> SegmentationResult:
+        crf = self.crf
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        small, batch = self.preprocess(image)
+        t1 = time.perf_counter()
+        timings["preprocess"] = (t1 - t0) * 1e3
+
+        need_full = want_probabilities or crf.enabled
+        out = self.backend.infer(batch, FULL_OUTPUTS if need_full else COMPACT_OUTPUTS)
+        t2 = time.perf_counter()
+        timings["inference"] = (t2 - t1) * 1e3
+
+        probabilities = None
+        if need_full:
+            probabilities = out["probabilities"][0]
+            if crf.enabled:
+                from seg_ros.crf import dense_crf
+
+                probabilities = dense_crf(small, probabilities, **crf.kwargs())
+                timings["crf"] = (time.perf_counter() - t2) * 1e3
+            label = probabilities.argmax(axis=0)
+            confidence = probabilities.max(axis=0)
+        else:
+            label = out["label"][0]
+            confidence = out["confidence"][0]
+        t3 = time.perf_counter()
+
+        height, width = image.shape[:2]
+        label = label.astype(self.label_dtype, copy=False)
+        confidence = confidence.astype(np.float32, copy=False)
+        if (height, width) != label.shape:
+            label = cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
+            confidence = cv2.resize(confidence, (width, height), interpolation=cv2.INTER_LINEAR)
+            np.clip(confidence, 0.0, 1.0, out=confidence)
+        if want_probabilities:
+            hwc = np.ascontiguousarray(probabilities.transpose(1, 2, 0), dtype=np.float32)
+            if hwc.shape[:2] != (height, width):
+                hwc = cv2.resize(hwc, (width, height), interpolation=cv2.INTER_LINEAR)
+                if hwc.ndim == 2:  # OpenCV drops a single channel axis
+                    hwc = hwc[..., None]
+            probabilities = hwc
+        else:
+            probabilities = None
+        timings["postprocess"] = (time.perf_counter() - t3) * 1e3
+        return SegmentationResult(label, confidence, probabilities, timings)
+
+
+@dataclass
+class BuiltPipeline:
+    pipeline: SegmentationPipeline
+    spec: object  # seg_ros.models.ModelSpec of the loaded model
+    class_table: object  # seg_ros.classes.ClassTable
+    backend_name: str
+
+
+def build_pipeline(config: PipelineConfig) -> BuiltPipeline:
+    """Load the model, start the backend and wrap both; raises ValueError/FileNotFoundError/RuntimeError."""
+    from seg_ros.backends import create_backend
+    from seg_ros.classes import generic_table, load_class_table
+    from seg_ros.models import load_model
+
+    loaded = load_model(config.model, weights=config.weights, num_classes=config.num_classes,
+                        class_table=config.class_table, **config.model_options)
+    spec = loaded.spec
+    table_name = config.class_table or spec.class_table
+    table = load_class_table(table_name) if table_name else generic_table(spec.num_classes)
+    if table.num_classes != spec.num_classes:
+        if config.class_table:
+            raise ValueError(
+                f"class table {table.name!r} has {table.num_classes} classes but the model predicts {spec.num_classes}"
+            )
+        table = generic_table(spec.num_classes)
+    height = config.input_height or spec.input_height
+    width = config.input_width or spec.input_width
+    backend = create_backend(config.backend, loaded, height=height, width=width,
+                             precision=config.precision, threads=config.threads,
+                             options=dict(config.backend_options))
+    LOG.info("model %s (%s) on %s at %dx%d", spec.family, spec.name, backend.name, width, height)
+    pipeline = SegmentationPipeline(backend, num_classes=spec.num_classes, input_size=(height, width),
+                                    mean=spec.mean, std=spec.std, crf=config.crf)
+    return BuiltPipeline(pipeline, spec, table, backend.name)
+
+
+def with_crf(config: PipelineConfig, **changes) -> PipelineConfig:
+    return replace(config, crf=replace(config.crf, **changes))
