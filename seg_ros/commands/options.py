@@ -1,0 +1,111 @@
+"""Command-line flags shared by segment, benchmark, evaluate and build-engine.
+
+One place maps flags onto ``PipelineConfig`` so every command builds its
+pipeline the same way the node does from its parameters.
+"""
+from __future__ import annotations
+
+import argparse
+
+FAMILIES = ("segnet", "deeplab", "refinenet")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+# Flag destination -> key in PipelineConfig.model_options (only passed when given).
+_MODEL_OPTIONS = {
+    "backbone": "backbone",
+    "version": "version",
+    "output_stride": "output_stride",
+    "light_weight": "light_weight",
+}
+# Flag destination -> key in PipelineConfig.backend_options (TensorRT only, passed when given).
+_TENSORRT_OPTIONS = (
+    "engine_cache",
+    "workspace_mb",
+    "dla_core",
+    "calibration_images",
+    "calibration_bag",
+    "calibration_topic",
+)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the model / backend / CRF / TensorRT flags to ``parser``."""
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", choices=FAMILIES, default="",
+                       help="network family (default: the best bundled model on CamVid)")
+    model.add_argument("--backbone", default=None,
+                       help="segnet: vgg16_bn|basic; deeplab: resnet50|resnet101|mobilenet_v3_large; "
+                            "refinenet: resnet101|resnet50|mobilenet_v2 (default: the bundled variant)")
+    model.add_argument("--version", choices=("v3", "v3plus"), default=None, help="deeplab version")
+    model.add_argument("--output-stride", type=int, choices=(8, 16), default=None, help="deeplab output stride")
+    model.add_argument("--light-weight", action="store_true", default=None,
+                       help="refinenet: Light-Weight RefineNet")
+    model.add_argument("--weights", default="",
+                       help="safetensors checkpoint (default: the family's bundled weights)")
+    model.add_argument("--num-classes", type=_non_negative_int, default=0,
+                       help="number of classes (default: from the weights or the class table)")
+    model.add_argument("--class-table", default="",
+                       help="class table name (camvid, cityscapes, voc) or YAML file (default: from the weights)")
+
+    backend = parser.add_argument_group("backend")
+    backend.add_argument("--backend", choices=BACKENDS, default="auto",
+                         help="inference backend; auto picks TensorRT, then ONNX Runtime, then PyTorch")
+    backend.add_argument("--precision", choices=PRECISIONS, default="fp32", help="inference precision")
+    backend.add_argument("--height", type=_non_negative_int, default=0,
+                         help="network input height (default: the size the model was trained at)")
+    backend.add_argument("--width", type=_non_negative_int, default=0,
+                         help="network input width (default: the size the model was trained at)")
+    backend.add_argument("--threads", type=_non_negative_int, default=0,
+                         help="CPU threads for the backend (0: library default)")
+
+    crf = parser.add_argument_group("dense CRF")
+    crf.add_argument("--crf", action="store_true", help="refine with a dense CRF (slow on CPU)")
+    crf.add_argument("--crf-iterations", type=_positive_int, default=5, help="mean-field iterations")
+
+    trt = parser.add_argument_group("TensorRT")
+    trt.add_argument("--engine-cache", default=None,
+                     help="folder for built engines (default: ~/.cache/seg_ros or $SEG_ROS_CACHE)")
+    trt.add_argument("--workspace-mb", type=_positive_int, default=None, help="builder workspace limit in MiB")
+    trt.add_argument("--dla-core", type=int, default=None, help="Jetson DLA core to run on (-1: GPU)")
+    trt.add_argument("--calibration-images", default=None, help="folder of images for INT8 calibration")
+    trt.add_argument("--calibration-bag", default=None, help="rosbag2 with images for INT8 calibration")
+    trt.add_argument("--calibration-topic", default=None, help="image topic in --calibration-bag")
+
+
+def pipeline_config_from_args(args: argparse.Namespace):
+    """Map the flags added by ``add_pipeline_arguments`` onto a ``PipelineConfig``."""
+    from seg_ros.pipeline import CrfSettings, PipelineConfig
+
+    model_options = {key: getattr(args, dest) for dest, key in _MODEL_OPTIONS.items()
+                     if getattr(args, dest, None) is not None}
+    backend_options = {key: getattr(args, key) for key in _TENSORRT_OPTIONS
+                       if getattr(args, key, None) is not None}
+    return PipelineConfig(
+        model=args.model,
+        weights=args.weights,
+        num_classes=args.num_classes,
+        class_table=args.class_table,
+        model_options=model_options,
+        backend=args.backend,
+        precision=args.precision,
+        input_height=args.height,
+        input_width=args.width,
+        threads=args.threads,
+        backend_options=backend_options,
+        crf=CrfSettings(enabled=bool(args.crf), iterations=args.crf_iterations),
+    )
