@@ -1,0 +1,274 @@
+"""The segmentation node's parameters, without ROS: names, defaults, ranges, validation.
+
+One table serves the node (which declares every entry with a descriptor and
+checks run-time changes against it), the launch file (which builds the node's
+parameter list with ``launch_parameters``) and the tests (which read the same
+YAML files the node gets through ``--params-file``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from seg_ros.pipeline import CrfSettings, PipelineConfig
+
+NODE_NAME = "segmentation_node"
+FAMILIES = ("segnet", "deeplab", "refinenet")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+PRECISIONS = ("fp32", "fp16", "int8")
+TRANSPORTS = ("raw", "compressed")
+RELIABILITIES = ("best_effort", "reliable")
+OUTPUTS = ("label", "confidence", "color", "overlay", "probabilities")
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One node parameter: its type comes from the default's Python type."""
+
+    name: str
+    default: bool | int | float | str
+    description: str
+    choices: tuple[str, ...] = ()  # allowed strings; empty = any
+    minimum: float | None = None  # inclusive range for int/float
+    maximum: float | None = None
+    step: int = 0  # integer range step (0 or 1 = any integer); floats are continuous
+    runtime: bool = False  # may change while the node runs (else: needs a restart)
+
+    def check(self, value) -> str | None:
+        """The reason ``value`` is unacceptable, or None when it is fine."""
+        kind = type(self.default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind:
+            return f"{self.name} must be a {kind.__name__}, got {value!r} ({type(value).__name__})"
+        if kind is float and not math.isfinite(value):
+            return f"{self.name} must be a finite number, got {value!r}"
+        if self.choices and value not in self.choices:
+            return f"{self.name} must be one of {', '.join(repr(c) for c in self.choices)}, got {value!r}"
+        if self.minimum is not None and value < self.minimum or self.maximum is not None and value > self.maximum:
+            return f"{self.name} must be in [{self.minimum:g}, {self.maximum:g}], got {value!r}"
+        if kind is int and self.step > 1 and (value - int(self.minimum or 0)) % self.step:
+            return f"{self.name} must be a multiple of {self.step} from {self.minimum:g}, got {value!r}"
+        return None
+
+
+_RESTART = " Fixed at start-up: restart the node to change it."
+PARAMETERS: tuple[ParameterSpec, ...] = (
+    # Model: loading weights and starting a backend is slow, so these need a restart.
+    ParameterSpec("model", "", "Network family: segnet, deeplab or refinenet; empty = the best bundled model."
+                  + _RESTART, choices=("",) + FAMILIES),
+    ParameterSpec("backbone", "", "Backbone (segnet: vgg16_bn|basic; deeplab: resnet50|resnet101|"
+                  "mobilenet_v3_large; refinenet: resnet101|resnet50|mobilenet_v2); empty = the bundled variant."
+                  + _RESTART),
+    ParameterSpec("version", "", "DeepLab version: v3 or v3plus; empty = the bundled variant." + _RESTART,
+                  choices=("", "v3", "v3plus")),
+    ParameterSpec("output_stride", 0, "DeepLab output stride 8 or 16; 0 = the bundled variant." + _RESTART,
+                  minimum=0, maximum=16, step=8),
+    ParameterSpec("light_weight", False, "RefineNet: use Light-Weight RefineNet." + _RESTART),
+    ParameterSpec("weights", "", "Safetensors checkpoint; empty = the family's bundled weights." + _RESTART),
+    ParameterSpec("num_classes", 0, "Number of classes; 0 = from the weights or the class table." + _RESTART,
+                  minimum=0, maximum=65535, step=1),
+    ParameterSpec("class_table", "", "Class table: camvid, cityscapes, voc or a YAML file; empty = from the "
+                  "weights." + _RESTART),
+    ParameterSpec("backend", "auto", "Inference backend; auto tries TensorRT, ONNX Runtime, then PyTorch."
+                  + _RESTART, choices=BACKENDS),
+    ParameterSpec("precision", "fp32", "Inference precision (fp16/int8 need TensorRT or a GPU)." + _RESTART,
+                  choices=PRECISIONS),
+    ParameterSpec("input_height", 0, "Network input height in pixels; 0 = the size the model was trained at."
+                  + _RESTART, minimum=0, maximum=4096, step=1),
+    ParameterSpec("input_width", 0, "Network input width in pixels; 0 = the size the model was trained at."
+                  + _RESTART, minimum=0, maximum=4096, step=1),
+    ParameterSpec("threads", 0, "CPU threads for the backend; 0 = the library default." + _RESTART,
+                  minimum=0, maximum=256, step=1),
+    ParameterSpec("tensorrt.engine_cache", "", "Folder for built TensorRT engines; empty = ~/.cache/seg_ros."
+                  + _RESTART),
+    ParameterSpec("tensorrt.workspace_mb", 0, "TensorRT builder workspace limit in MiB; 0 = TensorRT's default."
+                  + _RESTART, minimum=0, maximum=262144, step=1),
+    ParameterSpec("tensorrt.dla_core", -1, "Jetson DLA core to run on; -1 = the GPU." + _RESTART,
+                  minimum=-1, maximum=7, step=1),
+    ParameterSpec("tensorrt.calibration_images", "", "Folder of images for INT8 calibration." + _RESTART),
+    ParameterSpec("tensorrt.calibration_bag", "", "rosbag2 with images for INT8 calibration." + _RESTART),
+    ParameterSpec("tensorrt.calibration_topic", "", "Image topic in tensorrt.calibration_bag." + _RESTART),
+    # Topics and QoS: fixed once the subscription and publishers exist.
+    ParameterSpec("image_transport", "raw", "raw: subscribe to image (sensor_msgs/Image); compressed: to "
+                  "image/compressed (sensor_msgs/CompressedImage)." + _RESTART, choices=TRANSPORTS),
+    ParameterSpec("qos.reliability", "best_effort", "Reliability of the image subscription (depth 1: the newest "
+                  "frame wins)." + _RESTART, choices=RELIABILITIES),
+    ParameterSpec("qos.depth", 1, "History depth of the (reliable) output publishers." + _RESTART,
+                  minimum=1, maximum=100, step=1),
+    # Cheap: read for every frame.
+    ParameterSpec("overlay_alpha", 0.5, "Weight of the colour mask in ~/overlay: 0 = camera image, 1 = mask.",
+                  minimum=0.0, maximum=1.0, runtime=True),
+    *(ParameterSpec(f"publish.{name}", name != "probabilities",
+                    f"Publish ~/{name} (only computed while someone subscribes).", runtime=True)
+      for name in OUTPUTS),
+    ParameterSpec("crf.enabled", False, "Refine with a dense CRF (slow on a CPU).", runtime=True),
+    ParameterSpec("crf.iterations", 5, "Mean-field iterations of the dense CRF.", minimum=1, maximum=50,
+                  step=1, runtime=True),
+    ParameterSpec("crf.gaussian_sxy", 3.0, "Spatial standard deviation of the smoothness kernel (pixels).",
+                  minimum=0.1, maximum=100.0, runtime=True),
+    ParameterSpec("crf.gaussian_weight", 3.0, "Weight of the smoothness kernel.", minimum=0.0, maximum=100.0,
+                  runtime=True),
+    ParameterSpec("crf.bilateral_sxy", 80.0, "Spatial standard deviation of the appearance kernel (pixels).",
+                  minimum=0.1, maximum=1000.0, runtime=True),
+    ParameterSpec("crf.bilateral_srgb", 13.0, "Colour standard deviation of the appearance kernel.",
+                  minimum=0.1, maximum=255.0, runtime=True),
+    ParameterSpec("crf.bilateral_weight", 10.0, "Weight of the appearance kernel.", minimum=0.0, maximum=100.0,
+                  runtime=True),
+)
+SPECS: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
+# Published by the node from the class table, never set by users.
+READ_ONLY_CLASS_PARAMETERS = ("classes.names", "classes.colors")
+
+
+def defaults() -> dict:
+    return {spec.name: spec.default for spec in PARAMETERS}
+
+
+def check_change(name: str, value) -> str | None:
+    """Why a run-time change of ``name`` to ``value`` is refused, or None if it is allowed."""
+    if name in READ_ONLY_CLASS_PARAMETERS:
+        return f"{name} is read-only: it comes from the class table"
+    spec = SPECS.get(name)
+    if spec is None:
+        return f"unknown parameter {name!r}"
+    if not spec.runtime:
+        return f"{name} cannot change at run time (it rebuilds the model, backend or topics): restart the node"
+    return spec.check(value)
+
+
+def validate(values: dict) -> dict:
+    """Defaults updated with ``values``; raises ValueError listing every bad or unknown entry."""
+    problems = [f"unknown parameter {name!r}" for name in values
+                if name not in SPECS and name not in READ_ONLY_CLASS_PARAMETERS]
+    problems += [reason for name, value in values.items()
+                 if name in SPECS and (reason := SPECS[name].check(value))]
+    if problems:
+        raise ValueError("invalid segmentation_node parameters: " + "; ".join(problems))
+    merged = defaults()
+    merged.update({name: value for name, value in values.items() if name in SPECS})
+    return merged
+
+
+def crf_settings(values: dict) -> CrfSettings:
+    return CrfSettings(
+        enabled=bool(values["crf.enabled"]),
+        iterations=int(values["crf.iterations"]),
+        gaussian_sxy=float(values["crf.gaussian_sxy"]),
+        gaussian_weight=float(values["crf.gaussian_weight"]),
+        bilateral_sxy=float(values["crf.bilateral_sxy"]),
+        bilateral_srgb=float(values["crf.bilateral_srgb"]),
+        bilateral_weight=float(values["crf.bilateral_weight"]),
+    )
+
+
+def pipeline_config(values: dict) -> PipelineConfig:
+    """Map (validated) parameter values onto the pipeline's config; unset variants stay unset."""
+    model_options = {}
+    if values["backbone"]:
+        model_options["backbone"] = values["backbone"]
+    if values["version"]:
+        model_options["version"] = values["version"]
+    if values["output_stride"]:
+        model_options["output_stride"] = values["output_stride"]
+    if values["light_weight"]:
+        model_options["light_weight"] = True
+    backend_options = {key: values[f"tensorrt.{key}"] for key in
+                       ("engine_cache", "calibration_images", "calibration_bag", "calibration_topic")
+                       if values[f"tensorrt.{key}"]}
+    if values["tensorrt.workspace_mb"] > 0:
+        backend_options["workspace_mb"] = values["tensorrt.workspace_mb"]
+    if values["tensorrt.dla_core"] >= 0:
+        backend_options["dla_core"] = values["tensorrt.dla_core"]
+    return PipelineConfig(
+        model=values["model"],
+        weights=values["weights"],
+        num_classes=values["num_classes"],
+        class_table=values["class_table"],
+        model_options=model_options,
+        backend=values["backend"],
+        precision=values["precision"],
+        input_height=values["input_height"],
+        input_width=values["input_width"],
+        threads=values["threads"],
+        backend_options=backend_options,
+        crf=crf_settings(values),
+    )
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{'crf': {'enabled': True}} -> {'crf.enabled': True} (ROS parameter YAML nesting)."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def read_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict:
+    """The flat parameter values a ROS 2 params file gives ``node_name`` (``/**`` entries included)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"parameter file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected '<node name>: {{ros__parameters: {{...}}}}' at the top level")
+    values = {}
+    for key, section in data.items():
+        if key.lstrip("/").split("/")[-1] not in ("**", node_name):
+            continue
+        if not isinstance(section, dict) or not isinstance(section.get("ros__parameters"), dict):
+            raise ValueError(f"{path}: section {key!r} needs a 'ros__parameters' mapping")
+        values.update(flatten(section["ros__parameters"]))
+    return values
+
+
+def default_params_file() -> Path:
+    from seg_ros.paths import config_dir
+
+    return config_dir() / "segmentation.yaml"
+
+
+def _launch_bool(name: str, text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"launch argument {name} must be true or false, got {text!r}")
+
+
+def launch_parameters(*, model: str = "", backend: str = "", precision: str = "", use_crf: str = "",
+                      params_file: str = "") -> list:
+    """The node's ``parameters=`` list for launch_ros: the params file, then the launch arguments.
+
+    Empty arguments keep the file's values. Everything is validated here so a bad
+    ``ros2 launch ... model:=foo`` fails with the reason before any process starts.
+    """
+    path = Path(params_file) if params_file else default_params_file()
+    file_values = read_params_file(path)
+    overrides = {}
+    if model:
+        overrides["model"] = model
+    if backend:
+        overrides["backend"] = backend
+    if precision:
+        overrides["precision"] = precision
+    if use_crf:
+        overrides["crf.enabled"] = _launch_bool("use_crf", use_crf)
+    validate({**file_values, **overrides})
+    return [str(path), overrides] if overrides else [str(path)]
+
+
+def rviz_remappings(namespace: str = "", node_name: str = NODE_NAME) -> list[tuple[str, str]]:
+    """Point the RViz config's displays (written for /segmentation_node/*) at the node in ``namespace``."""
+    namespace = namespace.strip("/")
+    if not namespace:
+        return []
+    return [(f"/{node_name}/{topic}", f"/{namespace}/{node_name}/{topic}") for topic in ("overlay", "color")]
