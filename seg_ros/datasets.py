@@ -1,0 +1,280 @@
+"""Labelled image sets for training and validation: CamVid, Cityscapes and plain folders.
+
+Each reader returns a list of (image, label) file pairs; `SegmentationDataset`
+turns them into normalised tensors with the training augmentation (random
+scale, crop, flip, colour jitter) or the evaluation resize. Labels are remapped
+so that void / out-of-range pixels are `IGNORE` (255) whatever the source used.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+IGNORE = 255  # label value the loss and the metrics skip, after remapping
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset kind implies: class count, class table and its void label."""
+
+    kind: str
+    num_classes: int
+    class_table: str
+    ignore_index: int
+
+
+DATASET_KINDS = {
+    "camvid": DatasetInfo("camvid", 11, "camvid", 11),
+    "cityscapes": DatasetInfo("cityscapes", 19, "cityscapes", 255),
+    "folders": DatasetInfo("folders", 0, "", 255),
+}
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def camvid_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
+    """CamVid, SegNet layout: <root>/<split>/*.png with labels in <root>/<split>annot/ (same names)."""
+    root = Path(root)
+    images_dir, labels_dir = root / split, root / f"{split}annot"
+    for folder in (images_dir, labels_dir):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"CamVid folder {folder} is missing (expected {split}/ and {split}annot/ in {root})")
+    pairs = []
+    for image in _images_in(images_dir):
+        label = labels_dir / image.name
+        if not label.is_file():
+            raise FileNotFoundError(f"CamVid image {image} has no label file {label}")
+        pairs.append((image, label))
+    return pairs
+
+
+def cityscapes_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
+    """Cityscapes: leftImg8bit/<split>/<city>/*_leftImg8bit.png with gtFine/.../*_gtFine_labelTrainIds.png."""
+    root = Path(root)
+    images_dir = root / "leftImg8bit" / split
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"Cityscapes folder {images_dir} is missing")
+    pairs = []
+    for image in sorted(images_dir.glob("*/*_leftImg8bit.png")):
+        stem = image.name[: -len("_leftImg8bit.png")]
+        label = root / "gtFine" / split / image.parent.name / f"{stem}_gtFine_labelTrainIds.png"
+        if not label.is_file():
+            raise FileNotFoundError(
+                f"Cityscapes image {image} has no {label.name} (create labelTrainIds with cityscapesscripts)"
+            )
+        pairs.append((image, label))
+    return pairs
+
+
+def folder_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
+    """Plain folders: <root>/<split>/images/* and <root>/<split>/labels/<same stem>.png (class index per pixel).
+
+    Without split sub-folders, <root>/images and <root>/labels are the training split.
+    """
+    root = Path(root)
+    base = root / split
+    if not (base / "images").is_dir():
+        if split == "train" and (root / "images").is_dir():
+            base = root
+        else:
+            raise FileNotFoundError(f"no {base / 'images'} (expected <data>/<split>/images and .../labels)")
+    labels_dir = base / "labels"
+    if not labels_dir.is_dir():
+        raise FileNotFoundError(f"no label folder {labels_dir}")
+    labels = {p.stem: p for p in _images_in(labels_dir)}
+    pairs = []
+    for image in _images_in(base / "images"):
+        if image.stem not in labels:
+            raise FileNotFoundError(f"image {image} has no label in {labels_dir} (same file stem expected)")
+        pairs.append((image, labels[image.stem]))
+    return pairs
+
+
+PAIR_READERS = {"camvid": camvid_pairs, "cityscapes": cityscapes_pairs, "folders": folder_pairs}
+
+
+def dataset_pairs(kind: str, root: str | Path, split: str) -> list[tuple[Path, Path]]:
+    """The (image, label) pairs of one split; raises ValueError for an unknown kind or an empty split."""
+    if kind not in PAIR_READERS:
+        raise ValueError(f"unknown dataset kind {kind!r}: expected one of {sorted(PAIR_READERS)}")
+    pairs = PAIR_READERS[kind](root, split)
+    if not pairs:
+        raise ValueError(f"the {split} split of {kind} data in {root} holds no images")
+    return pairs
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot read image {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_label(path: Path, num_classes: int, ignore_index: int) -> np.ndarray:
+    """Single-channel class-index PNG -> uint8 H×W with void and out-of-range values set to IGNORE."""
+    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if label is None:
+        raise ValueError(f"cannot read label {path}")
+    if label.ndim != 2:
+        raise ValueError(f"label {path} must be a single-channel class-index image, got shape {label.shape}")
+    out = label.astype(np.int64)
+    out[(out == ignore_index) | (out >= num_classes) | (out < 0)] = IGNORE
+    return out.astype(np.uint8)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'360x480' -> (360, 480): height x width, as everywhere in seg_ros."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size {text!r} must be HEIGHTxWIDTH, e.g. 360x480") from None
+    if height <= 0 or width <= 0:
+        raise ValueError(f"size {text!r} must be positive")
+    return height, width
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Training augmentation: scale relative to the network size, then a random crop, flip and jitter."""
+
+    crop: tuple[int, int]  # (height, width) of the training crop
+    scale_range: tuple[float, float] = (0.5, 1.0)
+    flip: bool = True
+    jitter: float = 0.2  # max relative change of brightness, contrast and saturation
+
+
+class SegmentationDataset(Dataset):
+    """(image, label) pairs -> (3×H×W float32 normalised, H×W int64 with IGNORE for void).
+
+    Training (augment given): the image is scaled to size × s, s uniform in
+    scale_range, then cropped (padded with IGNORE where smaller). Evaluation
+    (augment None): the image is resized to `size` and the label is kept at
+    its own resolution, so metrics are measured against the original pixels.
+    Decoded images are kept in memory when `cache` is set (CamVid: ~250 MB).
+    """
+
+    def __init__(self, pairs, *, num_classes: int, ignore_index: int, size: tuple[int, int],
+                 augment: Augmentation | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD, cache: bool = True,
+                 seed: int = 0):
+        self.pairs = list(pairs)
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        self.size = tuple(size)
+        self.augment = augment
+        self.mean = np.asarray(mean, np.float32) * 255.0
+        self.std = np.asarray(std, np.float32) * 255.0
+        self.cache = cache
+        self._cached: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.seed = seed
+        self.epoch = 0  # set by the trainer so augmentation differs per epoch yet is reproducible
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded RGB image and remapped label of one pair (from the cache when enabled)."""
+        if index in self._cached:
+            return self._cached[index]
+        image_path, label_path = self.pairs[index]
+        image = read_rgb(image_path)
+        label = read_label(label_path, self.num_classes, self.ignore_index)
+        if image.shape[:2] != label.shape:
+            raise ValueError(f"{image_path} is {image.shape[:2]} but its label {label_path} is {label.shape}")
+        if self.cache:
+            self._cached[index] = (image, label)
+        return image, label
+
+    def preload(self) -> None:
+        """Decode every pair now (with a progress bar), so DataLoader workers share the cache."""
+        from tqdm import tqdm
+
+        for index in tqdm(range(len(self)), desc="loading images", unit="img", leave=False):
+            self.load(index)
+
+    def _normalise(self, image: np.ndarray) -> torch.Tensor:
+        array = (image.astype(np.float32) - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+    def __getitem__(self, index: int):
+        image, label = self.load(index)
+        if self.augment is None:
+            height, width = self.size
+            if image.shape[:2] != (height, width):
+                image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+            return self._normalise(image), torch.from_numpy(label.astype(np.int64))
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        image, label = augment_pair(image, label, self.size, self.augment, rng)
+        return self._normalise(image), torch.from_numpy(label.astype(np.int64))
+
+
+def augment_pair(image: np.ndarray, label: np.ndarray, size: tuple[int, int], aug: Augmentation,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random scale (relative to the network size), crop, horizontal flip and colour jitter."""
+    scale = rng.uniform(*aug.scale_range)
+    height, width = max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+    image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    label = cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
+    crop_h, crop_w = aug.crop
+    pad_h, pad_w = max(0, crop_h - height), max(0, crop_w - width)
+    if pad_h or pad_w:
+        image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        label = cv2.copyMakeBorder(label, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=IGNORE)
+    top = int(rng.integers(0, image.shape[0] - crop_h + 1))
+    left = int(rng.integers(0, image.shape[1] - crop_w + 1))
+    image = image[top:top + crop_h, left:left + crop_w]
+    label = label[top:top + crop_h, left:left + crop_w]
+    if aug.flip and rng.random() < 0.5:
+        image, label = image[:, ::-1], label[:, ::-1]
+    if aug.jitter > 0:
+        image = colour_jitter(image, aug.jitter, rng)
+    return np.ascontiguousarray(image), np.ascontiguousarray(label)
+
+
+def colour_jitter(image: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+    """Random brightness, contrast and saturation, each scaled by a factor in [1-amount, 1+amount]."""
+    out = image.astype(np.float32)
+    out *= rng.uniform(1 - amount, 1 + amount)  # brightness
+    mean = out.mean()
+    out = (out - mean) * rng.uniform(1 - amount, 1 + amount) + mean  # contrast
+    grey = out @ np.array([0.299, 0.587, 0.114], np.float32)
+    out = (out - grey[..., None]) * rng.uniform(1 - amount, 1 + amount) + grey[..., None]  # saturation
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def class_pixel_counts(dataset: SegmentationDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Per class: labelled pixels, and total pixels of the images where the class appears."""
+    counts = np.zeros(dataset.num_classes, np.int64)
+    image_pixels = np.zeros(dataset.num_classes, np.int64)
+    for index in range(len(dataset)):
+        label = dataset.load(index)[1]
+        hist = np.bincount(label.ravel(), minlength=256)[: dataset.num_classes]
+        counts += hist
+        image_pixels[hist > 0] += label.size
+    return counts, image_pixels
+
+
+def median_frequency_weights(dataset: SegmentationDataset) -> np.ndarray:
+    """Median-frequency balancing (Eigen & Fergus, used by SegNet): w_c = median(f) / f_c.
+
+    f_c is the pixel frequency of class c over the images that contain it.
+    Classes absent from the data get weight 0 (they cannot be learnt anyway).
+    """
+    counts, image_pixels = class_pixel_counts(dataset)
+    present = counts > 0
+    if not present.any():
+        raise ValueError("the training labels hold no valid class pixels (all void or out of range?)")
+    freq = np.zeros(dataset.num_classes, np.float64)
+    freq[present] = counts[present] / image_pixels[present]
+    weights = np.zeros(dataset.num_classes, np.float32)
+    weights[present] = np.median(freq[present]) / freq[present]
+    return weights
