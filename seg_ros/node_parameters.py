@@ -43,7 +43,7 @@ class ParameterSpec:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if type(value) is not kind:
-            return f"{self.name} must be a {kind.__name__}, got {value!r} ({type(value).__name__})"
+            return f"{self.name} must be of type {kind.__name__}, got {value!r} ({type(value).__name__})"
         if kind is float and not math.isfinite(value):
             return f"{self.name} must be a finite number, got {value!r}"
         if self.choices and value not in self.choices:
