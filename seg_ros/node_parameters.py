@@ -235,7 +235,7 @@ def default_params_file() -> Path:
     return config_dir() / "segmentation.yaml"
 
 
-def _launch_bool(name: str, text: str) -> bool:
+def parse_launch_bool(name: str, text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("true", "1", "yes", "on"):
         return True
@@ -261,7 +261,7 @@ def launch_parameters(*, model: str = "", backend: str = "", precision: str = ""
     if precision:
         overrides["precision"] = precision
     if use_crf:
-        overrides["crf.enabled"] = _launch_bool("use_crf", use_crf)
+        overrides["crf.enabled"] = parse_launch_bool("use_crf", use_crf)
     validate({**file_values, **overrides})
     return [str(path), overrides] if overrides else [str(path)]
 
