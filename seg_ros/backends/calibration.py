@@ -1,0 +1,140 @@
+"""INT8 calibration data: frames from an image folder or a rosbag, preprocessed exactly like the pipeline's.
+
+TensorRT's entropy calibrator needs representative network inputs; these come
+from the user's own camera (a folder of images, or a recorded bag read with
+the ``rosbags`` library, no ROS needed). Frames are drawn evenly over the whole
+source so a long drive is not calibrated on its first seconds only. The
+fingerprint (file names and sizes, topic, frame count) goes into the engine
+and calibration-cache keys, so new data means a new calibration.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+LOG = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
+_IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+def evenly_spaced(total: int, count: int) -> list[int]:
+    """``count`` indices spread over range(total) (all of them when total <= count)."""
+    if total <= count:
+        return list(range(total))
+    return sorted({int(i) for i in np.linspace(0, total - 1, count).round()})
+
+
+@dataclass(frozen=True)
+class CalibrationSource:
+    """Either ``images`` (a folder) or ``bag`` + ``topic``; at most ``frames`` frames are used."""
+
+    images: str = ""
+    bag: str = ""
+    topic: str = ""
+    frames: int = 100
+
+    @classmethod
+    def from_options(cls, options) -> CalibrationSource:
+        """From BackendOptions; ValueError/FileNotFoundError with the reason when unusable."""
+        source = cls(options.calibration_images, options.calibration_bag, options.calibration_topic,
+                     options.calibration_frames)
+        source.validate()
+        return source
+
+    def validate(self) -> None:
+        if bool(self.images) == bool(self.bag):
+            raise ValueError("INT8 needs calibration data: set exactly one of calibration_images (a folder) "
+                             "or calibration_bag (with calibration_topic)")
+        if self.frames <= 0:
+            raise ValueError(f"calibration_frames must be positive, got {self.frames}")
+        if self.images:
+            if not Path(self.images).is_dir():
+                raise FileNotFoundError(f"calibration image folder {self.images} does not exist")
+            if not self.image_files():
+                raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in calibration folder {self.images}")
+        else:
+            if not Path(self.bag).exists():
+                raise FileNotFoundError(f"calibration bag {self.bag} does not exist")
+            if not self.topic:
+                raise ValueError(f"calibration_bag {self.bag} needs calibration_topic (the image topic to read)")
+
+    def describe(self) -> str:
+        return f"images in {self.images}" if self.images else f"{self.topic} in bag {self.bag}"
+
+    def image_files(self) -> list[Path]:
+        return sorted(p for p in Path(self.images).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+    def fingerprint(self) -> dict:
+        """What identifies the data: names and sizes of the files, topic, frame count."""
+        hasher = hashlib.sha256()
+        if self.images:
+            root = Path(self.images)
+            files = self.image_files()
+        else:
+            root = Path(self.bag)
+            files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for path in files:
+            hasher.update(f"{path.relative_to(root) if path != root else path.name}:{path.stat().st_size}\n".encode())
+        return {"kind": "images" if self.images else "bag", "topic": self.topic, "frames": self.frames,
+                "files": len(files), "sha256": hasher.hexdigest()}
+
+    def count(self) -> int:
+        """How many frames ``images()`` will yield."""
+        if self.images:
+            return min(len(self.image_files()), self.frames)
+        with self._bag_reader() as reader:
+            return min(sum(c.msgcount for c in self._bag_connections(reader)), self.frames)
+
+    def images_rgb(self) -> Iterator[np.ndarray]:
+        """The chosen frames as RGB (or mono) uint8 arrays."""
+        if self.images:
+            files = self.image_files()
+            for index in evenly_spaced(len(files), self.frames):
+                image = cv2.imread(str(files[index]), cv2.IMREAD_COLOR)
+                if image is None:
+                    raise ValueError(f"cannot read calibration image {files[index]}")
+                yield cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+            return
+        from seg_ros.image_codec import decode_compressed, decode_image
+
+        with self._bag_reader() as reader:
+            connections = self._bag_connections(reader)
+            total = sum(c.msgcount for c in connections)
+            wanted = set(evenly_spaced(total, self.frames))
+            for index, (connection, _, raw) in enumerate(reader.messages(connections=connections)):
+                if index not in wanted:
+                    continue
+                msg = reader.deserialize(raw, connection.msgtype)
+                yield decode_compressed(msg) if connection.msgtype.endswith("CompressedImage") else decode_image(msg)
+
+    def batches(self, height: int, width: int, mean, std) -> Iterator[np.ndarray]:
+        """1×3×height×width float32 network inputs, normalised as the pipeline does."""
+        from seg_ros.pipeline import SegmentationPipeline
+
+        # The pipeline's own preprocess (resize + normalise) so calibration sees what inference will see.
+        preprocessor = SegmentationPipeline(None, num_classes=1, input_size=(height, width), mean=mean, std=std)
+        for image in self.images_rgb():
+            yield preprocessor.preprocess(image)[1]
+
+    def _bag_reader(self):
+        from rosbags.highlevel import AnyReader
+        from rosbags.typesys import Stores, get_typestore
+
+        return AnyReader([Path(self.bag)], default_typestore=get_typestore(Stores.LATEST))
+
+    def _bag_connections(self, reader) -> list:
+        connections = [c for c in reader.connections if c.topic == self.topic]
+        if not connections:
+            topics = sorted({f"{c.topic} ({c.msgtype})" for c in reader.connections})
+            raise ValueError(f"topic {self.topic!r} is not in bag {self.bag}; it has {topics}")
+        wrong = [c.msgtype for c in connections if c.msgtype not in _IMAGE_TYPES]
+        if wrong:
+            raise ValueError(f"topic {self.topic!r} in {self.bag} carries {wrong[0]}, not an image type {_IMAGE_TYPES}")
+        return connections

@@ -1,0 +1,192 @@
+"""Exported ONNX files, cached on disk so a node's second start skips the export.
+
+A file is reused only when the key stored in its own metadata equals the key
+of the model being started (weights hash, family and options, input size,
+opset, exporter code); anything else — a different model, a truncated file, a
+file from an older seg_ros — is exported again. Files are written atomically.
+Also the TensorRT-side preparation: the exported graph must have a static
+1×3×H×W input, the head's outputs and only operators TensorRT's parser knows.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from seg_ros.backends.base import INPUT_NAME, OUTPUT_NAMES, BackendError
+
+LOG = logging.getLogger(__name__)
+
+OPSET = 17
+METADATA_KEY = "seg_ros.export_key"
+# Bump when the exported graph changes in a way the code fingerprint cannot see.
+EXPORT_FORMAT = 1
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through ``write(tmp_path)`` into a temporary file next to ``path``, then rename it over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def normalised(key: dict) -> dict:
+    """The key as it reads back from JSON (tuples become lists), so stored and fresh keys compare equal."""
+    return json.loads(json.dumps(key, sort_keys=True, default=str))
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "model"
+
+
+def weights_fingerprint(loaded) -> str:
+    """The checkpoint's sha256, or (random initialisation) a hash of the parameters in memory."""
+    if loaded.spec.weights_sha256:
+        return f"sha256:{loaded.spec.weights_sha256}"
+    import torch
+
+    hasher = hashlib.sha256()
+    for name, tensor in sorted(loaded.module.state_dict().items()):
+        hasher.update(name.encode())
+        hasher.update(str(tensor.dtype).encode())
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        hasher.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")
+    return f"parameters-sha256:{hasher.hexdigest()}"
+
+
+def _code_fingerprint() -> str:
+    """Hash of the exporter and network sources, so a code change never reuses an old graph."""
+    package = Path(__file__).resolve().parent.parent
+    hasher = hashlib.sha256()
+    for path in [package / "export.py", *sorted((package / "models").glob("*.py"))]:
+        if path.is_file():
+            hasher.update(path.name.encode())
+            hasher.update(path.read_bytes())
+    return hasher.hexdigest()[:16]
+
+
+def model_key(loaded) -> dict:
+    """What identifies the network itself, independent of input size and backend."""
+    spec = loaded.spec
+    return {
+        "name": spec.name,
+        "family": spec.family,
+        "options": {str(k): spec.options[k] for k in sorted(spec.options)},
+        "num_classes": int(spec.num_classes),
+        "weights": weights_fingerprint(loaded),
+    }
+
+
+def export_key(loaded, height: int, width: int, *, head: bool = True, opset: int = OPSET) -> dict:
+    import torch
+
+    from seg_ros import __version__
+
+    return normalised({
+        "format": EXPORT_FORMAT,
+        "model": model_key(loaded),
+        "height": int(height),
+        "width": int(width),
+        "head": bool(head),
+        "opset": int(opset),
+        "seg_ros": __version__,
+        "code": _code_fingerprint(),
+        "torch": torch.__version__,
+    })
+
+
+def onnx_cache_dir() -> Path:
+    from seg_ros.paths import cache_dir
+
+    return cache_dir() / "onnx"
+
+
+def _stored_key(path: Path) -> dict | None:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # truncated or not an ONNX file at all
+        LOG.warning("ignoring unreadable cached ONNX file %s (%s)", path, exc)
+        return None
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            try:
+                return json.loads(prop.value)
+            except json.JSONDecodeError:
+                return None
+    return None
+
+
+def cached_onnx(loaded, height: int, width: int, *, head: bool = True, opset: int = OPSET,
+                cache_root: Path | None = None) -> Path:
+    """Path of an ONNX file for ``loaded`` at height×width, exported now unless a matching one is cached."""
+    key = export_key(loaded, height, width, head=head, opset=opset)
+    folder = Path(cache_root) if cache_root else onnx_cache_dir()
+    name = f"{safe_name(loaded.spec.name)}-{height}x{width}-{'head' if head else 'logits'}-{digest(key)[:16]}.onnx"
+    path = folder / name
+    if path.is_file():
+        stored = _stored_key(path)
+        if stored == key:
+            LOG.debug("reusing exported %s", path)
+            return path
+        LOG.info("re-exporting %s: the cached file does not match this model", path)
+
+    import onnx
+
+    from seg_ros.export import export_onnx
+
+    def write(tmp: Path) -> None:
+        LOG.info("exporting %s to ONNX at %dx%d (cached for the next start)", loaded.spec.name, width, height)
+        export_onnx(loaded.module, tmp, height, width, head=head, opset=opset)
+        model = onnx.load(str(tmp))
+        entry = model.metadata_props.add()
+        entry.key = METADATA_KEY
+        entry.value = json.dumps(key, sort_keys=True)
+        onnx.save(model, str(tmp))
+
+    atomic_write(path, write)
+    return path
+
+
+def check_onnx_for_tensorrt(path: Path, height: int, width: int) -> None:
+    """Fail with the reason when TensorRT's ONNX parser would reject the graph or its I/O is not the head's."""
+    import onnx
+
+    from seg_ros.export import unsupported_tensorrt_ops
+
+    model = onnx.load(str(path), load_external_data=False)
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    if [i.name for i in inputs] != [INPUT_NAME]:
+        raise BackendError(f"{path}: expected one input named {INPUT_NAME!r}, found {[i.name for i in inputs]}")
+    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in inputs[0].type.tensor_type.shape.dim]
+    if dims != [1, 3, height, width]:
+        raise BackendError(f"{path}: input {INPUT_NAME!r} must be static [1, 3, {height}, {width}], got {dims}")
+    outputs = [o.name for o in model.graph.output]
+    if sorted(outputs) != sorted(OUTPUT_NAMES):
+        raise BackendError(f"{path}: expected outputs {list(OUTPUT_NAMES)} (export with head=True), got {outputs}")
+    unsupported = unsupported_tensorrt_ops(path)
+    if unsupported:
+        raise BackendError(f"{path}: TensorRT's ONNX parser does not support {sorted(set(unsupported))}")
+
+
+def prepare_onnx_for_tensorrt(loaded, height: int, width: int, *, opset: int = OPSET,
+                              cache_root: Path | None = None) -> Path:
+    """Export (or reuse) the head graph and check that TensorRT can parse it."""
+    path = cached_onnx(loaded, height, width, head=True, opset=opset, cache_root=cache_root)
+    check_onnx_for_tensorrt(path, height, width)
+    return path
