@@ -51,13 +51,14 @@ class RedChannelPipeline:
 WRONG_PIXELS = 10 * 5  # frame 2: a 10×5 patch of class-0 ground truth painted as class 1
 
 
-def write_bag(path, *, storage="sqlite3", compressed=False, frames=6):
+def write_bag(path, *, storage="sqlite3", compressed=False, frames=6, labelled=True):
     """A bag like a labelled drive: images (+ labels by stamp) and an unrelated topic.
 
     Frames 0..frames-1 have labels, except: frame 3 has none, frame 4's label
     is the wrong size. Frame 2's image is edited (WRONG_PIXELS wrong). One
     extra label has no image. Labels are recorded 2.5 frames late, so
-    matching must use stamps, not order.
+    matching must use stamps, not order. ``labelled=False``: the label topic
+    exists but holds no message.
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
@@ -103,7 +104,7 @@ def write_bag(path, *, storage="sqlite3", compressed=False, frames=6):
         orphan = Image(header=Header(stamp=Time(sec=999, nanosec=0), frame_id="camera"),
                        **encode_fields(scene(0)[1], "mono8"))
         labels.append((labels[-1][0], orphan))
-        for t, msg in labels:
+        for t, msg in labels if labelled else ():
             writer.write(label_conn, t + 250_000_000, ts.serialize_cdr(msg, "sensor_msgs/msg/Image"))
     return expected
 
@@ -260,3 +261,88 @@ def test_report_files(bag, tmp_path):
         assert cv2.imread(str(tmp_path / "report" / name)) is not None, name
         assert f"]({name})" in text
     json.dumps(evaluation.to_dict())
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """A small seeded SegNet-Basic checkpoint (random weights, but the same in every process)."""
+    torch = pytest.importorskip("torch")
+    from seg_ros.models import ModelSpec, build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    module = build_model("segnet", NUM_CLASSES, backbone="basic").eval()
+    spec = ModelSpec(name="test-segnet-basic", family="segnet", options={"backbone": "basic"},
+                     num_classes=NUM_CLASSES, class_table="", input_height=48, input_width=64)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_checkpoint(path, module, spec)
+    return path
+
+
+def run_cli(argv: list[str]) -> int:
+    """`seg_ros evaluate ...` through its own parser and run function."""
+    import argparse
+
+    from seg_ros.commands import evaluate
+
+    parser = argparse.ArgumentParser(prog="seg_ros")
+    evaluate.register(parser.add_subparsers())
+    args = parser.parse_args(["evaluate", *argv])
+    return args.func(args)
+
+
+def test_cli_end_to_end_on_a_bag(tmp_path, tiny_weights):
+    from rosbags.highlevel import AnyReader
+
+    bag = tmp_path / "drive"
+    write_bag(bag)
+    out = tmp_path / "out"
+    assert run_cli(["--bag", str(bag), "--image-topic", "/cam/image_raw", "--label-topic", "/cam/labels",
+                    "--weights", str(tiny_weights), "--backend", "onnxruntime", "--threads", "1",
+                    "--ignore-index", str(IGNORE), "--json", str(out / "m.json"), "--report", str(out / "report"),
+                    "--save-predictions", str(out / "pred"), "--output-bag", str(out / "bag"),
+                    "--no-progress"]) == 0
+    result = json.loads((out / "m.json").read_text())
+    assert result["frames"] == {"used": 4, "skipped": {"label_without_image": 1, "no_ground_truth": 1,
+                                                       "size_mismatch": 1}, "total": 7}
+    assert result["backend"].startswith("onnxruntime")
+    assert set(result["latency_ms"]) >= {"preprocess", "inference", "postprocess"}
+    # every image is segmented and saved under its stamp, also the ones that can not be scored
+    names = sorted(p.name for p in (out / "pred").iterdir())
+    assert names == [f"{100 + i:010d}_{5 * i:09d}.png" for i in range(6)]
+    # the JSON's numbers are those of the saved predictions against the ground truth
+    recount = ConfusionMatrix(NUM_CLASSES, IGNORE)
+    for i in (0, 1, 2, 5):
+        recount.update(scene(i)[1], cv2.imread(str(out / "pred" / names[i]), cv2.IMREAD_UNCHANGED))
+    assert result["confusion_matrix"] == recount.counts.tolist()
+    assert result["miou"] == pytest.approx(recount.summary()["miou"])
+    # the output bag's labels are the saved predictions
+    with AnyReader([out / "bag"]) as reader:
+        conns = [c for c in reader.connections if c.topic == "/segmentation_node/label"]
+        assert sum(c.msgcount for c in conns) == 6
+        for conn, _, raw in reader.messages(conns):
+            msg = reader.deserialize(raw, conn.msgtype)
+            name = f"{msg.header.stamp.sec:010d}_{msg.header.stamp.nanosec:09d}.png"
+            assert np.array_equal(msg.data.reshape(H, W), cv2.imread(str(out / "pred" / name), cv2.IMREAD_UNCHANGED))
+    assert (out / "report" / "report.md").is_file()
+
+
+def test_cli_bad_input_messages(tmp_path, tiny_weights):
+    bag = tmp_path / "drive"
+    write_bag(bag)
+    common = ["--weights", str(tiny_weights), "--backend", "onnxruntime", "--no-progress"]
+    with pytest.raises(ValueError, match="needs --image-topic and --label-topic"):
+        run_cli(["--bag", str(bag), *common])
+    with pytest.raises(ValueError, match="no ground-truth label topic /gt"):
+        run_cli(["--bag", str(bag), "--image-topic", "/cam/image_raw", "--label-topic", "/gt", *common])
+    # ground truth from another class table (11 is not ignored here): every frame refused, with the reason
+    with pytest.raises(RuntimeError, match="no frame could be scored.*invalid_ground_truth"):
+        run_cli(["--bag", str(bag), "--image-topic", "/cam/image_raw", "--label-topic", "/cam/labels",
+                 "--limit", "2", *common])
+    # a bag without labels: still runs through, counts every frame as skipped, writes the JSON, then fails
+    unlabelled = tmp_path / "unlabelled"
+    write_bag(unlabelled, labelled=False)
+    with pytest.raises(RuntimeError, match="no frame could be scored"):
+        run_cli(["--bag", str(unlabelled), "--image-topic", "/cam/image_raw", "--label-topic", "/cam/labels",
+                 "--json", str(tmp_path / "m.json"), *common])
+    assert json.loads((tmp_path / "m.json").read_text())["frames"] == {
+        "used": 0, "skipped": {"no_ground_truth": 6}, "total": 6}
