@@ -19,6 +19,7 @@ import numpy as np
 
 NODE_LOG_LINES = 40  # the node's last lines, shown when it fails
 DIAGNOSTICS_WAIT_S = 1.2  # the node publishes /diagnostics once a second
+WARMUP_RESEND_S = 3.0
 
 
 class DemoSession:
@@ -32,6 +33,8 @@ class DemoSession:
         self._sent: dict[tuple[int, int], float] = {}  # header stamp -> monotonic send time
         self._received = {topic: {} for topic in output_topics}  # topic -> stamp -> monotonic receive time
         self._overlays: list[tuple[tuple[int, int], object]] = []
+        self._warmup: dict[tuple[int, int], float] = {}  # untimed first frames: stamp -> send time
+        self._first_output: float | None = None  # seconds from the warm-up frame to its first output
         self._diagnostics: dict[str, str] = {}
         self._log: collections.deque[str] = collections.deque(maxlen=NODE_LOG_LINES)
         self._last_activity = time.monotonic()
@@ -50,7 +53,7 @@ class DemoSession:
         self._reader = threading.Thread(target=self._forward_node_output, name="node_log", daemon=True)
         self._reader.start()
         self._context = rclpy.Context()
-        rclpy.init(context=self._context)
+        rclpy.init(args=["seg_ros_demo"], context=self._context)  # not sys.argv: its flags are not ROS arguments
         self._node = rclpy.create_node("seg_ros_demo", context=self._context)
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self._publisher = self._node.create_publisher(Image, self.input_topic, reliable)
@@ -100,6 +103,10 @@ class DemoSession:
         now = time.monotonic()
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         with self._lock:
+            if stamp in self._warmup:
+                if self._first_output is None:
+                    self._first_output = now - self._warmup[stamp]
+                return
             self._received[topic][stamp] = now
             self._last_activity = now
             if topic.endswith("/overlay"):
@@ -129,26 +136,36 @@ class DemoSession:
             raise ValueError(f"no frames in {source.describe()}")
         return messages
 
-    def wait_ready(self, timeout_s: float) -> None:
-        """Until the node subscribes to the input and publishes every output (its model is loaded)."""
+    def wait_ready(self, first: object, timeout_s: float) -> None:
+        """Until the node is up and one untimed frame made it through (its first inference is the slowest).
+
+        The warm-up frame goes out again every few seconds until an output
+        comes back: a best-effort subscription may still be matching.
+        """
         deadline = time.monotonic() + timeout_s
-        while True:
+        next_send = 0.0
+        while self._first_output is None:
             if self._process.poll() is not None:
                 raise self._node_failed()
-            if self._node.count_subscribers(self.input_topic) > 0 and all(
-                    self._node.count_publishers(topic) > 0 for topic in self.output_topics):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the segmentation node did not subscribe to {self.input_topic} within "
-                                   f"{timeout_s:.0f} s (still loading its model? raise --startup-timeout)")
-            time.sleep(0.1)
-        time.sleep(1.0)  # let the node's publishers see our subscriptions too, or it skips the first frame
+            now = time.monotonic()
+            if now > deadline:
+                raise RuntimeError(f"no output from the segmentation node within {timeout_s:.0f} s of starting it "
+                                   "(still loading its model? raise --startup-timeout)")
+            if now >= next_send and self._node.count_subscribers(self.input_topic) > 0:
+                first.header.stamp = self._node.get_clock().now().to_msg()
+                with self._lock:
+                    self._warmup[(first.header.stamp.sec, first.header.stamp.nanosec)] = now
+                self._publisher.publish(first)
+                next_send = now + WARMUP_RESEND_S
+            time.sleep(0.05)
 
-    def send(self, messages: list, rate_hz: float) -> None:
-        """Publish at ``rate_hz`` with fresh stamps, then wait for the outputs to settle."""
+    def send(self, messages: list, count: int, rate_hz: float) -> None:
+        """Publish ``count`` frames at ``rate_hz`` with fresh stamps (cycling through ``messages``),
+        then wait for the outputs to settle."""
         period = 1.0 / rate_hz
         start = time.monotonic()
-        for index, msg in enumerate(messages):
+        for index in range(count):
+            msg = messages[index % len(messages)]
             delay = start + index * period - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
@@ -190,7 +207,8 @@ class DemoSession:
         else:
             latency = {"p50": float("nan"), "p95": float("nan"), "max": float("nan")}
         return {"frames_sent": len(self._sent), "received": received, "output_rate_hz": rate,
-                "latency_ms": latency, "node": node, "input_topic": self.input_topic}
+                "latency_ms": latency, "first_frame_ms": (self._first_output or float("nan")) * 1e3,
+                "node": node, "input_topic": self.input_topic}
 
     def save_overlays(self, folder: Path, count: int) -> list[Path]:
         """Write up to ``count`` received overlays, spread over the sequence, as PNGs."""

@@ -36,7 +36,8 @@ def register(subparsers) -> None:
                         help="a folder of images, an image, a video or a rosbag2 folder "
                              f"(default: CamVid val at {default_data()})")
     parser.add_argument("--topic", default="", help="image topic when --data is a bag with several")
-    parser.add_argument("--frames", type=int, default=30, help="number of frames to send")
+    parser.add_argument("--frames", type=int, default=30,
+                        help="number of frames to send (the data is replayed from the start if it has fewer)")
     parser.add_argument("--rate", type=float, default=5.0, help="publishing rate in Hz")
     parser.add_argument("--output", default="demo_output", help="folder for the overlay PNGs")
     parser.add_argument("--save", type=int, default=5, help="how many overlays to write (evenly spread)")
@@ -52,7 +53,7 @@ def register(subparsers) -> None:
                         help="seconds to wait for the node to load its model and subscribe")
     parser.add_argument("--json", default="", metavar="FILE",
                         help="also write the results as JSON: frames_sent, received (per output), "
-                             "output_rate_hz, latency_ms {p50, p95, max}, node (diagnostics key/values), "
+                             "output_rate_hz, latency_ms {p50, p95, max}, first_frame_ms (warm-up), node (diagnostics key/values), "
                              "overlays (PNG paths), ros_domain_id, input_topic")
     parser.set_defaults(func=run)
 
@@ -101,11 +102,11 @@ def run(args: argparse.Namespace) -> int:
 
     with DemoSession(command, INPUT_TOPIC, [f"/{NODE_NAME}/{name}" for name in OUTPUTS]) as session:
         frames = session.load(source)
-        print(f"demo: {len(frames)} frames from {source.describe()} at {args.rate:g} Hz -> {INPUT_TOPIC} "
+        print(f"demo: {args.frames} frames from {source.describe()} at {args.rate:g} Hz -> {INPUT_TOPIC} "
               f"(ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']})")
         print("node: " + " ".join(command))
-        session.wait_ready(args.startup_timeout)
-        session.send(frames, args.rate)
+        session.wait_ready(frames[0], args.startup_timeout)
+        session.send(frames, args.frames, args.rate)
         report = session.report()
         report["overlays"] = [str(p) for p in session.save_overlays(Path(args.output), args.save)]
     report["ros_domain_id"] = int(os.environ["ROS_DOMAIN_ID"])
@@ -126,6 +127,7 @@ def format_report(report: dict) -> str:
     lines = [
         f"node: {node.get('model', '?')} ({node.get('model_name', '?')}) on {node.get('backend', '?')} "
         f"at {node.get('input_size', '?')}",
+        f"first (untimed warm-up) frame came back after {report['first_frame_ms']:.0f} ms",
         f"sent {report['frames_sent']} frames; received {received}",
         f"output rate {report['output_rate_hz']:.2f} Hz; latency (output received - input sent) "
         f"p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, max {lat['max']:.1f} ms",

@@ -18,14 +18,16 @@ _MODEL_OPTIONS = {
     "output_stride": "output_stride",
     "light_weight": "light_weight",
 }
-# Flag destination -> key in PipelineConfig.backend_options (TensorRT only, passed when given).
-_TENSORRT_OPTIONS = (
+# Flags passed to PipelineConfig.backend_options under their own name, only when given.
+_BACKEND_OPTIONS = (
+    "device",
     "engine_cache",
     "workspace_mb",
     "dla_core",
     "calibration_images",
     "calibration_bag",
     "calibration_topic",
+    "calibration_frames",
 )
 
 
@@ -65,6 +67,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     backend = parser.add_argument_group("backend")
     backend.add_argument("--backend", choices=BACKENDS, default="auto",
                          help="inference backend; auto picks TensorRT, then ONNX Runtime, then PyTorch")
+    backend.add_argument("--device", choices=("cpu", "cuda", "tensorrt"), default=None,
+                         help="torch: cpu|cuda; onnxruntime: its execution provider cpu|cuda|tensorrt "
+                              "(default: the best available)")
     backend.add_argument("--precision", choices=PRECISIONS, default="fp32", help="inference precision")
     backend.add_argument("--height", type=_non_negative_int, default=0,
                          help="network input height (default: the size the model was trained at)")
@@ -85,6 +90,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     trt.add_argument("--calibration-images", default=None, help="folder of images for INT8 calibration")
     trt.add_argument("--calibration-bag", default=None, help="rosbag2 with images for INT8 calibration")
     trt.add_argument("--calibration-topic", default=None, help="image topic in --calibration-bag")
+    trt.add_argument("--calibration-frames", type=_positive_int, default=None,
+                     help="INT8: frames drawn evenly from the calibration source (default 100)")
 
 
 def pipeline_config_from_args(args: argparse.Namespace):
@@ -93,7 +100,7 @@ def pipeline_config_from_args(args: argparse.Namespace):
 
     model_options = {key: getattr(args, dest) for dest, key in _MODEL_OPTIONS.items()
                      if getattr(args, dest, None) is not None}
-    backend_options = {key: getattr(args, key) for key in _TENSORRT_OPTIONS
+    backend_options = {key: getattr(args, key) for key in _BACKEND_OPTIONS
                        if getattr(args, key, None) is not None}
     return PipelineConfig(
         model=args.model,
