@@ -142,7 +142,8 @@ def decode_image(msg) -> np.ndarray:
     encoding = str(msg.encoding)
     if encoding not in DECODABLE_ENCODINGS:
         raise ImageDecodeError(
-            f"unsupported image encoding {encoding!r} for segmentation: expected one of {', '.join(DECODABLE_ENCODINGS)}"
+            f"unsupported image encoding {encoding!r} for segmentation: "
+            f"expected one of {', '.join(DECODABLE_ENCODINGS)}"
         )
     if encoding in _YUV422 and int(msg.width) % 2:
         raise ImageDecodeError(f"{encoding} (YUV 4:2:2) needs an even width, got {msg.width}")

@@ -15,8 +15,6 @@ from seg_ros.commands import segment
 from seg_ros.commands.options import add_pipeline_arguments, pipeline_config_from_args
 from seg_ros.pipeline import CrfSettings, PipelineConfig
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="test")

@@ -53,7 +53,8 @@ def register(subparsers) -> None:
                         help="seconds to wait for the node to load its model and subscribe")
     parser.add_argument("--json", default="", metavar="FILE",
                         help="also write the results as JSON: frames_sent, received (per output), "
-                             "output_rate_hz, latency_ms {p50, p95, max}, first_frame_ms (warm-up), node (diagnostics key/values), "
+                             "output_rate_hz, latency_ms {p50, p95, max}, first_frame_ms (warm-up), "
+                             "node (its /diagnostics key/values), "
                              "overlays (PNG paths), ros_domain_id, input_topic")
     parser.set_defaults(func=run)
 
