@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from demo_inputs import two_images, write_tiny_checkpoint
 
 from seg_ros.commands import segment
 from seg_ros.commands.options import add_pipeline_arguments, pipeline_config_from_args
@@ -83,33 +83,13 @@ def test_segment_rejects_a_missing_input_before_loading_a_model(tmp_path):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A small SegNet-Basic with fixed random weights, saved like a trained model (11 CamVid classes)."""
-    torch = pytest.importorskip("torch")
-    from seg_ros.models import ModelSpec, build_model, resolve_options, save_checkpoint
-
-    torch.manual_seed(0)
-    module = build_model("segnet", 11, backbone="basic").eval()
-    spec = ModelSpec(name="segnet_basic_test", family="segnet", options=resolve_options("segnet", backbone="basic"),
-                     num_classes=11, class_table="camvid", input_height=64, input_width=96)
-    return save_checkpoint(tmp_path_factory.mktemp("weights") / "segnet_basic_test.safetensors", module, spec)
+    pytest.importorskip("torch")
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> list[Path]:
-    """Two CamVid val images when CamVid is here (linked, never copied), else synthetic scenes."""
-    from conftest import camvid_root
-
-    folder = tmp_path_factory.mktemp("images")
-    val = camvid_root() / "val"
-    sources = sorted(val.glob("*.png"))[:2] if val.is_dir() else []
-    if sources:
-        for src in sources:
-            (folder / src.name).symlink_to(src)
-    else:
-        rng = np.random.default_rng(1)
-        for i in range(2):
-            cv2.imwrite(str(folder / f"scene_{i}.png"), rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
-    return sorted(folder.iterdir())
+    return two_images(tmp_path_factory.mktemp("images"))
 
 
 def test_segment_end_to_end(tmp_path, checkpoint, images):
@@ -120,11 +100,10 @@ def test_segment_end_to_end(tmp_path, checkpoint, images):
     from seg_ros.models import load_model
 
     out = tmp_path / "out"
-    env = dict(os.environ, SEG_ROS_CACHE=str(tmp_path / "cache"))
     result = subprocess.run(
         [sys.executable, "-m", "seg_ros.cli", "segment", "--input", str(images[0].parent), "--output", str(out),
          "--weights", str(checkpoint), "--backend", "onnxruntime", "--threads", "1", "--overlay"],
-        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "onnxruntime" in result.stdout

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from demo_inputs import two_images, write_tiny_checkpoint
 
 from seg_ros.commands import demo
 
@@ -27,26 +27,19 @@ def _parse(*argv: str) -> argparse.Namespace:
 
 
 def _run_demo(tmp_path: Path, *argv: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SEG_ROS_CACHE=os.environ.get("SEG_ROS_CACHE", str(tmp_path / "cache")))
     return subprocess.run([sys.executable, "-m", "seg_ros.cli", "demo", *argv], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=tmp_path)
+                          timeout=timeout, cwd=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    pytest.importorskip("torch")
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory) -> list[Path]:
-    """Two CamVid val images when CamVid is here (linked, never copied), else two synthetic scenes."""
-    from conftest import camvid_root
-
-    folder = tmp_path_factory.mktemp("frames")
-    val = camvid_root() / "val"
-    sources = sorted(val.glob("*.png"))[:2] if val.is_dir() else []
-    for src in sources:
-        (folder / src.name).symlink_to(src)
-    if not sources:
-        rng = np.random.default_rng(5)
-        for i in range(2):
-            cv2.imwrite(str(folder / f"scene_{i}.png"), rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
-    return sorted(folder.iterdir())
+    return two_images(tmp_path_factory.mktemp("frames"))
 
 
 def test_node_command_is_the_launch_files_default(tmp_path):
@@ -68,11 +61,12 @@ def test_without_data_or_camvid_says_what_to_do(tmp_path, monkeypatch):
         args.func(args)
 
 
-def test_demo_end_to_end(tmp_path, frames):
-    """Default params file and node, tiny network input; 4 frames cycled over 2 images at 4 Hz."""
+def test_demo_end_to_end(tmp_path, frames, checkpoint):
+    """The default params file and backend with a small seeded model; 4 frames cycled over 2 images at 4 Hz."""
     report_path = tmp_path / "demo.json"
     result = _run_demo(tmp_path, "--data", str(frames[0].parent), "--frames", "4", "--rate", "4",
-                       "--output", "overlays", "--height", "64", "--width", "96", "--json", str(report_path))
+                       "--output", "overlays", "--param", f"weights:={checkpoint}", "--height", "64",
+                       "--width", "96", "--json", str(report_path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "latency (output received - input sent) p50" in result.stdout
     report = json.loads(report_path.read_text())
