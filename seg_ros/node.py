@@ -76,6 +76,12 @@ class _Frame:
 class SegmentationNode(Node):
     def __init__(self, **node_kwargs):
         super().__init__(params.NODE_NAME, **node_kwargs)
+        self._cond = threading.Condition()
+        self._pending: tuple[object, float] | None = None  # newest message, arrival time
+        self._ready: _Frame | None = None  # segmented, waiting for the publisher thread
+        self._running = True
+        self._threads: list[threading.Thread] = []
+        self._pipeline = None
         self._values = self._declare_parameters()
         config = params.pipeline_config(self._values)
         if config.crf.enabled and not crf_available():
@@ -90,14 +96,10 @@ class SegmentationNode(Node):
 
         self._stats = NodeStats()
         self._warned: dict[str, float] = {}
-        self._cond = threading.Condition()
-        self._pending: tuple[object, float] | None = None  # newest message, arrival time
-        self._ready: _Frame | None = None  # segmented, waiting for the publisher thread
-        self._running = True
 
         out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self._values["qos.depth"],
                              reliability=ReliabilityPolicy.RELIABLE)
-        self._publishers = {name: self.create_publisher(Image, f"~/{name}", out_qos) for name in params.OUTPUTS}
+        self._outputs = {name: self.create_publisher(Image, f"~/{name}", out_qos) for name in params.OUTPUTS}
         self._publish_label_info()
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._subscribe()
@@ -190,7 +192,7 @@ class SegmentationNode(Node):
             self._cond.notify_all()
 
     def _wants(self, output: str, values: dict) -> bool:
-        return values[f"publish.{output}"] and self._publishers[output].get_subscription_count() > 0
+        return values[f"publish.{output}"] and self._outputs[output].get_subscription_count() > 0
 
     def _inference_loop(self) -> None:
         while True:
@@ -262,20 +264,20 @@ class SegmentationNode(Node):
         result, header = frame.result, frame.header
         if self._wants("label", values):
             encoding = "mono8" if result.label.dtype == np.uint8 else "mono16"
-            self._publishers["label"].publish(to_ros_image(result.label, encoding, header, Image))
+            self._outputs["label"].publish(to_ros_image(result.label, encoding, header, Image))
         if self._wants("confidence", values):
-            self._publishers["confidence"].publish(to_ros_image(result.confidence, "32FC1", header, Image))
+            self._outputs["confidence"].publish(to_ros_image(result.confidence, "32FC1", header, Image))
         want_color, want_overlay = self._wants("color", values), self._wants("overlay", values)
         if want_color or want_overlay:
             color = colorize(result.label, self._palette)
             if want_color:
-                self._publishers["color"].publish(to_ros_image(color, "rgb8", header, Image))
+                self._outputs["color"].publish(to_ros_image(color, "rgb8", header, Image))
             if want_overlay:
                 blended = overlay(frame.image, color, values["overlay_alpha"])
-                self._publishers["overlay"].publish(to_ros_image(blended, "rgb8", header, Image))
+                self._outputs["overlay"].publish(to_ros_image(blended, "rgb8", header, Image))
         if result.probabilities is not None and self._wants("probabilities", values):
             encoding = f"32FC{result.probabilities.shape[2]}"
-            self._publishers["probabilities"].publish(to_ros_image(result.probabilities, encoding, header, Image))
+            self._outputs["probabilities"].publish(to_ros_image(result.probabilities, encoding, header, Image))
 
     # --- diagnostics --------------------------------------------------------------------------
 
@@ -325,7 +327,8 @@ class SegmentationNode(Node):
             self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout=5.0)
-        self._pipeline.backend.close()
+        if self._pipeline is not None:
+            self._pipeline.backend.close()
         super().destroy_node()
 
 
