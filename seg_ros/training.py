@@ -1,7 +1,9 @@
 """Training loop for the segmentation networks: the project ships weights it trained itself.
 
 AdamW with a poly learning-rate schedule, median-frequency class balancing
-with void ignored, AMP on CUDA, a wall-clock limit that stops cleanly (so a
+with void ignored, mixed precision (fp16 on CUDA, bf16 on CPUs with native
+bf16 such as AMX: 3-4x faster for dense convolutions), channels-last memory
+layout, a wall-clock limit that stops cleanly (so a
 run fits the time you have), resumable checkpoints (`last.pt`) and the best
 validation model (`best.pt`), both plain tensors/numbers loaded with
 ``weights_only=True``. `export_bundled` turns a checkpoint into the fp16
@@ -56,7 +58,7 @@ class TrainConfig:
     workers: int = 0
     threads: int = 0  # torch CPU threads; 0 = torch's default
     device: str = "auto"  # auto | cpu | cuda[:N]
-    amp: bool = True  # mixed precision, CUDA only
+    amp: bool = True  # mixed precision: fp16 on CUDA, bf16 on CPUs with native bf16
     time_limit_min: float = 0.0  # 0 = no limit
     val_every: int = 1  # epochs between validations
     output: str = "runs/train"
@@ -116,6 +118,27 @@ def poly_lr(base_lr: float, step: int, total_steps: int, power: float = 0.9) -> 
     return base_lr * max(0.0, 1.0 - step / total_steps) ** power
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: where bf16 autocast speeds training up instead of emulating it."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The mixed-precision type for this device, or None for plain fp32."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -127,7 +150,7 @@ def pick_device(name: str) -> torch.device:
 
 @torch.no_grad()
 def evaluate(module: torch.nn.Module, dataset: SegmentationDataset, device: torch.device, *,
-             amp: bool = False, progress: bool = True) -> dict:
+             amp_dtype: torch.dtype | None = None, progress: bool = True) -> dict:
     """Predict each image at the dataset's network size, upsample to the label's resolution, score.
 
     Returns fractions: miou, per_class_iou (None for a class absent from labels and predictions),
@@ -140,8 +163,8 @@ def evaluate(module: torch.nn.Module, dataset: SegmentationDataset, device: torc
     for index in tqdm(range(len(dataset)), desc="validating", unit="img", leave=False, disable=not progress,
                       mininterval=_tqdm_interval()):
         image, label = dataset[index]
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
-            logits = module(image[None].to(device))
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = module(image[None].to(device, memory_format=torch.channels_last))
         logits = F.interpolate(logits.float(), size=label.shape, mode="bilinear", align_corners=False)
         pred = logits.argmax(1)[0].cpu().numpy()
         confusion.update(label.numpy(), pred)
@@ -207,7 +230,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
-    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = autocast_dtype(device, cfg.amp)
+    use_scaler = amp_dtype == torch.float16
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     output = Path(cfg.output)
@@ -233,12 +257,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     val_set = SegmentationDataset(val_pairs, **common) if val_pairs else None
     train_set.preload()
 
-    module = build_network(cfg).to(device)
+    module = build_network(cfg).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(_param_groups(module, cfg.weight_decay), lr=cfg.lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     steps_per_epoch = len(train_set) // cfg.batch_size
     total_steps = cfg.epochs * steps_per_epoch
     step, epoch, best_miou, history, train_seconds = 0, 0, -1.0, [], 0.0
+    time_progress0 = 0.0  # share of the schedule a time-limited run before this one used up
     best_metrics: dict = {}
     class_weights = None
     if cfg.resume:
@@ -248,12 +273,13 @@ def train(cfg: TrainConfig) -> TrainResult:
         if "optimizer" not in state:
             raise ValueError(f"{cfg.resume} holds no optimizer state: resume from last.pt, not best.pt")
         optimizer.load_state_dict(state["optimizer"])
-        if use_amp and state.get("scaler"):
+        if use_scaler and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         step, epoch = int(state["step"]), int(state["epoch"])
         best_miou, history = float(state["best_miou"]), list(state["history"])
         best_metrics, train_seconds = dict(state.get("best_metrics", {})), float(state["train_seconds"])
         class_weights = state["class_weights"]
+        time_progress0 = float(state.get("time_progress", 0.0))
         LOG.info("resumed %s at epoch %d, step %d/%d (best val mIoU %.4f)", cfg.resume, epoch, step,
                  total_steps, best_miou)
     if class_weights is None:
@@ -269,11 +295,11 @@ def train(cfg: TrainConfig) -> TrainResult:
             "format": CHECKPOINT_FORMAT, "config": cfg.plain(), "model": module.state_dict(),
             "step": step, "epoch": epoch, "total_steps": total_steps, "best_miou": best_miou,
             "best_metrics": metrics, "history": history, "class_weights": class_weights,
-            "train_seconds": train_seconds + time.monotonic() - started,
+            "train_seconds": train_seconds + time.monotonic() - started, "time_progress": time_progress(),
         }
         if with_optimizer:
             state["optimizer"] = optimizer.state_dict()
-            state["scaler"] = scaler.state_dict() if use_amp else {}
+            state["scaler"] = scaler.state_dict() if use_scaler else {}
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(path)
@@ -284,7 +310,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             save(best_path, with_optimizer=False, metrics={})
             return {}
         t0 = time.monotonic()
-        result = evaluate(module, val_set, device, amp=use_amp)
+        result = evaluate(module, val_set, device, amp_dtype=amp_dtype)
         result["seconds"] = time.monotonic() - t0
         if result["miou"] > best_miou:
             best_miou, best_metrics = result["miou"], result
@@ -293,11 +319,24 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     limit_s = cfg.time_limit_min * 60.0
     val_estimate_s = 0.0  # measured after the first validation
+
+    def time_progress() -> float:
+        """With a time limit, the share of the wall-time budget spent (after what earlier runs spent)."""
+        if not limit_s:
+            return time_progress0
+        usable = max(limit_s - 1.2 * val_estimate_s - 10.0, 1.0)
+        return min(1.0, time_progress0 + (1.0 - time_progress0) * (time.monotonic() - started) / usable)
+
+    def current_lr() -> float:
+        """Poly decay over the steps, or over the time limit when that comes first: the run always ends cooled."""
+        progress = max(step / total_steps if total_steps else 1.0, time_progress())
+        return cfg.lr * max(0.0, 1.0 - progress) ** cfg.poly_power
+
     step_seconds = 0.0
     stopped = False
     log_file = (output / "history.jsonl").open("a")
-    LOG.info("training %s on %d images (%d steps/epoch, %d steps in all) on %s%s", cfg.name, len(train_set),
-             steps_per_epoch, total_steps, device, " with AMP" if use_amp else "")
+    LOG.info("training %s on %d images (%d steps/epoch, %d steps in all) on %s, %s", cfg.name, len(train_set),
+             steps_per_epoch, total_steps, device, f"autocast {amp_dtype}" if amp_dtype else "fp32")
     while step < total_steps and not stopped:
         module.train()
         train_set.epoch = epoch
@@ -311,12 +350,12 @@ def train(cfg: TrainConfig) -> TrainResult:
             if step >= total_steps:
                 break
             t0 = time.monotonic()
-            lr = poly_lr(cfg.lr, step, total_steps, cfg.poly_power)
+            lr = current_lr()
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            images = images.to(device, non_blocking=True)
+            images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
             labels = labels.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = criterion(module(images).float(), labels)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"the loss became {loss.item()} at step {step}: lower --lr")
@@ -326,7 +365,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             scaler.update()
             step += 1
             losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}", refresh=False)
             step_seconds = 0.9 * step_seconds + 0.1 * (time.monotonic() - t0) if step_seconds else time.monotonic() - t0
             elapsed = time.monotonic() - started
             if limit_s and elapsed + step_seconds + 1.2 * val_estimate_s + 10 > limit_s:
@@ -336,7 +375,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         if not stopped:
             epoch += 1
         finished = step >= total_steps
-        entry = {"epoch": epoch, "step": step, "lr": poly_lr(cfg.lr, step, total_steps, cfg.poly_power),
+        entry = {"epoch": epoch, "step": step, "lr": current_lr(),
                  "train_loss": float(np.mean(losses)) if losses else None,
                  "elapsed_s": round(train_seconds + time.monotonic() - started, 1)}
         if stopped or finished or epoch % cfg.val_every == 0:

@@ -79,11 +79,12 @@ def register(subparsers) -> None:
 
     runtime = parser.add_argument_group("run")
     runtime.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    runtime.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    runtime.add_argument("--no-amp", action="store_true", help="train in plain fp32 (default: fp16 autocast on CUDA, bf16 on CPUs with native bf16)")
     runtime.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     runtime.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     runtime.add_argument("--time-limit", type=float, default=0.0,
-                     help="minutes of wall time; stops cleanly, validates and keeps the best model (0: none)")
+                     help="minutes of wall time: the poly schedule ends there (or at the last epoch, if sooner), "
+                          "then it validates and keeps the best model (0: no limit)")
     runtime.add_argument("--val-every", type=int, default=1, help="epochs between validations")
     runtime.add_argument("--output", default="", help="run folder (default: runs/<name>)")
     runtime.add_argument("--resume", default="", help="continue from a last.pt checkpoint (schedule included)")
