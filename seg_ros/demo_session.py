@@ -35,6 +35,7 @@ class DemoSession:
         self._overlays: list[tuple[tuple[int, int], object]] = []
         self._warmup: dict[tuple[int, int], float] = {}  # untimed first frames: stamp -> send time
         self._first_output: float | None = None  # seconds from the warm-up frame to its first output
+        self._warmed_up: set[str] = set()  # output topics that delivered a warm-up frame
         self._diagnostics: dict[str, str] = {}
         self._log: collections.deque[str] = collections.deque(maxlen=NODE_LOG_LINES)
         self._last_activity = time.monotonic()
@@ -106,6 +107,7 @@ class DemoSession:
             if stamp in self._warmup:
                 if self._first_output is None:
                     self._first_output = now - self._warmup[stamp]
+                self._warmed_up.add(topic)
                 return
             self._received[topic][stamp] = now
             self._last_activity = now
@@ -137,20 +139,25 @@ class DemoSession:
         return messages
 
     def wait_ready(self, first: object, timeout_s: float) -> None:
-        """Until the node is up and one untimed frame made it through (its first inference is the slowest).
+        """Until the node is up and an untimed frame came back on every output.
 
-        The warm-up frame goes out again every few seconds until an output
-        comes back: a best-effort subscription may still be matching.
+        The first inference is the slowest, and DDS matches each topic on its
+        own time (the node skips outputs it has not seen a subscriber for), so
+        the warm-up frame goes out again every few seconds until all arrived.
         """
         deadline = time.monotonic() + timeout_s
         next_send = 0.0
-        while self._first_output is None:
+        while True:
+            with self._lock:
+                if len(self._warmed_up) == len(self.output_topics):
+                    return
             if self._process.poll() is not None:
                 raise self._node_failed()
             now = time.monotonic()
             if now > deadline:
-                raise RuntimeError(f"no output from the segmentation node within {timeout_s:.0f} s of starting it "
-                                   "(still loading its model? raise --startup-timeout)")
+                missing = sorted(set(self.output_topics) - self._warmed_up)
+                raise RuntimeError(f"nothing on {', '.join(missing)} within {timeout_s:.0f} s of starting the "
+                                   "segmentation node (still loading its model? raise --startup-timeout)")
             if now >= next_send and self._node.count_subscribers(self.input_topic) > 0:
                 first.header.stamp = self._node.get_clock().now().to_msg()
                 with self._lock:

@@ -98,13 +98,18 @@ def run(args: argparse.Namespace) -> int:
     source = open_image_source(data, topic=args.topic, limit=args.frames)
     command = node_command(args)
     os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))  # keep off other people's graphs
+    if os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") == "rmw_fastrtps_cpp":
+        # Fast DDS' default transports lose or delay (by a 3 s heartbeat) half-megabyte images on a busy
+        # machine; its large-data mode does not. The node inherits the setting.
+        os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
 
     from seg_ros.demo_session import DemoSession
 
     with DemoSession(command, INPUT_TOPIC, [f"/{NODE_NAME}/{name}" for name in OUTPUTS]) as session:
         frames = session.load(source)
         print(f"demo: {args.frames} frames from {source.describe()} at {args.rate:g} Hz -> {INPUT_TOPIC} "
-              f"(ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']})")
+              f"(ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, "
+              f"FASTDDS_BUILTIN_TRANSPORTS={os.environ.get('FASTDDS_BUILTIN_TRANSPORTS', 'unset')})")
         print("node: " + " ".join(command))
         session.wait_ready(frames[0], args.startup_timeout)
         session.send(frames, args.frames, args.rate)
