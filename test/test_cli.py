@@ -33,7 +33,6 @@ def test_every_flag_lands_in_the_config():
         "--height", "352", "--width", "480", "--threads", "2", "--crf", "--crf-iterations", "3",
         "--device", "cuda", "--engine-cache", "/tmp/engines", "--workspace-mb", "512", "--dla-core", "0",
         "--calibration-images", "/data/cal", "--calibration-bag", "/data/bag", "--calibration-topic", "/cam",
-        "--calibration-frames", "50",
     ))
     assert config == PipelineConfig(
         model="refinenet", weights="w.safetensors", num_classes=11, class_table="camvid",
@@ -41,7 +40,7 @@ def test_every_flag_lands_in_the_config():
         backend="tensorrt", precision="int8", input_height=352, input_width=480, threads=2,
         backend_options={"device": "cuda", "engine_cache": "/tmp/engines", "workspace_mb": 512, "dla_core": 0,
                          "calibration_images": "/data/cal", "calibration_bag": "/data/bag",
-                         "calibration_topic": "/cam", "calibration_frames": 50},
+                         "calibration_topic": "/cam"},
         crf=CrfSettings(enabled=True, iterations=3),
     )
 

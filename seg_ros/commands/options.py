@@ -27,7 +27,6 @@ _BACKEND_OPTIONS = (
     "calibration_images",
     "calibration_bag",
     "calibration_topic",
-    "calibration_frames",
 )
 
 
@@ -90,8 +89,6 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     trt.add_argument("--calibration-images", default=None, help="folder of images for INT8 calibration")
     trt.add_argument("--calibration-bag", default=None, help="rosbag2 with images for INT8 calibration")
     trt.add_argument("--calibration-topic", default=None, help="image topic in --calibration-bag")
-    trt.add_argument("--calibration-frames", type=_positive_int, default=None,
-                     help="INT8: frames drawn evenly from the calibration source (default 100)")
 
 
 def pipeline_config_from_args(args: argparse.Namespace):
