@@ -249,7 +249,31 @@ def next_stamp() -> int:
 # --- the main node ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def raw(tmp_path_factory):
+def early_processes(tmp_path_factory):
+    """Start the compressed-input node and the failing start-ups now, so they load while other tests run."""
+    tmp = tmp_path_factory.mktemp("node_early")
+    corrupt = tmp / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}" + bytes(64))
+    failures = {
+        "overlay_alpha": {"overlay_alpha": 2.0},
+        "model must be one of": {"model": "unet"},
+        "/nonexistent/seg.safetensors": {"weights": "/nonexistent/seg.safetensors"},
+        str(corrupt): {"weights": str(corrupt)},
+    }
+    processes = {
+        "jpeg": NodeProcess(tmp, "seg_jpeg", {**TEST_PARAMETERS, "image_transport": "compressed"}),
+        "failures": {words: NodeProcess(tmp, f"seg_fail{i}", {**TEST_PARAMETERS, **parameters})
+                     for i, (words, parameters) in enumerate(failures.items())},
+    }
+    yield processes
+    for process in [processes["jpeg"], *processes["failures"].values()]:
+        if process.process.poll() is None:
+            process.process.kill()
+            process.process.wait()
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory, early_processes):
     tmp = tmp_path_factory.mktemp("node_raw")
     process = NodeProcess(tmp, "seg_raw", {**TEST_PARAMETERS, "qos.reliability": "reliable"})
     probe = Probe("seg_raw")
@@ -338,7 +362,7 @@ def test_crf_switch_is_refused_until_the_crf_module_exists_else_applied(raw):
     try:
         assert probe.set_parameter("crf.iterations", 2) == (True, "")
         image = scene(*NETWORK_SIZE, seed=5)
-        outputs = probe.send(image_msg(image, "rgb8", next_stamp()))
+        outputs = probe.send(image_msg(image, "rgb8", next_stamp()), timeout=90.0)  # the first CRF call imports it
         _check_compact_outputs(outputs, image, outputs["label"].header)
     finally:
         assert probe.set_parameter("crf.enabled", False)[0]
@@ -502,8 +526,8 @@ def test_no_work_without_subscribers(raw):
 
 # --- compressed input, default (best-effort) QoS -----------------------------------------------------
 
-def test_compressed_input(tmp_path):
-    process = NodeProcess(tmp_path, "seg_jpeg", {**TEST_PARAMETERS, "image_transport": "compressed"})
+def test_compressed_input(early_processes):
+    process = early_processes["jpeg"]
     probe = Probe("seg_jpeg", compressed=True)
     try:
         probe.wait_until_ready(process)
@@ -532,20 +556,11 @@ def test_compressed_input(tmp_path):
 
 # --- start-up failures ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("parameters, words", [
-    ({"overlay_alpha": 2.0}, "overlay_alpha"),
-    ({"model": "unet"}, "model must be one of"),
-    ({"weights": "/nonexistent/seg.safetensors"}, "/nonexistent/seg.safetensors"),
-    ({"weights": "CORRUPT"}, "corrupt.safetensors"),
-])
-def test_start_up_errors_exit_non_zero_with_one_clear_message(tmp_path, parameters, words):
-    if parameters.get("weights") == "CORRUPT":
-        corrupt = tmp_path / "corrupt.safetensors"
-        corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}" + bytes(64))
-        parameters = {"weights": str(corrupt)}
-    process = NodeProcess(tmp_path, "seg_fail", {**TEST_PARAMETERS, **parameters})
-    code = process.process.wait(timeout=120)
-    log = process.log()
-    assert code == 1, log
-    assert "cannot start" in log and words in log, log
-    assert "Traceback" not in log, log
+def test_start_up_errors_exit_non_zero_with_one_clear_message(early_processes):
+    """Bad parameter values, missing weights, corrupt weights: exit code 1 and one line naming the problem."""
+    for words, process in early_processes["failures"].items():
+        code = process.process.wait(timeout=180)
+        log = process.log()
+        assert code == 1, log
+        assert "cannot start" in log and words in log, log
+        assert "Traceback" not in log, log
