@@ -1,0 +1,323 @@
+"""Dense CRF refinement of per-pixel class probabilities (fully connected CRF).
+
+Mean-field inference for Krähenbühl & Koltun's fully connected CRF with Potts
+compatibility, exactly the model the DeepLab line puts after the network and
+CRF-as-RNN unrolls as layers: unary -log(p) (p clipped at 1e-5, as
+pydensecrf's ``unary_from_softmax``), a Gaussian smoothness kernel over pixel
+positions (``gaussian_sxy`` pixels) and a bilateral appearance kernel over
+positions and RGB (``bilateral_sxy`` pixels, ``bilateral_srgb`` intensity
+units), each normalised symmetrically (D^-1/2 K D^-1/2, pydensecrf's default)
+and weighted by its compatibility. Each iteration:
+Q <- softmax(-U + w_g K_g Q + w_b K_b Q).
+
+How it is made fast (numbers in scripts/crf_benchmark.py and the README):
+
+* The bilateral kernel is filtered on a permutohedral lattice (as in the
+  reference implementation), built once per frame with vectorised numpy and
+  kept as sparse matrices (seg_ros.crf_lattice); each iteration is then a few
+  sparse-dense products in torch, on the CPU or on the GPU.
+* Message passing runs on a grid ``downsample`` times coarser than the image
+  (2 for the default kernels: the Gaussian kernel stays 1.5 coarse pixels
+  wide, the bilateral one 40); the last iteration is computed at full
+  resolution from the unary there, with the coarse messages brought back up
+  bilinearly (Gaussian) and edge-aware (bilateral: bilinear weights times the
+  colour similarity between each pixel and the coarse samples), so labels
+  still snap to the image's own edges. ``downsample=1`` runs every iteration
+  at full resolution.
+* The Gaussian kernel is an exact separable convolution (as sparse banded
+  matrices), not a lattice approximation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from seg_ros.crf_lattice import Csr, LatticeFilter, build_lattice_filter
+
+UNARY_CLIP = 1e-5  # as pydensecrf.utils.unary_from_softmax
+SUM_TOLERANCE = 1e-2  # per-pixel probabilities must sum to 1 within this
+MAX_DOWNSAMPLE = 4
+MIN_COARSE_SIGMA = 1.5  # kernels stay at least this many coarse pixels wide
+
+
+@dataclass(frozen=True)
+class CrfOperators:
+    """The per-frame linear maps of one CRF run (numpy CSR, converted to torch at use)."""
+
+    coarse_size: tuple[int, int]  # (height, width) of the message-passing grid
+    gaussian: tuple[np.ndarray, np.ndarray] | None  # Gaussian taps along x and y, coarse pixels
+    bilateral: LatticeFilter | None  # bilateral filter on the coarse grid
+    upsample: Csr | None  # full × coarse edge-aware interpolation; None at downsample 1
+
+
+def dense_crf(image: np.ndarray, probabilities: np.ndarray, iterations: int = 5,
+              gaussian_sxy: float = 3.0, gaussian_weight: float = 3.0,
+              bilateral_sxy: float = 80.0, bilateral_srgb: float = 13.0, bilateral_weight: float = 10.0,
+              *, downsample: int = 0, device=None) -> np.ndarray:
+    """Refine `probabilities` (C×H×W float32, per-pixel distributions) with a dense CRF on `image`
+    (H×W×3 uint8 RGB); returns the refined C×H×W float32 distributions.
+
+    downsample: message-passing grid factor (0 = automatic, 1 = full resolution).
+    device: torch device for the iterations ('cpu' by default, 'cuda' where there is one).
+    """
+    if not isinstance(probabilities, np.ndarray):
+        raise ValueError(f"probabilities must be a numpy array, got {type(probabilities).__name__}")
+    refined = dense_crf_tensor(image, torch.from_numpy(probabilities).to(device or "cpu"), iterations,
+                               gaussian_sxy, gaussian_weight, bilateral_sxy, bilateral_srgb,
+                               bilateral_weight, downsample=downsample)
+    return refined.cpu().numpy()
+
+
+def dense_crf_tensor(image: np.ndarray, probabilities, iterations: int = 5,
+                     gaussian_sxy: float = 3.0, gaussian_weight: float = 3.0,
+                     bilateral_sxy: float = 80.0, bilateral_srgb: float = 13.0, bilateral_weight: float = 10.0,
+                     *, downsample: int = 0):
+    """dense_crf for a torch tensor of probabilities on any device; the result stays on that device.
+
+    The lattice is built on the CPU from `image` (numpy); the iterations run where the tensor is.
+    """
+    _check_image(image)
+    if not isinstance(probabilities, torch.Tensor):
+        raise ValueError(f"probabilities must be a torch tensor, got {type(probabilities).__name__}")
+    _check_probabilities(probabilities, image.shape[:2])
+    _check_parameters(iterations, gaussian_sxy, gaussian_weight, bilateral_sxy, bilateral_srgb, bilateral_weight)
+    height, width = image.shape[:2]
+    if isinstance(downsample, bool) or not isinstance(downsample, (int, np.integer)) or downsample < 0:
+        raise ValueError(f"downsample must be an integer >= 0 (0 = automatic), got {downsample!r}")
+    factor = int(downsample) or auto_downsample(height, width, gaussian_sxy, gaussian_weight,
+                                                bilateral_sxy, bilateral_weight)
+    if factor > 1 and (height < 2 * factor or width < 2 * factor):
+        raise ValueError(f"downsample {factor} is too coarse for a {width}x{height} image")
+
+    num_classes = probabilities.shape[0]
+    prior = probabilities.clamp(UNARY_CLIP, 1.0)  # exp(-unary)
+    if iterations == 0 or num_classes == 1 or gaussian_weight == bilateral_weight == 0:
+        return prior / prior.sum(0, keepdim=True)
+
+    device = probabilities.device
+    ops = build_operators(image, factor, gaussian_sxy, gaussian_weight, bilateral_sxy, bilateral_srgb,
+                          bilateral_weight, sorted_columns=device.type != "cpu")
+    passing = _MessagePassing(ops, gaussian_weight, bilateral_weight, device)
+    coarse_prior = prior if factor == 1 else area_mean(prior, ops.coarse_size)
+    coarse_log_prior = coarse_prior.reshape(num_classes, -1).log()
+    q = torch.softmax(coarse_log_prior, 0)  # C × coarse pixels
+    for _ in range(iterations - 1):
+        q = torch.softmax(passing.coarse(q) + coarse_log_prior, 0)
+    full_log_prior = coarse_log_prior if factor == 1 else prior.reshape(num_classes, -1).log()
+    return torch.softmax(passing.full(q) + full_log_prior, 0).reshape(probabilities.shape)
+
+
+def auto_downsample(height: int, width: int, gaussian_sxy: float, gaussian_weight: float,
+                    bilateral_sxy: float, bilateral_weight: float) -> int:
+    """Coarsest grid factor that keeps every active kernel MIN_COARSE_SIGMA coarse pixels wide."""
+    widths = [s for s, w in ((gaussian_sxy, gaussian_weight), (bilateral_sxy, bilateral_weight)) if w > 0]
+    if not widths:
+        return 1
+    factor = int(min(widths) // MIN_COARSE_SIGMA)
+    return max(1, min(factor, MAX_DOWNSAMPLE, height // 2, width // 2))
+
+
+def build_operators(image: np.ndarray, factor: int, gaussian_sxy: float, gaussian_weight: float,
+                    bilateral_sxy: float, bilateral_srgb: float, bilateral_weight: float,
+                    sorted_columns: bool = False) -> CrfOperators:
+    """Everything that depends on the image only: lattice, Gaussian taps, upsampling matrix."""
+    height, width = image.shape[:2]
+    coarse_h, coarse_w = (height, width) if factor == 1 else (-(-height // factor), -(-width // factor))
+    ys, xs = _cell_centres(height, coarse_h), _cell_centres(width, coarse_w)
+    colours = image.astype(np.float32)
+    if factor > 1:
+        planar = torch.from_numpy(np.ascontiguousarray(colours.transpose(2, 0, 1)))
+        colours = area_mean(planar, (coarse_h, coarse_w)).permute(1, 2, 0).contiguous().numpy()
+
+    gaussian = None
+    if gaussian_weight > 0:
+        gaussian = (_gaussian_taps(gaussian_sxy * coarse_w / width), _gaussian_taps(gaussian_sxy * coarse_h / height))
+    bilateral = None
+    if bilateral_weight > 0:
+        grid_y, grid_x = np.meshgrid(ys / bilateral_sxy, xs / bilateral_sxy, indexing="ij")
+        features = np.concatenate([grid_x.reshape(1, -1), grid_y.reshape(1, -1),
+                                   colours.reshape(-1, 3).T / np.float32(bilateral_srgb)])
+        bilateral = build_lattice_filter(features, sorted_columns=sorted_columns)
+    upsample = _upsample_matrix(image, colours, ys, xs, bilateral_srgb) if factor > 1 else None
+    return CrfOperators((coarse_h, coarse_w), gaussian, bilateral, upsample)
+
+
+def area_mean(planes, size: tuple[int, int]):
+    """Mean of each adaptive-pooling cell of a C×H×W tensor (torch's adaptive average pooling;
+    OpenCV's INTER_AREA on the CPU where the cells are whole s×s blocks, same result, faster)."""
+    height, width = planes.shape[1:]
+    whole_blocks = height % size[0] == 0 and width % size[1] == 0
+    if planes.device.type == "cpu" and whole_blocks and planes.dtype == torch.float32:
+        dsize = (size[1], size[0])
+        return torch.from_numpy(np.stack([cv2.resize(plane, dsize, interpolation=cv2.INTER_AREA)
+                                          for plane in planes.numpy()]))
+    return torch.nn.functional.adaptive_avg_pool2d(planes[None], size)[0]
+
+
+class _MessagePassing:
+    """The pairwise messages w_g K_g Q + w_b K_b Q (symmetrically normalised) on one device."""
+
+    def __init__(self, ops: CrfOperators, gaussian_weight: float, bilateral_weight: float, device):
+        self.size = ops.coarse_size
+        pixels = self.size[0] * self.size[1]
+        ones = torch.ones(pixels, 1, device=device)
+        self.gaussian = None
+        if ops.gaussian is not None:
+            self.taps = ops.gaussian
+            self.gaussian = (float(gaussian_weight), torch.rsqrt(self._blur(ones)))
+        self.bilateral = None
+        if ops.bilateral is not None:
+            lattice = ops.bilateral
+            self.splat = lattice.splat.to_torch(device)
+            self.slice = lattice.slice.to_torch(device)
+            self.neighbours = torch.from_numpy(lattice.neighbours).to(device)
+            self.bilateral = (float(bilateral_weight), torch.rsqrt(self._lattice(ones) + 1e-20))
+        self.upsample = ops.upsample.to_torch(device) if ops.upsample is not None else None
+
+    def _blur(self, values):
+        """Separable Gaussian blur (zero padding) of pixels × channels values on the coarse grid."""
+        taps_x, taps_y = self.taps
+        height, width = self.size
+        channels = values.shape[1]
+        if values.device.type == "cpu" and channels <= 512:  # OpenCV's channel limit
+            grid = values.numpy().reshape(height, width, channels)
+            out = cv2.sepFilter2D(grid, -1, taps_x, taps_y, borderType=cv2.BORDER_CONSTANT)
+            return torch.from_numpy(out.reshape(-1, channels))
+        planes = values.t().reshape(1, channels, height, width)
+        kx = torch.from_numpy(taps_x).to(values.device).view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+        ky = torch.from_numpy(taps_y).to(values.device).view(1, 1, -1, 1).expand(channels, 1, -1, 1)
+        planes = torch.nn.functional.conv2d(planes, kx, padding=(0, taps_x.size // 2), groups=channels)
+        planes = torch.nn.functional.conv2d(planes, ky, padding=(taps_y.size // 2, 0), groups=channels)
+        return planes.reshape(channels, -1).t()
+
+    def _lattice(self, values):
+        """Unnormalised permutohedral filtering of pixels × channels values."""
+        vertices = self.splat @ values
+        num_vertices = vertices.shape[0]
+        padded = torch.cat([vertices, vertices.new_zeros(1, vertices.shape[1])])  # row for "no neighbour"
+        for lower, upper in self.neighbours:
+            padded[:num_vertices] = padded[:num_vertices] + 0.5 * (padded[lower] + padded[upper])
+        return self.slice @ padded[:num_vertices]
+
+    def _messages(self, q):
+        """Pixels × C messages for q (C × coarse pixels)."""
+        values = q.t().contiguous()
+        total = None
+        if self.gaussian is not None:
+            weight, norm = self.gaussian
+            total = self._blur(values * norm) * (norm * weight)
+        if self.bilateral is not None:
+            weight, norm = self.bilateral
+            term = self._lattice(values * norm) * (norm * weight)
+            total = term if total is None else total + term
+        return total
+
+    def coarse(self, q):
+        """Messages on the coarse grid, C × coarse pixels."""
+        return self._messages(q).t()
+
+    def full(self, q):
+        """Messages from the coarse q at full resolution (edge-aware upsampling), C × pixels."""
+        messages = self._messages(q)
+        if self.upsample is not None:
+            messages = self.upsample @ messages
+        return messages.t()
+
+
+def _cell_centres(size: int, cells: int) -> np.ndarray:
+    """Full-resolution centre of each adaptive-average-pooling cell along one axis."""
+    j = np.arange(cells)
+    start = (j * size) // cells
+    end = -((-(j + 1) * size) // cells)
+    return (start + end - 1) / 2.0
+
+
+def _gaussian_taps(sigma: float) -> np.ndarray:
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    offsets = np.arange(-radius, radius + 1)
+    return np.exp(-0.5 * (offsets / sigma) ** 2).astype(np.float32)
+
+
+def _upsample_matrix(image: np.ndarray, coarse_image: np.ndarray, ys: np.ndarray, xs: np.ndarray,
+                     srgb: float) -> Csr:
+    """full × coarse matrix over each pixel's 4 nearest coarse samples: bilinear weights times colour
+    similarity exp(-|I - I_coarse|² / 2 srgb²), renormalised, so messages follow the pixel's own edges."""
+    height, width = image.shape[:2]
+    coarse_w = coarse_image.shape[1]
+
+    def neighbours(size: int, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        low = np.clip(np.searchsorted(centres, np.arange(size), side="right") - 1, 0, centres.size - 2)
+        frac = np.clip((np.arange(size) - centres[low]) / (centres[low + 1] - centres[low]), 0.0, 1.0)
+        return low, frac.astype(np.float32)
+
+    y0, fy = neighbours(height, ys)
+    x0, fx = neighbours(width, xs)
+    planes = np.ascontiguousarray(image.transpose(2, 0, 1), np.float32)
+    coarse_planes = np.ascontiguousarray(coarse_image.transpose(2, 0, 1))
+    corners = ((0, 0), (0, 1), (1, 0), (1, 1))
+    cols = np.empty((height, width, 4), np.int64)
+    weights = np.empty((height, width, 4), np.float32)
+    distances = np.zeros((4, height, width), np.float32)
+    for k, (dy, dx) in enumerate(corners):
+        rows, columns = y0 + dy, x0 + dx
+        cols[..., k] = rows[:, None] * coarse_w + columns[None, :]
+        weights[..., k] = (fy if dy else 1 - fy)[:, None] * (fx if dx else 1 - fx)[None, :]
+        for plane, coarse_plane in zip(planes, coarse_planes):
+            difference = plane - coarse_plane.take(rows, axis=0).take(columns, axis=1)
+            distances[k] += difference * difference
+    distances -= distances.min(axis=0)
+    distances *= np.float32(-0.5 / (srgb * srgb))
+    similarity = np.exp(distances, out=distances)
+    similarity += np.float32(1e-4)
+    weights *= similarity.transpose(1, 2, 0)
+    weights /= weights.sum(axis=-1, keepdims=True)
+    crow = np.arange(0, cols.size + 1, 4, dtype=np.int64)
+    return Csr(crow, cols.reshape(-1), weights.reshape(-1), (height * width, coarse_image.shape[0] * coarse_w))
+
+
+def _check_image(image) -> None:
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be an H×W×3 uint8 RGB array, got shape {image.shape} dtype {image.dtype}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image is empty (shape {image.shape})")
+
+
+def _check_probabilities(probabilities, size: tuple[int, int]) -> None:
+    if probabilities.dtype != torch.float32:
+        raise ValueError(f"probabilities must be float32, got {str(probabilities.dtype).replace('torch.', '')}")
+    if probabilities.ndim != 3 or probabilities.shape[0] < 1:
+        raise ValueError(f"probabilities must be C×H×W, got shape {tuple(probabilities.shape)}")
+    if tuple(probabilities.shape[1:]) != tuple(size):
+        raise ValueError(f"probabilities are {probabilities.shape[2]}x{probabilities.shape[1]} but the image is "
+                         f"{size[1]}x{size[0]} (width x height); they must match")
+    worst = float((probabilities.sum(0) - 1.0).abs().max())  # NaN/inf anywhere makes this NaN/inf
+    if not math.isfinite(worst):
+        raise ValueError("probabilities contain NaN or infinite values")
+    if float(probabilities.min()) < 0.0:
+        raise ValueError("probabilities contain negative values")
+    if worst > SUM_TOLERANCE:
+        raise ValueError(f"probabilities must sum to 1 over the classes at every pixel (off by up to {worst:.3g}); "
+                         "pass softmax outputs, not logits")
+
+
+def _check_parameters(iterations, gaussian_sxy, gaussian_weight, bilateral_sxy, bilateral_srgb,
+                      bilateral_weight) -> None:
+    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
+        raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
+    for name, value in (("gaussian_sxy", gaussian_sxy), ("bilateral_sxy", bilateral_sxy),
+                        ("bilateral_srgb", bilateral_srgb)):
+        if not _is_number(value) or not value > 0 or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    for name, value in (("gaussian_weight", gaussian_weight), ("bilateral_weight", bilateral_weight)):
+        if not _is_number(value) or not value >= 0 or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)

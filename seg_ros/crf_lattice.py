@@ -1,0 +1,163 @@
+"""Permutohedral-lattice Gaussian filtering as sparse matrices, for the dense CRF.
+
+The dense CRF's bilateral kernel couples every pixel with every other one; the
+permutohedral lattice (Adams, Baek & Davis 2010, as used by Krähenbühl &
+Koltun's densecrf) makes it linear in the number of pixels: splat each point
+onto the d+1 vertices of its enclosing simplex, blur along the d+1 lattice
+axes with a [1/2, 1, 1/2] kernel, slice back with the same barycentric weights.
+
+Everything that depends only on the image (vertices, barycentric weights,
+blur neighbours) is computed once per frame here, with vectorised numpy, as
+sparse CSR matrices and index arrays; each mean-field iteration is then two
+sparse-dense products and a few gathers, with torch on the CPU or the GPU.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Csr:
+    """A sparse matrix in CSR form (numpy arrays), converted to torch where it is used."""
+
+    crow: np.ndarray  # int64, rows + 1
+    col: np.ndarray  # int64, nnz
+    val: np.ndarray  # float32, nnz
+    shape: tuple[int, int]
+
+    def to_torch(self, device):
+        import torch
+
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(self.crow), torch.from_numpy(self.col), torch.from_numpy(self.val),
+            size=self.shape, device=device,
+        )
+
+
+@dataclass(frozen=True)
+class LatticeFilter:
+    """K = slice · blur_d ··· blur_0 · splat, where blur_j(V)[i] = V[i] + (V[n1] + V[n2]) / 2 over
+    vertex i's two neighbours along lattice axis j (index num_vertices where there is none)."""
+
+    splat: Csr  # vertices × points
+    neighbours: np.ndarray  # (d+1) × 2 × vertices, int64
+    slice: Csr  # points × vertices
+    num_vertices: int
+
+
+def _elevate(features: np.ndarray) -> np.ndarray:
+    """(d+1)×N coordinates in the hyperplane sum(x) = 0 of d×N features, scaled so the lattice blur
+    approximates a unit-variance Gaussian (Adams et al., as in densecrf):
+    e[0] = sum_k s_k f_k, e[j] = sum_{k>=j} s_k f_k - j s_{j-1} f_{j-1}."""
+    d = features.shape[0]
+    inv_std = math.sqrt(2.0 / 3.0) * (d + 1)
+    scale = np.array([inv_std / math.sqrt((k + 2) * (k + 1)) for k in range(d)], np.float32)
+    scaled = features.astype(np.float32) * scale[:, None]
+    elevated = np.zeros((d + 1, features.shape[1]), np.float32)
+    np.cumsum(scaled[::-1], axis=0, out=elevated[d - 1::-1])  # elevated[j] = sum_{k>=j} scaled[k], j < d
+    elevated[1:] -= np.arange(1, d + 1, dtype=np.float32)[:, None] * scaled
+    return elevated
+
+
+def build_lattice_filter(features: np.ndarray, sorted_columns: bool = False) -> LatticeFilter:
+    """Lattice for N points with d×N `features` (one row per dimension, each already divided by
+    the kernel's standard deviation along it).
+
+    sorted_columns=True sorts the column indices inside each row of the slice matrix
+    (cuSPARSE assumes sorted CSR; MKL on the CPU does not need it).
+    """
+    d, num_points = features.shape
+    if num_points == 0:
+        raise ValueError("the lattice needs at least one point")
+    d1 = d + 1
+    points = np.arange(num_points)
+    elevated = _elevate(features)
+
+    # Closest remainder-0 lattice point (in units of d+1) and the simplex around the point:
+    # rank[i] = how many coordinates of elevated - rem0 exceed coordinate i (ties: lower index first).
+    rem0 = np.rint(elevated * np.float32(1.0 / d1))
+    diff = elevated - d1 * rem0
+    rank = np.zeros((d1, num_points), np.int8)
+    for i in range(d):
+        for j in range(i + 1, d1):
+            smaller = diff[i] < diff[j]
+            rank[i] += smaller
+            rank[j] += ~smaller
+    rank += rem0.sum(axis=0).astype(np.int8)  # |sum| <= d+1: the point is brought back to the plane
+    wrap = (rank < 0).view(np.int8) - (rank > d).view(np.int8)
+    rank += np.int8(d1) * wrap
+    rem0 += wrap
+
+    # Barycentric weights: with the offsets sorted ascending into u, w[k] = u[k] - u[k-1], w[0] = 1 + u[0] - u[d].
+    offsets = (elevated - d1 * rem0) * np.float32(1.0 / d1)
+    ordered = np.empty((d1, num_points), np.float32)
+    np.put(ordered, (d - rank).astype(np.intp) * num_points + points, offsets)
+    weights = np.empty((num_points, d1), np.float32)  # point-major
+    weights[:, 1:] = (ordered[1:] - ordered[:-1]).T
+    weights[:, 0] = 1.0 + ordered[0] - ordered[d]
+
+    # Vertex keys as mixed-radix integers. Vertex r of a simplex is rem0 + c(r) with c_i(r) = r where
+    # rank_i <= d - r, else r - (d+1), so code(r) = code(r-1) + sum(mult) - (d+1) * mult[i: rank_i = d+1-r].
+    # The digit ranges leave room for the blur's neighbours (offset up to d) so codes never alias.
+    keys = rem0[:d].astype(np.int64)
+    low, high = keys.min(axis=1), keys.max(axis=1)
+    key_min = d1 * low - 2 * d
+    span = d1 * (high - low) + 4 * d + 1
+    if math.prod(int(s) for s in span) >= 2**62:
+        raise ValueError("the feature range is too large for the lattice (kernel widths too small for the image)")
+    mult = np.ones(d, np.int64)
+    for j in range(d - 2, -1, -1):
+        mult[j] = mult[j + 1] * span[j + 1]
+    digit = np.zeros((d1, num_points), np.int64)  # digit[k] = mult of the coordinate with rank k
+    np.put(digit, rank[:d].astype(np.intp) * num_points + points, np.repeat(mult, num_points))
+    codes = np.empty((num_points, d1), np.int64)  # point-major: entry e = point * (d+1) + r
+    code = (((d1 * keys) - key_min[:, None]) * mult[:, None]).sum(axis=0)
+    codes[:, 0] = code
+    for r in range(1, d1):
+        code += int(mult.sum())
+        code -= d1 * digit[d1 - r]
+        codes[:, r] = code
+    codes = codes.ravel()
+
+    # Sort the entries by vertex code (ties by entry) to number the vertices and get the splat rows.
+    num_entries = codes.size
+    index_bits = max(1, int(num_entries - 1).bit_length())
+    if int(codes.max()) < 2 ** (62 - index_bits):
+        packed = np.sort((codes << index_bits) | np.arange(num_entries, dtype=np.int64))
+        order = packed & ((1 << index_bits) - 1)
+        sorted_codes = packed >> index_bits
+    else:
+        order = np.argsort(codes, kind="stable")
+        sorted_codes = codes[order]
+    first = np.empty(num_entries, bool)
+    first[0] = True
+    np.not_equal(sorted_codes[1:], sorted_codes[:-1], out=first[1:])
+    vertex_of_sorted = np.cumsum(first) - 1
+    unique_codes = sorted_codes[first]
+    num_vertices = unique_codes.size
+    vertex = np.empty(num_entries, np.int64)
+    vertex[order] = vertex_of_sorted
+    flat_weights = weights.ravel()
+
+    splat = Csr(np.append(np.flatnonzero(first), num_entries).astype(np.int64), order // d1,
+                flat_weights[order], (num_vertices, num_points))
+    slice_col, slice_val = vertex, flat_weights
+    if sorted_columns:
+        by_vertex = np.argsort(vertex.reshape(num_points, d1), axis=1)
+        rows = np.arange(num_points)[:, None]
+        slice_col = vertex.reshape(num_points, d1)[rows, by_vertex].ravel()
+        slice_val = flat_weights.reshape(num_points, d1)[rows, by_vertex].ravel()
+    slice_ = Csr(np.arange(0, num_entries + 1, d1, dtype=np.int64), slice_col, slice_val,
+                 (num_points, num_vertices))
+
+    # Blur along each lattice axis j: the neighbours differ by -1 in every coordinate but j (+d).
+    neighbours = np.empty((d1, 2, num_vertices), np.int64)
+    for j in range(d1):
+        step = -int(mult.sum()) + (d1 * int(mult[j]) if j < d else 0)
+        for side, neighbour_codes in enumerate((unique_codes - step, unique_codes + step)):
+            pos = np.minimum(np.searchsorted(unique_codes, neighbour_codes), num_vertices - 1)
+            neighbours[j, side] = np.where(unique_codes[pos] == neighbour_codes, pos, num_vertices)
+    return LatticeFilter(splat, neighbours, slice_, num_vertices)
