@@ -398,18 +398,37 @@ def train(cfg: TrainConfig) -> TrainResult:
     return TrainResult(best_miou, best_path, last_path, step, epoch, stopped, history)
 
 
-def export_bundled(checkpoint: str | Path, path: str | Path, *, half: bool = True, extra_metrics: dict | None = None):
-    """Write a training checkpoint as bundled weights: safetensors + ModelSpec with the val metrics and recipe."""
+def _checkpoint_config(state: dict) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in state["config"].items() if k in known})
+    cfg.size, cfg.crop, cfg.scale_range = tuple(cfg.size), tuple(cfg.crop), tuple(cfg.scale_range)
+    return cfg
+
+
+def export_bundled(checkpoint: str | Path, path: str | Path, *, half: bool = True, evaluate_val: bool = True,
+                   extra_metrics: dict | None = None):
+    """Write a training checkpoint as bundled weights: safetensors + ModelSpec with the val metrics and recipe.
+
+    With ``evaluate_val`` (and a val split) the metrics are measured again in
+    fp32 on the weights as shipped (fp16-rounded when ``half``), not copied from
+    the (possibly bf16) validation during training.
+    """
     from seg_ros.classes import load_class_table
     from seg_ros.models import ModelSpec, save_checkpoint
 
     state = load_training_checkpoint(checkpoint)
-    cfg = TrainConfig(**{k: v for k, v in state["config"].items() if k in {f.name for f in fields(TrainConfig)}})
+    cfg = _checkpoint_config(state)
     cfg.pretrained_backbone = ""  # the weights already hold it
     module = build_network(cfg)
     module.load_state_dict(state["model"])
+    if half:
+        module.half().float()  # exactly what load_model will give users
     module.eval()
     best = state.get("best_metrics") or {}
+    if evaluate_val and best:
+        val_set = SegmentationDataset(dataset_pairs(cfg.dataset, cfg.data, "val")[: cfg.limit_val or None],
+                                      num_classes=cfg.num_classes, ignore_index=cfg.ignore_index, size=cfg.size)
+        best = evaluate(module, val_set, torch.device("cpu"))
     metrics: dict = {}
     if best:
         names = load_class_table(cfg.class_table).names if cfg.class_table else [str(i) for i in range(cfg.num_classes)]
@@ -421,10 +440,12 @@ def export_bundled(checkpoint: str | Path, path: str | Path, *, half: bool = Tru
         }
     metrics["training"] = {
         "dataset": cfg.dataset, "epochs": state["epoch"], "steps": state["step"], "batch_size": cfg.batch_size,
-        "crop": list(cfg.crop), "scale_range": list(cfg.scale_range), "lr": cfg.lr, "optimizer": "AdamW",
-        "schedule": f"poly {cfg.poly_power}", "weight_decay": cfg.weight_decay,
-        "class_weighting": cfg.class_weighting, "train_seconds": round(state["train_seconds"]),
-        "pretrained_backbone": bool(state["config"].get("pretrained_backbone")),
+        "crop": list(cfg.crop), "scale_range": list(cfg.scale_range), "flip": True, "colour_jitter": cfg.jitter,
+        "lr": cfg.lr, "optimizer": "AdamW", "schedule": f"poly {cfg.poly_power}",
+        "weight_decay": cfg.weight_decay, "class_weighting": cfg.class_weighting,
+        "class_weights": [round(float(w), 3) for w in state["class_weights"]],
+        "time_limit_min": cfg.time_limit_min, "train_seconds": round(state["train_seconds"]),
+        "threads": cfg.threads, "amp": cfg.amp, "pretrained_backbone": bool(state["config"].get("pretrained_backbone")),
     }
     metrics.update(extra_metrics or {})
     spec = ModelSpec(name=cfg.name, family=cfg.model, options=dict(cfg.model_options), num_classes=cfg.num_classes,
@@ -432,3 +453,132 @@ def export_bundled(checkpoint: str | Path, path: str | Path, *, half: bool = Tru
                      mean=tuple(IMAGENET_MEAN), std=tuple(IMAGENET_STD), metrics=metrics)
     save_checkpoint(path, module, spec, half=half)
     return spec
+
+
+def measure_cpu_latency(weights: str | Path, image: np.ndarray, *, backend: str = "onnxruntime", threads: int = 2,
+                        frames: int = 20) -> dict:
+    """Median and p90 milliseconds of the whole pipeline (and of inference alone) on one RGB frame."""
+    from seg_ros.pipeline import PipelineConfig, build_pipeline
+
+    built = build_pipeline(PipelineConfig(weights=str(weights), backend=backend, threads=threads))
+    try:
+        for _ in range(3):  # warm-up: allocations, ORT graph optimisation
+            built.pipeline.process(image)
+        totals, inference = [], []
+        for _ in tqdm(range(frames), desc=f"latency {backend}", unit="frame", leave=False):
+            t0 = time.perf_counter()
+            result = built.pipeline.process(image)
+            totals.append((time.perf_counter() - t0) * 1e3)
+            inference.append(result.timings_ms["inference"])
+    finally:
+        built.pipeline.backend.close()
+    return {"backend": built.backend_name, "threads": threads, "image": f"{image.shape[1]}x{image.shape[0]}",
+            "pipeline_ms_median": round(float(np.median(totals)), 1),
+            "pipeline_ms_p90": round(float(np.percentile(totals, 90)), 1),
+            "inference_ms_median": round(float(np.median(inference)), 1), "frames": frames}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "CPU")
+    except OSError:
+        return "CPU"
+
+
+def write_model_card(weights: str | Path, latencies: list[dict], *, notes: str = "") -> Path:
+    """models/<name>.md next to the weights: architecture, recipe, val scores per class, CPU latency."""
+    from seg_ros.models import build_model, read_spec, variant_name
+    from seg_ros.models.checkpoint import file_sha256
+
+    weights = Path(weights)
+    spec = read_spec(weights)
+    metrics, recipe = spec.metrics, spec.metrics.get("training", {})
+    params = sum(p.numel() for p in build_model(spec.family, spec.num_classes, **spec.options).parameters())
+    lines = [
+        f"# {spec.name}",
+        "",
+        f"`{weights.name}`: {variant_name(spec.family, spec.options)}, trained from scratch by `seg_ros train` on "
+        f"{recipe.get('dataset', '?')} ({spec.num_classes} classes, class table `{spec.class_table}`).",
+        "",
+        "## Architecture",
+        "",
+        f"- family `{spec.family}`, options `{json.dumps(spec.options, sort_keys=True)}`",
+        f"- {params / 1e6:.2f} M parameters; file {weights.stat().st_size / 2**20:.1f} MiB (fp16 safetensors), "
+        f"sha256 `{file_sha256(weights)[:16]}…`",
+        f"- network input {spec.input_width}x{spec.input_height} (width x height); the pipeline resizes any frame "
+        "to it and the label back to the frame's size; ImageNet mean/std normalisation",
+        "",
+        "## Training",
+        "",
+        f"- data: CamVid train split (367 images); the val split (101 images) chose the best checkpoint and gives "
+        "the scores below. The CamVid test split was not available and was not used.",
+        f"- {recipe.get('epochs')} epochs, {recipe.get('steps')} steps of batch {recipe.get('batch_size')}; random "
+        f"scale {recipe.get('scale_range')} of the network size, crop {recipe.get('crop')} (HxW), horizontal flip, "
+        f"colour jitter {recipe.get('colour_jitter')}",
+        f"- {recipe.get('optimizer')} lr {recipe.get('lr')}, weight decay {recipe.get('weight_decay')} (not on "
+        f"norms/biases), {recipe.get('schedule')} schedule ending at the {recipe.get('time_limit_min')}-minute "
+        "time limit",
+        f"- loss: cross-entropy, void ignored, {recipe.get('class_weighting')}-frequency class weights "
+        f"{recipe.get('class_weights')}",
+        f"- no ImageNet weights (none can be downloaded here): random initialisation"
+        if not recipe.get("pretrained_backbone") else "- ImageNet backbone weights from a local file",
+        f"- wall time {recipe.get('train_seconds', 0) / 60:.0f} min with {recipe.get('threads') or 'default'} torch "
+        f"thread(s) on {_cpu_name()} (2 cores shared with other jobs), "
+        f"{'bf16 autocast' if recipe.get('amp') else 'fp32'}; no GPU",
+        "",
+        "## CamVid val scores",
+        "",
+        "fp32 inference with the fp16 weights as shipped, at the network size, upsampled to the 480x360 labels; "
+        "void ignored.",
+        "",
+        f"- mIoU **{100 * metrics.get('val_miou', 0):.1f}**, pixel accuracy "
+        f"{100 * metrics.get('val_pixel_accuracy', 0):.1f}, mean class accuracy "
+        f"{100 * metrics.get('val_mean_class_accuracy', 0):.1f}",
+        "",
+        "| class | IoU |",
+        "|---|---|",
+    ]
+    for name, iou in metrics.get("val_per_class_iou", {}).items():
+        lines.append(f"| {name} | {'n/a' if iou is None else f'{100 * iou:.1f}'} |")
+    lines += ["", "## CPU latency", ""] + (["Not measured."] if not latencies else [
+              "Whole pipeline (resize, normalise, inference, argmax head, resize back) on a 480x360 CamVid frame, "
+              "measured with `seg_ros.training.measure_cpu_latency` while other jobs shared the 2 cores, so these are "
+              "upper bounds.", "",
+              "| backend | threads | pipeline median ms | p90 ms | inference median ms |", "|---|---|---|---|---|"])
+    for entry in latencies:
+        lines.append(f"| {entry['backend']} | {entry['threads']} | {entry['pipeline_ms_median']} | "
+                     f"{entry['pipeline_ms_p90']} | {entry['inference_ms_median']} |")
+    lines += ["", "## Use", "",
+              f"`seg_ros segment --weights {weights.name} …`, or the node parameter `weights`; "
+              f"`--model {spec.family}` alone picks these weights.", "",
+              "Trained on CamVid (CC BY-NC 4.0, research use): check that licence before commercial use.", ""]
+    if notes:
+        lines += ["## Notes", "", notes, ""]
+    card = weights.with_suffix(".md")
+    card.write_text("\n".join(lines))
+    return card
+
+
+def bundle(checkpoint: str | Path, path: str | Path, *, latency_frames: int = 20, threads: int = 2,
+           notes: str = "") -> Path:
+    """export_bundled + CPU latency (ONNX Runtime and eager PyTorch) stored in the spec + the model card."""
+    from seg_ros.datasets import read_rgb
+    from seg_ros.models import load_model, save_checkpoint
+
+    path = Path(path)
+    spec = export_bundled(checkpoint, path)
+    cfg = _checkpoint_config(load_training_checkpoint(checkpoint))
+    try:
+        image = read_rgb(dataset_pairs(cfg.dataset, cfg.data, "val")[0][0])
+    except (FileNotFoundError, ValueError):
+        image = np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
+    latencies = []
+    for backend in ("onnxruntime", "torch") if latency_frames > 0 else ():
+        latencies.append(measure_cpu_latency(path, image, backend=backend, threads=threads, frames=latency_frames))
+        LOG.info("latency %s", latencies[-1])
+    loaded = load_model(weights=str(path))
+    spec = loaded.spec
+    spec.metrics["cpu_latency"] = latencies
+    save_checkpoint(path, loaded.module, spec, half=True)
+    return write_model_card(path, latencies, notes=notes)

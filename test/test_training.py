@@ -145,8 +145,9 @@ def test_bad_configs_are_refused(data_root, tmp_path):
         train(_config(tmp_path / "nowhere", tmp_path))
 
 
-def test_train_command_line(data_root, tmp_path):
+def test_train_command_line_bundles_weights_with_a_model_card(data_root, tmp_path):
     from seg_ros.commands import train as command
+    from seg_ros.models import read_spec
 
     parser = argparse.ArgumentParser()
     command.register(parser.add_subparsers())
@@ -155,11 +156,35 @@ def test_train_command_line(data_root, tmp_path):
     args = parser.parse_args(["train", "--model", MODEL, "--backbone", "basic", "--data", str(data_root),
                               "--size", "64x96", "--epochs", "1", "--batch-size", "4", "--limit-train", "4",
                               "--limit-val", "2", "--threads", "1", "--output", str(out),
-                              "--export-bundled", str(bundled)])
+                              "--export-bundled", str(bundled), "--latency-frames", "0"])
     assert args.func(args) == 0
     assert (out / "last.pt").is_file() and bundled.is_file()
+    spec = read_spec(bundled)
+    card = bundled.with_suffix(".md").read_text()
+    assert "| Road |" in card and f"{100 * spec.metrics['val_miou']:.1f}" in card
+    # --bundle re-exports an existing checkpoint without training.
+    again = tmp_path / "again.safetensors"
+    args = parser.parse_args(["train", "--bundle", str(out / "best.pt"), "--export-bundled", str(again),
+                              "--latency-frames", "0"])
+    assert args.func(args) == 0 and read_spec(again).metrics["val_miou"] == spec.metrics["val_miou"]
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--model", MODEL, "--data", "x", "--crop", "12"])
+    args = parser.parse_args(["train", "--bundle", str(out / "best.pt")])
+    with pytest.raises(ValueError, match="--export-bundled"):
+        args.func(args)
+
+
+def test_cpu_latency_of_bundled_weights(trained, tmp_path):
+    """The model card's latency path on the PyTorch backend (ONNX export is the backends' tests' business)."""
+    from seg_ros.training import measure_cpu_latency
+
+    _, result = trained
+    path = tmp_path / "tiny.safetensors"
+    export_bundled(result.best_checkpoint, path, evaluate_val=False)
+    image = np.random.default_rng(0).integers(0, 256, (72, 100, 3), dtype=np.uint8)
+    latency = measure_cpu_latency(path, image, backend="torch", threads=1, frames=2)
+    assert latency["backend"].startswith("torch") and latency["image"] == "100x72" and latency["frames"] == 2
+    assert 0 < latency["inference_ms_median"] <= latency["pipeline_ms_median"] <= latency["pipeline_ms_p90"] * 1.001
 
 
 def _bundled_weights():

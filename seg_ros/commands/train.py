@@ -45,7 +45,7 @@ def register(subparsers) -> None:
         "train", help="train a segmentation network (CamVid, Cityscapes, folders)", description=__doc__,
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_argument_group("model")
-    model.add_argument("--model", choices=FAMILIES, required=True, help="network family")
+    model.add_argument("--model", choices=FAMILIES, help="network family (required unless --bundle)")
     model.add_argument("--backbone", default=None, help="backbone (see `seg_ros segment --help`)")
     model.add_argument("--version", choices=("v3", "v3plus"), default=None, help="deeplab version")
     model.add_argument("--output-stride", type=int, choices=(8, 16), default=None, help="deeplab output stride")
@@ -55,7 +55,7 @@ def register(subparsers) -> None:
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=("camvid", "cityscapes", "folders"), default="camvid", help="data layout")
-    data.add_argument("--data", required=True, help="dataset root folder")
+    data.add_argument("--data", default="", help="dataset root folder (required unless --bundle)")
     data.add_argument("--num-classes", type=int, default=0, help="classes (required for folders)")
     data.add_argument("--class-table", default="", help="class table stored with the weights (default: dataset's)")
     data.add_argument("--ignore-index", type=int, default=-1, help="void label in the label files (default: dataset's)")
@@ -89,15 +89,29 @@ def register(subparsers) -> None:
     runtime.add_argument("--output", default="", help="run folder (default: runs/<name>)")
     runtime.add_argument("--resume", default="", help="continue from a last.pt checkpoint (schedule included)")
     runtime.add_argument("--export-bundled", default="",
-                     help="after training, write best.pt as fp16 safetensors with its spec and metrics here")
+                     help="after training, write best.pt as fp16 safetensors with its spec, val metrics (fp32, "
+                          "re-measured) and CPU latency here, plus a model card (.md) beside it")
+    runtime.add_argument("--latency-frames", type=int, default=20,
+                         help="frames timed per backend for the model card's CPU latency (0: skip)")
+    runtime.add_argument("--bundle", default="", metavar="CHECKPOINT",
+                         help="do not train: write this checkpoint (e.g. runs/x/best.pt) to --export-bundled")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from seg_ros.training import TrainConfig, export_bundled, train
+    from seg_ros.training import TrainConfig, bundle, train
 
+    log = logging.getLogger("seg_ros.train")
+    if args.bundle:
+        if not args.export_bundled:
+            raise ValueError("--bundle needs --export-bundled PATH (where to write the weights)")
+        card = bundle(args.bundle, args.export_bundled, latency_frames=args.latency_frames)
+        log.info("wrote %s and its model card %s", args.export_bundled, card)
+        return 0
+    if not args.model or not args.data:
+        raise ValueError("seg_ros train needs --model and --data")
     options = {key: getattr(args, key) for key in ("backbone", "version", "output_stride", "light_weight")
                if getattr(args, key) is not None}
     name = args.name or f"{args.model}_{args.dataset}"
@@ -112,9 +126,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, limit_train=args.limit_train, limit_val=args.limit_val, name=name,
     )
     result = train(cfg)
-    log = logging.getLogger("seg_ros.train")
     log.info("best val mIoU %.4f -> %s (last: %s)", result.best_miou, result.best_checkpoint, result.last_checkpoint)
     if args.export_bundled:
-        spec = export_bundled(result.best_checkpoint, args.export_bundled)
-        log.info("wrote %s (%s, %dx%d)", args.export_bundled, spec.name, spec.input_width, spec.input_height)
+        card = bundle(result.best_checkpoint, args.export_bundled, latency_frames=args.latency_frames)
+        log.info("wrote %s and its model card %s", args.export_bundled, card)
     return 0
