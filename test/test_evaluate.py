@@ -7,7 +7,9 @@ deliberately edited give a known number of wrong pixels.
 """
 from __future__ import annotations
 
+import functools
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -263,19 +265,43 @@ def test_report_files(bag, tmp_path):
     json.dumps(evaluation.to_dict())
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    """A small seeded SegNet-Basic checkpoint (random weights, but the same in every process)."""
+@functools.cache
+def fitted_tiny_segnet(folder: str) -> Path:
+    """A SegNet-Basic whose 1×1 classifier is fitted to the scenes (the rest random, seeded).
+
+    Its predictions are imperfect but follow the image; saved once per test
+    session, so every process (CLI, node) loads the very same network.
+    """
     torch = pytest.importorskip("torch")
     from seg_ros.models import ModelSpec, build_model, save_checkpoint
 
     torch.manual_seed(0)
     module = build_model("segnet", NUM_CLASSES, backbone="basic").eval()
     spec = ModelSpec(name="test-segnet-basic", family="segnet", options={"backbone": "basic"},
-                     num_classes=NUM_CLASSES, class_table="", input_height=48, input_width=64)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+                     num_classes=NUM_CLASSES, class_table="", input_height=H, input_width=W)
+    scenes = [scene(i) for i in range(6)]
+    mean, std = torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
+    images = (torch.from_numpy(np.stack([s[0] for s in scenes])).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    labels = torch.from_numpy(np.stack([s[1] for s in scenes]).astype(np.int64))
+    classifier = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    features = {}
+    hook = classifier.register_forward_hook(lambda mod, inputs, output: features.update(x=inputs[0]))
+    with torch.no_grad():
+        module(images)
+    hook.remove()
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=0.05)
+    for _ in range(60):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(classifier(features["x"]), labels, ignore_index=IGNORE).backward()
+        optimizer.step()
+    path = Path(folder) / "tiny.safetensors"
     save_checkpoint(path, module, spec)
     return path
+
+
+@pytest.fixture
+def tiny_weights(tmp_path_factory):
+    return fitted_tiny_segnet(str(tmp_path_factory.getbasetemp()))
 
 
 def run_cli(argv: list[str]) -> int:
@@ -290,6 +316,7 @@ def run_cli(argv: list[str]) -> int:
     return args.func(args)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_on_a_bag(tmp_path, tiny_weights):
     from rosbags.highlevel import AnyReader
 
@@ -329,7 +356,7 @@ def test_cli_end_to_end_on_a_bag(tmp_path, tiny_weights):
 def test_cli_bad_input_messages(tmp_path, tiny_weights):
     bag = tmp_path / "drive"
     write_bag(bag)
-    common = ["--weights", str(tiny_weights), "--backend", "onnxruntime", "--no-progress"]
+    common = ["--weights", str(tiny_weights), "--backend", "torch", "--no-progress"]
     with pytest.raises(ValueError, match="needs --image-topic and --label-topic"):
         run_cli(["--bag", str(bag), *common])
     with pytest.raises(ValueError, match="no ground-truth label topic /gt"):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_evaluate import IGNORE, NAMES, NUM_CLASSES, RedChannelPipeline, write_bag
+from test_evaluate import IGNORE, NAMES, NUM_CLASSES, RedChannelPipeline, tiny_weights, write_bag  # noqa: F401
 
 rclpy = pytest.importorskip("rclpy")
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
@@ -160,20 +160,6 @@ def test_live_evaluator_matches_offline_on_known_predictions(ros_node, tmp_path)
     assert live["dropped_frames"] == 1
     assert "end_to_end" not in live["latency_ms"]  # every prediction came before its (late) ground truth
     assert "final: mIoU" in evaluator.output()
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    """A small seeded SegNet-Basic checkpoint, so two processes load the very same network."""
-    torch = pytest.importorskip("torch")
-    models = pytest.importorskip("seg_ros.models")
-    torch.manual_seed(0)
-    module = models.build_model("segnet", NUM_CLASSES, backbone="basic")
-    spec = models.ModelSpec(name="test-segnet-basic", family="segnet", options={"backbone": "basic"},
-                            num_classes=NUM_CLASSES, class_table="", input_height=48, input_width=64)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    models.save_checkpoint(path, module.eval(), spec)
-    return path
 
 
 def run_offline_cli(argv: list[str]) -> int:

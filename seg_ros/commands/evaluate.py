@@ -84,33 +84,32 @@ def run(args) -> int:
 
     log = logging.getLogger("seg_ros.evaluate")
     _check_args(args)
-    built = build_pipeline(pipeline_config_from_args(args))
-    table = built.class_table
-    ignore_index = table.ignore_index if args.ignore_index is None else args.ignore_index
-    evaluation = Evaluation(table.names, ignore_index)
-
     with ExitStack() as stack:
         writer = None
+        # Open the input first: a wrong topic or folder is reported before the slow model load.
         if args.bag:
             from seg_ros.evaluation.bag_writer import OutputBagWriter, storage_of
             from seg_ros.evaluation.sources import BagSource
 
             source = BagSource(args.bag, args.image_topic, args.label_topic)
             stack.callback(source.close)
-            if args.output_bag:
-                if not source.ros2:
-                    raise ValueError("--output-bag needs a rosbag2 input (sqlite3 or mcap)")
-                writer = stack.enter_context(OutputBagWriter(
-                    args.output_bag, source.reader.connections, namespace=args.output_namespace,
-                    storage=args.output_storage or storage_of(Path(args.bag)),
-                    input_typestore=source.reader.typestore))
-                source.on_message = writer.copy
-            description = f"bag {args.bag} ({source.image_topic} vs {source.label_topic})"
         else:
             from seg_ros.evaluation.sources import FolderSource
 
             source = FolderSource(args.images, args.labels)
-            description = f"images {args.images} vs labels {args.labels}"
+        built = build_pipeline(pipeline_config_from_args(args))
+        table = built.class_table
+        ignore_index = table.ignore_index if args.ignore_index is None else args.ignore_index
+        evaluation = Evaluation(table.names, ignore_index)
+        if args.output_bag:  # implies --bag (checked above)
+            if not source.ros2:
+                raise ValueError("--output-bag needs a rosbag2 input (sqlite3 or mcap)")
+            writer = stack.enter_context(OutputBagWriter(
+                args.output_bag, source.reader.connections, namespace=args.output_namespace,
+                storage=args.output_storage or storage_of(Path(args.bag)), input_typestore=source.reader.typestore))
+            source.on_message = writer.copy
+        description = (f"bag {args.bag} ({source.image_topic} vs {source.label_topic})" if args.bag
+                       else f"images {args.images} vs labels {args.labels}")
         result = evaluate_frames(
             built.pipeline, source, evaluation, total=len(source), limit=args.limit,
             save_predictions=Path(args.save_predictions) if args.save_predictions else None,
