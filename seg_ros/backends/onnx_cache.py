@@ -21,7 +21,6 @@ from seg_ros.backends.base import INPUT_NAME, OUTPUT_NAMES, BackendError
 
 LOG = logging.getLogger(__name__)
 
-OPSET = 17
 METADATA_KEY = "seg_ros.export_key"
 # Bump when the exported graph changes in a way the code fingerprint cannot see.
 EXPORT_FORMAT = 1
@@ -91,8 +90,11 @@ def model_key(loaded) -> dict:
     }
 
 
-def export_key(loaded, height: int, width: int, *, head: bool = True, opset: int = OPSET) -> dict:
+def export_key(loaded, height: int, width: int, *, head: bool = True, opset: int = 0) -> dict:
+    """What an exported graph depends on; ``opset`` 0 = the exporter's default."""
     import torch
+
+    from seg_ros.export import DEFAULT_OPSET
 
     from seg_ros import __version__
 
@@ -102,7 +104,7 @@ def export_key(loaded, height: int, width: int, *, head: bool = True, opset: int
         "height": int(height),
         "width": int(width),
         "head": bool(head),
-        "opset": int(opset),
+        "opset": int(opset or DEFAULT_OPSET),
         "seg_ros": __version__,
         "code": _code_fingerprint(),
         "torch": torch.__version__,
@@ -132,7 +134,7 @@ def _stored_key(path: Path) -> dict | None:
     return None
 
 
-def cached_onnx(loaded, height: int, width: int, *, head: bool = True, opset: int = OPSET,
+def cached_onnx(loaded, height: int, width: int, *, head: bool = True, opset: int = 0,
                 cache_root: Path | None = None) -> Path:
     """Path of an ONNX file for ``loaded`` at height×width, exported now unless a matching one is cached."""
     key = export_key(loaded, height, width, head=head, opset=opset)
@@ -152,7 +154,7 @@ def cached_onnx(loaded, height: int, width: int, *, head: bool = True, opset: in
 
     def write(tmp: Path) -> None:
         LOG.info("exporting %s to ONNX at %dx%d (cached for the next start)", loaded.spec.name, width, height)
-        export_onnx(loaded.module, tmp, height, width, head=head, opset=opset)
+        export_onnx(loaded.module, tmp, height, width, head=head, opset=key["opset"])
         model = onnx.load(str(tmp))
         entry = model.metadata_props.add()
         entry.key = METADATA_KEY
@@ -184,7 +186,7 @@ def check_onnx_for_tensorrt(path: Path, height: int, width: int) -> None:
         raise BackendError(f"{path}: TensorRT's ONNX parser does not support {sorted(set(unsupported))}")
 
 
-def prepare_onnx_for_tensorrt(loaded, height: int, width: int, *, opset: int = OPSET,
+def prepare_onnx_for_tensorrt(loaded, height: int, width: int, *, opset: int = 0,
                               cache_root: Path | None = None) -> Path:
     """Export (or reuse) the head graph and check that TensorRT can parse it."""
     path = cached_onnx(loaded, height, width, head=True, opset=opset, cache_root=cache_root)
