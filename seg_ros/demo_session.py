@@ -43,11 +43,15 @@ class DemoSession:
     # --- life cycle ---------------------------------------------------------------------------
 
     def __enter__(self) -> DemoSession:
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import Image
+        try:
+            import rclpy
+            from diagnostic_msgs.msg import DiagnosticArray
+            from rclpy.executors import SingleThreadedExecutor
+            from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+            from sensor_msgs.msg import Image
+        except ImportError as exc:
+            raise RuntimeError(f"seg_ros demo needs ROS 2's Python packages ({exc}): source your ROS 2 setup "
+                               "or run `make setup`, which installs them from PyPI") from exc
 
         self._process = subprocess.Popen(self.node_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                          text=True, bufsize=1)

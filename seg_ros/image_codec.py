@@ -220,15 +220,17 @@ def to_ros_image(image: np.ndarray, encoding: str, header, msg_type):
     """Build a ``msg_type`` (rclpy's or rosbags' sensor_msgs/Image) carrying ``image`` and ``header``.
 
     rclpy stores ``uint8[]`` fields as ``array.array('B')``; handing it one
-    directly is the fast path on Humble, Jazzy and Kilted (a list or bytes
-    object is checked element by element on some distributions). rosbags'
-    dataclass takes the numpy array as it is.
+    is the fast path on Humble, Jazzy and Kilted (a numpy array or list is
+    converted element by element: 0.3-0.9 s for a 1080p frame). The pixels
+    are copied once. rosbags' dataclass takes the numpy array as it is.
     """
     fields = encode_fields(image, encoding)
     if msg_type.__module__.startswith("rosbags"):
         return msg_type(header=header, **fields)
     data = array.array("B")
     data.frombytes(fields.pop("data"))
-    msg = msg_type(header=header, **{k: v for k, v in fields.items() if k != "data"})
+    # From Jazzy on, the unchecked setter copies the array again; the checked one keeps it.
+    checked = {"check_fields": True} if "_check_fields" in getattr(msg_type, "__slots__", ()) else {}
+    msg = msg_type(header=header, **fields, **checked)
     msg.data = data
     return msg
