@@ -29,18 +29,23 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="run segmentation_node on a short image sequence over DDS; print rate and latency",
-        description=__doc__.split("\n\n")[1].replace("\n", " "),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Starts segmentation_node as its own process, as `ros2 launch seg_ros "
+                    "segmentation.launch.py` does (config/segmentation.yaml, the default model), remaps its "
+                    f"input image to {INPUT_TOPIC}, publishes the frames there like a camera driver and "
+                    f"subscribes to /{NODE_NAME}/{{label,confidence,color,overlay}} like RViz. Prints the "
+                    "output rate and the latency (output received - input sent, matched by header stamp) "
+                    "and writes a few overlay PNGs. Uses a private ROS_DOMAIN_ID unless one is set.",
+        epilog="example: seg_ros demo --data my_bag/ --topic /camera/image_raw --frames 100 --rate 10",
     )
     parser.add_argument("--data", default=None,
                         help="a folder of images, an image, a video or a rosbag2 folder "
                              f"(default: CamVid val at {default_data()})")
-    parser.add_argument("--topic", default="", help="image topic when --data is a bag with several")
+    parser.add_argument("--topic", default="", help="image topic when --data is a bag with several image topics")
     parser.add_argument("--frames", type=int, default=30,
-                        help="number of frames to send (the data is replayed from the start if it has fewer)")
-    parser.add_argument("--rate", type=float, default=5.0, help="publishing rate in Hz")
-    parser.add_argument("--output", default="demo_output", help="folder for the overlay PNGs")
-    parser.add_argument("--save", type=int, default=5, help="how many overlays to write (evenly spread)")
+                        help="number of frames to send, replaying the data from the start if it has fewer (default 30)")
+    parser.add_argument("--rate", type=float, default=5.0, help="publishing rate in Hz (default 5)")
+    parser.add_argument("--output", default="demo_output", help="folder for the overlay PNGs (default ./demo_output)")
+    parser.add_argument("--save", type=int, default=5, help="how many overlays to write, spread over the sequence (default 5)")
     parser.add_argument("--params-file", default="",
                         help="node parameter YAML (default: config/segmentation.yaml, the launch file's default)")
     parser.add_argument("--model", default="", help="node parameter model (default: the params file's)")
@@ -50,7 +55,7 @@ def register(subparsers) -> None:
     parser.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                         help="any other node parameter, as in `ros2 run ... -p NAME:=VALUE` (repeatable)")
     parser.add_argument("--startup-timeout", type=float, default=300.0,
-                        help="seconds to wait for the node to load its model and subscribe")
+                        help="seconds to wait for the node to load its model and answer (default 300)")
     parser.add_argument("--json", default="", metavar="FILE",
                         help="also write the results as JSON: frames_sent, received (per output), "
                              "output_rate_hz, latency_ms {p50, p95, max}, first_frame_ms (warm-up), "

@@ -14,15 +14,14 @@ def register(subparsers) -> None:
                     "<name>_label.png (class index per pixel: 8-bit, 16-bit above 254 classes), "
                     "<name>_color.png (class colours) and with --overlay <name>_overlay.png. "
                     "Prints each image's latency and a p50/p95 summary.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--input", required=True,
                         help="an image, a folder of images, a video file, or a rosbag2 folder / ROS 1 .bag")
     parser.add_argument("--output", required=True, help="folder for the PNGs (created if missing)")
-    parser.add_argument("--topic", default="", help="image topic when --input is a bag with several")
-    parser.add_argument("--limit", type=int, default=0, help="stop after this many images (0: all)")
+    parser.add_argument("--topic", default="", help="image topic when --input is a bag with several image topics")
+    parser.add_argument("--limit", type=int, default=0, help="stop after this many images (default 0: all)")
     parser.add_argument("--overlay", action="store_true", help="also write the colour mask blended over the image")
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colour mask, 0..1")
+    parser.add_argument("--alpha", type=float, default=0.5, help="opacity of the colour mask in the overlay, 0..1 (default 0.5)")
     add_pipeline_arguments(parser)
     parser.set_defaults(func=run)
 
