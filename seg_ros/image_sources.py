@@ -140,6 +140,10 @@ def open_image_source(path: str | Path, *, topic: str = "", limit: int = 0) -> I
         raise ValueError(f"frame limit must be >= 0, got {limit}")
     if not path.exists():
         raise FileNotFoundError(f"input {path} does not exist")
+    if path.suffix in (".mcap", ".db3") and path.is_file():
+        if not (path.parent / "metadata.yaml").is_file():
+            raise ValueError(f"{path} is one file of a rosbag2 without its metadata.yaml: pass the bag folder")
+        path = path.parent  # one file of a bag: read the whole bag
     if topic and not _is_bag(path):
         raise ValueError(f"--topic {topic} only applies to bags, but {path} is not a rosbag2 folder or .bag file")
     if _is_bag(path):
@@ -161,8 +165,6 @@ def open_image_source(path: str | Path, *, topic: str = "", limit: int = 0) -> I
         finally:
             capture.release()
         kind, files = "video", ()
-    elif path.suffix in (".mcap", ".db3"):
-        raise ValueError(f"{path} is one file of a rosbag2: pass the bag folder (the one with metadata.yaml)")
     else:
         raise ValueError(
             f"cannot tell what {path} is: expected an image ({', '.join(IMAGE_SUFFIXES)}), a folder of images, "

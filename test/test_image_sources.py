@@ -93,6 +93,11 @@ def test_rosbag_raw_and_compressed_topics(tmp_path, storage):
             np.testing.assert_array_equal(frame.image, rgb)
     with pytest.raises(ValueError, match=r"no image topic '/nope'.*'/camera/image_raw'"):
         open_image_source(bag, topic="/nope")
+    storage_file = next(p for p in bag.iterdir() if p.suffix in (".db3", ".mcap"))
+    assert open_image_source(storage_file, topic="/camera/image_raw").path == bag
+    (bag / "metadata.yaml").unlink()
+    with pytest.raises(ValueError, match="without its metadata.yaml"):
+        open_image_source(storage_file)
 
 
 def test_bad_inputs(tmp_path):
