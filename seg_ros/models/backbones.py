@@ -70,14 +70,19 @@ def feature_extractor(name: str, return_layers: dict[str, str], output_stride: i
 def load_imagenet_weights(module: nn.Module, path: str | Path, prefix: str) -> None:
     """Load a backbone's weights from a local torchvision classification checkpoint.
 
-    Only tensors are read (``weights_only=True``); keys under ``prefix`` that the
+    Only tensors are read (``weights_only=True``, or a .safetensors file); keys under ``prefix`` that the
     module has are loaded, and every key the module needs must be there.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained backbone weights not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, non-tensor objects
         raise ValueError(f"{path}: not a loadable tensor checkpoint ({exc})") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):

@@ -1,0 +1,215 @@
+"""ONNX export of the segmentation networks, in a form TensorRT's ONNX parser accepts.
+
+With ``head=True`` the graph ends in what the node needs, so backends move
+compact tensors: ``label`` (argmax, int32), ``confidence`` (winning softmax
+probability) and ``probabilities`` (softmax, for CRF and evaluation); with
+``head=False`` it returns the raw ``logits`` (training, evaluation, debugging).
+SegNet is exported with its TensorRT-friendly unpooling (see seg_ros.models.segnet).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+LOG = logging.getLogger(__name__)
+
+INPUT_NAME = "image"
+HEAD_OUTPUTS = ("label", "confidence", "probabilities")
+LOGITS_OUTPUT = "logits"
+MIN_OPSET = 17
+# torch's exporter (torch.export + onnxscript) implements opset 18 and up; 17 needs a version
+# conversion that fails for some ops (Pad, ReduceMean). TensorRT 10 parses opsets 9 to 20.
+DEFAULT_OPSET = 18
+
+# ONNX operators the TensorRT 10 ONNX parser supports (onnx-tensorrt docs/operators.md, TensorRT 10.x:
+# opsets 9 to 20 for 10.0); restrictions that matter for these networks are checked in code below.
+TENSORRT_OPS = frozenset("""
+Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast CastLike
+Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace
+DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather GatherElements
+GatherND Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool Greater GreaterOrEqual GridSample
+GroupNormalization GRU HardSigmoid HardSwish Hardmax Identity If ImageScaler InstanceNormalization IsInf
+IsNaN LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax Loop LRN LSTM LpNormalization LpPool
+MatMul Max MaxPool Mean MeanVarianceNormalization Min Mish Mod Mul Neg NonMaxSuppression NonZero Not
+OneHot Or Pad ParametricSoftplus Pow PRelu QuantizeLinear RandomNormal RandomNormalLike RandomUniform
+RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean
+ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequence RNN RoiAlign Round
+ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice
+Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK
+Transpose Trilu Unsqueeze Upsample Where Xor
+""".split())
+_RESIZE_MODES = {"nearest", "linear"}
+_RESIZE_TRANSFORMS = {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"}
+
+
+class _ExportGraph(nn.Module):
+    """The network plus, optionally, the softmax/argmax head the node consumes."""
+
+    def __init__(self, module: nn.Module, head: bool):
+        super().__init__()
+        self.module = module
+        self.head = head
+
+    def forward(self, image: torch.Tensor):
+        logits = self.module(image)
+        if not self.head:
+            return logits
+        probabilities = torch.softmax(logits, dim=1)
+        label = logits.argmax(dim=1).to(torch.int32)
+        confidence = probabilities.amax(dim=1)
+        return label, confidence, probabilities
+
+
+@contextlib.contextmanager
+def tensorrt_friendly(module: nn.Module):
+    """Switch every submodule with a ``tensorrt_friendly`` flag (SegNet's unpooling) on for the block."""
+    flagged = [m for m in module.modules() if hasattr(m, "tensorrt_friendly")]
+    before = [m.tensorrt_friendly for m in flagged]
+    for m in flagged:
+        m.tensorrt_friendly = True
+    try:
+        yield module
+    finally:
+        for m, value in zip(flagged, before):
+            m.tensorrt_friendly = value
+
+
+@contextlib.contextmanager
+def _quiet_exporter_logs():
+    """The exporter's graph passes log every rewrite at INFO; keep the CLI's INFO output readable."""
+    loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def export_onnx(module: nn.Module, path: str | Path, height: int, width: int, *, head: bool = True,
+                opset: int = DEFAULT_OPSET) -> Path:
+    """Export ``module`` for a fixed 1×3×height×width input to ``path``; returns the path.
+
+    The file passes ``onnx.checker`` and has outputs ``label``/``confidence``/``probabilities``
+    (``head=True``) or ``logits``. Raises ValueError for bad sizes/opsets, RuntimeError if the
+    exporter fails.
+    """
+    import onnx
+
+    if int(height) < 1 or int(width) < 1:
+        raise ValueError(f"export size must be positive, got {height}x{width}")
+    if int(opset) < MIN_OPSET:
+        raise ValueError(f"opset {opset} is too old: TensorRT export needs opset >= {MIN_OPSET}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = module.training
+    graph = _ExportGraph(module.eval(), head)
+    example = torch.zeros(1, 3, int(height), int(width))
+    outputs = list(HEAD_OUTPUTS) if head else [LOGITS_OUTPUT]
+    try:
+        with tensorrt_friendly(module), torch.no_grad(), warnings.catch_warnings(), _quiet_exporter_logs():
+            warnings.simplefilter("ignore")  # the exporter's chatter about opset conversion and tracing
+            program = torch.onnx.export(graph, (example,), dynamo=True, input_names=[INPUT_NAME],
+                                        output_names=outputs, opset_version=int(opset), external_data=False,
+                                        verbose=False)
+            program.save(str(path), external_data=False)
+    except Exception as exc:
+        raise RuntimeError(f"ONNX export of {type(module).__name__} at {height}x{width} failed: {exc}") from exc
+    finally:
+        module.train(was_training)
+    onnx.checker.check_model(str(path), full_check=True)
+    written = onnx_opset(path)
+    if written != int(opset):
+        raise RuntimeError(
+            f"{path}: the exporter could not convert {type(module).__name__} to opset {opset} "
+            f"(it wrote opset {written}); use opset {DEFAULT_OPSET}"
+        )
+    return path
+
+
+def _constant_inputs(graph) -> set[str]:
+    names = {init.name for init in graph.initializer}
+    names |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    return names
+
+
+def _graph_problems(graph, problems: set[str]) -> None:
+    from onnx import helper
+
+    constants = _constant_inputs(graph)
+    for node in graph.node:
+        op = node.op_type
+        if node.domain not in ("", "ai.onnx"):
+            problems.add(f"{node.domain}::{op}")
+        elif op not in TENSORRT_OPS:
+            problems.add(op)
+        elif op == "MaxPool" and len([o for o in node.output if o]) > 1:
+            problems.add("MaxPool (indices output)")
+        elif op.startswith("Reduce") and len(node.input) > 1 and node.input[1] and node.input[1] not in constants:
+            problems.add(f"{op} (axes not constant)")
+        elif op == "Resize":
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            mode = attrs.get("mode", b"nearest").decode()
+            transform = attrs.get("coordinate_transformation_mode", b"half_pixel").decode()
+            if mode not in _RESIZE_MODES or transform not in _RESIZE_TRANSFORMS or attrs.get("antialias", 0):
+                problems.add(f"Resize ({mode}, {transform})")
+        for attr in node.attribute:  # If/Loop/Scan bodies
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _graph_problems(sub, problems)
+
+
+def unsupported_tensorrt_ops(onnx_path: str | Path) -> list[str]:
+    """Operators (or operator uses) in the file that TensorRT 10's ONNX parser rejects; [] if none."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    problems: set[str] = set()
+    _graph_problems(model.graph, problems)
+    for function in model.functions:  # local functions are inlined by the parser: check their bodies
+        for node in function.node:
+            if node.domain not in ("", "ai.onnx") and not any(f.name == node.op_type for f in model.functions):
+                problems.add(f"{node.domain}::{node.op_type}")
+            elif node.domain in ("", "ai.onnx") and node.op_type not in TENSORRT_OPS:
+                problems.add(node.op_type)
+    return sorted(problems)
+
+
+def onnx_opset(onnx_path: str | Path) -> int:
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def compare_with_torch(module: nn.Module, onnx_path: str | Path, image: np.ndarray) -> dict[str, float]:
+    """Run the file with ONNX Runtime (CPU) and the module with PyTorch on one 1×3×H×W batch.
+
+    Returns ``label_agreement`` (fraction of pixels with the same argmax) and
+    ``max_abs_diff`` (logits for a head-less file, probabilities otherwise).
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    result = dict(zip(names, session.run(None, {INPUT_NAME: image.astype(np.float32)})))
+    with torch.no_grad():
+        logits = module.eval()(torch.from_numpy(image.astype(np.float32))).numpy()
+    if LOGITS_OUTPUT in result:
+        other, reference = result[LOGITS_OUTPUT], logits
+        label = other.argmax(axis=1)
+    else:
+        other = result["probabilities"]
+        reference = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+        label = result["label"]
+    return {
+        "label_agreement": float((label == logits.argmax(axis=1)).mean()),
+        "max_abs_diff": float(np.abs(other - reference).max()),
+    }
