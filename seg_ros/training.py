@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -488,6 +489,7 @@ def _cpu_name() -> str:
 
 def write_model_card(weights: str | Path, latencies: list[dict], *, notes: str = "") -> Path:
     """models/<name>.md next to the weights: architecture, recipe, val scores per class, CPU latency."""
+    from seg_ros.classes import load_class_table
     from seg_ros.models import build_model, read_spec, variant_name
     from seg_ros.models.checkpoint import file_sha256
 
@@ -511,23 +513,23 @@ def write_model_card(weights: str | Path, latencies: list[dict], *, notes: str =
         "",
         "## Training",
         "",
-        f"- data: CamVid train split (367 images); the val split (101 images) chose the best checkpoint and gives "
-        "the scores below. The CamVid test split was not available and was not used.",
+        f"- data: the {recipe.get('dataset')} train split; the val split chose the best checkpoint and gives the "
+        "scores below (so they are slightly optimistic); no test data was used.",
         f"- {recipe.get('epochs')} epochs, {recipe.get('steps')} steps of batch {recipe.get('batch_size')}; random "
         f"scale {recipe.get('scale_range')} of the network size, crop {recipe.get('crop')} (HxW), horizontal flip, "
         f"colour jitter {recipe.get('colour_jitter')}",
         f"- {recipe.get('optimizer')} lr {recipe.get('lr')}, weight decay {recipe.get('weight_decay')} (not on "
-        f"norms/biases), {recipe.get('schedule')} schedule ending at the {recipe.get('time_limit_min')}-minute "
-        "time limit",
+        f"norms/biases), {recipe.get('schedule')} schedule ending at the "
+        + (f"{recipe['time_limit_min']:g}-minute time limit" if recipe.get("time_limit_min") else "last epoch"),
         f"- loss: cross-entropy, void ignored, {recipe.get('class_weighting')}-frequency class weights "
         f"{recipe.get('class_weights')}",
         f"- no ImageNet weights (none can be downloaded here): random initialisation"
         if not recipe.get("pretrained_backbone") else "- ImageNet backbone weights from a local file",
         f"- wall time {recipe.get('train_seconds', 0) / 60:.0f} min with {recipe.get('threads') or 'default'} torch "
-        f"thread(s) on {_cpu_name()} (2 cores shared with other jobs), "
+        f"thread(s) on {_cpu_name()} ({os.cpu_count()} cores), "
         f"{'bf16 autocast' if recipe.get('amp') else 'fp32'}; no GPU",
         "",
-        "## CamVid val scores",
+        "## Validation scores",
         "",
         "fp32 inference with the fp16 weights as shipped, at the network size, upsampled to the 480x360 labels; "
         "void ignored.",
@@ -539,12 +541,15 @@ def write_model_card(weights: str | Path, latencies: list[dict], *, notes: str =
         "| class | IoU |",
         "|---|---|",
     ]
-    for name, iou in metrics.get("val_per_class_iou", {}).items():
+    per_class = metrics.get("val_per_class_iou", {})
+    order = load_class_table(spec.class_table).names if spec.class_table else sorted(per_class)
+    for name in [n for n in order if n in per_class]:
+        iou = per_class[name]
         lines.append(f"| {name} | {'n/a' if iou is None else f'{100 * iou:.1f}'} |")
     lines += ["", "## CPU latency", ""] + (["Not measured."] if not latencies else [
-              "Whole pipeline (resize, normalise, inference, argmax head, resize back) on a 480x360 CamVid frame, "
-              "measured with `seg_ros.training.measure_cpu_latency` while other jobs shared the 2 cores, so these are "
-              "upper bounds.", "",
+              "Whole pipeline (resize, normalise, inference, argmax head, resize back) on a "
+              f"{latencies[0]['image'] if latencies else ''} frame, median of {latencies[0]['frames'] if latencies else 0} "
+              "after 3 warm-up frames (`seg_ros.training.measure_cpu_latency`).", "",
               "| backend | threads | pipeline median ms | p90 ms | inference median ms |", "|---|---|---|---|---|"])
     for entry in latencies:
         lines.append(f"| {entry['backend']} | {entry['threads']} | {entry['pipeline_ms_median']} | "
