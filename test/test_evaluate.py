@@ -373,3 +373,27 @@ def test_cli_bad_input_messages(tmp_path, tiny_weights):
                  "--json", str(tmp_path / "m.json"), *common])
     assert json.loads((tmp_path / "m.json").read_text())["frames"] == {
         "used": 0, "skipped": {"no_ground_truth": 6}, "total": 6}
+
+
+def test_label_messages_png_mono16_and_bad_ones():
+    from types import SimpleNamespace
+
+    from seg_ros.evaluation.sources import decode_label_message
+    from seg_ros.image_codec import ImageDecodeError
+
+    _, label = scene(1)
+    ok, png = cv2.imencode(".png", label)
+    compressed = SimpleNamespace(format="png", data=png.reshape(-1))
+    assert np.array_equal(decode_label_message(compressed, compressed=True), label)
+    wide = (label.astype(np.uint16) * 300)
+    raw16 = SimpleNamespace(**encode_fields(wide, "mono16"))
+    assert np.array_equal(decode_label_message(raw16, compressed=False), wide)
+    colour = np.zeros((4, 4, 3), np.uint8)
+    colour[..., 2] = 7
+    ok, png = cv2.imencode(".png", colour)
+    with pytest.raises(ValueError, match="colour image; ground truth must hold one class index per pixel"):
+        decode_label_message(SimpleNamespace(format="png", data=png.reshape(-1)), compressed=True)
+    with pytest.raises(ImageDecodeError, match="cannot decode compressed label image"):
+        decode_label_message(SimpleNamespace(format="png", data=np.frombuffer(b"junk", np.uint8)), compressed=True)
+    with pytest.raises(ValueError, match="rgb8 label image is a colour image"):
+        decode_label_message(SimpleNamespace(**encode_fields(colour, "rgb8")), compressed=False)
