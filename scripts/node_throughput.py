@@ -47,14 +47,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--height", type=int, default=0, help="network input height (0: the model's)")
     parser.add_argument("--width", type=int, default=0, help="network input width (0: the model's)")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--qos-depth", type=int, default=0, help="the node's qos.depth (0: its default)")
     parser.add_argument("--json", default="", help="also write the results here")
     return parser.parse_args()
 
 
 def node_parameters(args) -> dict:
-    return {"model": args.model, "backbone": args.backbone, "weights": args.weights, "backend": args.backend,
-            "precision": args.precision, "input_height": args.height, "input_width": args.width,
-            "threads": args.threads}
+    parameters = {"model": args.model, "backbone": args.backbone, "weights": args.weights, "backend": args.backend,
+                  "precision": args.precision, "input_height": args.height, "input_width": args.width,
+                  "threads": args.threads}
+    if args.qos_depth:
+        parameters["qos.depth"] = args.qos_depth
+    return parameters
 
 
 def backend_only_rate(parameters: dict, seconds: float) -> tuple[float, str]:
@@ -104,7 +108,7 @@ def main() -> int:
     rclpy.init()
     probe = rclpy.create_node("throughput_probe")
     sent: dict[int, float] = {}  # frame number -> send time
-    received: dict[str, list[tuple[float, float]]] = {name: [] for name in OUTPUTS}  # (receive time, age)
+    received: dict[str, list[tuple[int, float]]] = {name: [] for name in OUTPUTS}  # (frame number, receive time)
     diagnostics: list[dict] = []
     lock = threading.Lock()
 
@@ -113,7 +117,7 @@ def main() -> int:
             now = time.perf_counter()
             with lock:
                 if msg.header.stamp.sec in sent:
-                    received[name].append((now, now - sent[msg.header.stamp.sec]))
+                    received[name].append((msg.header.stamp.sec, now))
         return collect
 
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -164,13 +168,19 @@ def main() -> int:
         flood_end = time.perf_counter()
         time.sleep(2.0)  # the last outputs and one more diagnostics report
         with lock:
-            label_times = [t for t, _ in received["label"]]
-            half = start + args.seconds / 2
-            ages_first = [age for t, age in received["label"] if t < half]
-            ages_second = [age for t, age in received["label"] if half <= t <= flood_end + 1.0]
+            # A frame counts once all its outputs arrived; its age is when the last one did.
+            arrivals: dict[int, list[float]] = {}
+            for values in received.values():
+                for stamp, when in values:
+                    arrivals.setdefault(stamp, []).append(when)
+            done = sorted((max(times), max(times) - sent[stamp]) for stamp, times in arrivals.items()
+                          if len(times) == len(OUTPUTS))
             counts = {name: len(values) for name, values in received.items()}
             final = dict(diagnostics[-1])
-        warm = [t for t in label_times if start + 2.0 <= t <= flood_end]  # skip the first two seconds
+        half = start + args.seconds / 2
+        ages_first = [age for when, age in done if when < half]
+        ages_second = [age for when, age in done if when >= half]
+        warm = [when for when, _ in done if start + 2.0 <= when <= flood_end]  # skip the first two seconds
         node_rate = (len(warm) - 1) / (warm[-1] - warm[0]) if len(warm) > 1 else 0.0
         result = {
             "model": node_setup.get("model_name"),
@@ -183,6 +193,7 @@ def main() -> int:
             "node_output_rate_hz": round(node_rate, 2),
             "ratio": round(node_rate / backend_rate, 3) if backend_rate else None,
             "outputs_received": counts,
+            "frames_complete": len(done),
             "frames_sent": number,
             "age_ms_first_half_median": round(1e3 * statistics.median(ages_first), 1) if ages_first else None,
             "age_ms_second_half_median": round(1e3 * statistics.median(ages_second), 1) if ages_second else None,

@@ -97,7 +97,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "image/compressed (sensor_msgs/CompressedImage)." + _RESTART, choices=TRANSPORTS),
     ParameterSpec("qos.reliability", "best_effort", "Reliability of the image subscription (depth 1: the newest "
                   "frame wins)." + _RESTART, choices=RELIABILITIES),
-    ParameterSpec("qos.depth", 1, "History depth of the (reliable) output publishers." + _RESTART,
+    ParameterSpec("qos.depth", 5, "History depth of the (reliable) output publishers; with 1, a subscriber "
+                  "that acknowledges slowly loses frames (the next one replaces the unacknowledged one)." + _RESTART,
                   minimum=1, maximum=100, step=1),
     # Cheap: read for every frame.
     ParameterSpec("overlay_alpha", 0.5, "Weight of the colour mask in ~/overlay: 0 = camera image, 1 = mask.",
