@@ -163,3 +163,48 @@ def test_evaluation_json_keys_and_skips():
     assert out["frames"] == {"used": 1, "skipped": {"no_ground_truth": 2, "size_mismatch": 1}, "total": 4}
     assert out["latency_ms"]["inference"]["p50"] == 3.0
     assert all(0.0 <= v <= 1.0 for v in (out["miou"], out["pixel_accuracy"], out["boundary_f1"]))
+
+
+def _brute_force_bf(gt, pred, num_classes, ignore, tolerance=0.0075):
+    """The BF definition written out pixel by pixel (slow, obviously right) for small images."""
+    height, width = gt.shape
+    theta = tolerance * math.hypot(height, width)
+    valid = gt != ignore
+
+    def edge(mask):
+        out = np.zeros_like(mask)
+        for y, x in zip(*np.nonzero(mask & valid)):
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    v, u = y + dy, x + dx
+                    if 0 <= v < height and 0 <= u < width and valid[v, u] and not mask[v, u]:
+                        out[y, x] = True
+        return out
+
+    scores = {}
+    for c in sorted(set(np.unique(gt[valid]).tolist()) & set(range(num_classes))):
+        g, p = np.argwhere(edge(gt == c)), np.argwhere(edge(pred == c))
+        if len(g) == 0 or len(p) == 0:
+            scores[c] = float(len(g) == len(p))
+            continue
+        dist = np.sqrt(((g[:, None, :] - p[None, :, :]) ** 2).sum(-1))
+        precision = (dist.min(axis=0) <= theta).mean()
+        recall = (dist.min(axis=1) <= theta).mean()
+        scores[c] = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    return scores
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_boundary_f1_equals_the_definition_on_random_scenes(seed):
+    rng = np.random.default_rng(seed)
+    h, w = 40, 56  # tolerance 0.0075 * 68.9 = 0.52 px: only exact hits count
+    gt = (rng.random((h // 8, w // 8)) * 4).astype(np.uint8).repeat(8, 0).repeat(8, 1)  # 3 classes + void (3)
+    pred = gt.copy()
+    noise = rng.random((h, w)) < 0.05
+    pred[noise] = rng.integers(0, 3, size=noise.sum())
+    pred = np.roll(pred, 1, axis=int(seed % 2))
+    for tolerance in (0.0075, 0.04):  # 0.52 px and 2.75 px
+        expected = _brute_force_bf(gt, pred, 3, 3, tolerance)
+        score, per_class = BoundaryF1(3, ignore_index=3, tolerance=tolerance).image_score(gt, pred)
+        assert per_class == pytest.approx(expected)
+        assert score == pytest.approx(np.mean(list(expected.values())))
