@@ -215,10 +215,11 @@ class DemoSession:
         if latencies.size:
             p50, p95 = np.percentile(latencies, [50, 95])
             latency = {"p50": float(p50), "p95": float(p95), "max": float(latencies.max())}
-        else:
-            latency = {"p50": float("nan"), "p95": float("nan"), "max": float("nan")}
+        else:  # nothing came back: no figures (None, so the JSON stays strict)
+            latency = {"p50": None, "p95": None, "max": None}
+        first = None if self._first_output is None else self._first_output * 1e3
         return {"frames_sent": len(self._sent), "received": received, "output_rate_hz": rate,
-                "latency_ms": latency, "first_frame_ms": (self._first_output or float("nan")) * 1e3,
+                "latency_ms": latency, "first_frame_ms": first,
                 "node": node, "input_topic": self.input_topic}
 
     def save_overlays(self, folder: Path, count: int) -> list[Path]:

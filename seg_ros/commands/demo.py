@@ -134,14 +134,14 @@ def run(args: argparse.Namespace) -> int:
 def format_report(report: dict) -> str:
     node = report["node"]
     received = ", ".join(f"{name} {count}" for name, count in report["received"].items())
-    lat = report["latency_ms"]
+    lat = {key: "-" if value is None else f"{value:.1f}" for key, value in report["latency_ms"].items()}
     lines = [
         f"node: {node.get('model', '?')} ({node.get('model_name', '?')}) on {node.get('backend', '?')} "
         f"at {node.get('input_size', '?')}",
         f"first (untimed warm-up) frame came back after {report['first_frame_ms']:.0f} ms",
         f"sent {report['frames_sent']} frames; received {received}",
         f"output rate {report['output_rate_hz']:.2f} Hz; latency (output received - input sent) "
-        f"p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, max {lat['max']:.1f} ms",
+        f"p50 {lat['p50']} ms, p95 {lat['p95']} ms, max {lat['max']} ms",
     ]
     if "inference_p50_ms" in node:
         lines.append(f"node's own inference p50 {node['inference_p50_ms']} ms, p95 {node.get('inference_p95_ms')} ms; "
