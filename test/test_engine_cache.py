@@ -21,9 +21,6 @@ from seg_ros.backends.engine_cache import (MAGIC, EngineCache, EngineFileError, 
                                            read_engine, read_header, write_engine)
 from seg_ros.pipeline import SegmentationPipeline
 
-NO_TENSORRT = "TensorRT is not installable on this machine"
-
-
 def _key(**changes) -> dict:
     args = dict(precision="fp16", calibration="", tensorrt_version="10.3.0", gpu_name="Orin",
                 compute_capability="8.7", dla_core=-1)
@@ -277,3 +274,221 @@ def test_calibration_source_validation(tmp_path):
         CalibrationSource(images=str(tmp_path)).validate()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         CalibrationSource(bag=str(tmp_path / "missing.mcap"), topic="/t").validate()
+
+
+# --- the TensorRT build flow, against a recording stand-in for the tensorrt module ---------------
+
+
+class FakeTensorRT:
+    """The part of TensorRT 10's Python API seg_ros uses; records the calls (TensorRT cannot exist here)."""
+
+    __version__ = "10.3.0"
+
+    class ILogger:
+        class Severity:
+            INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
+
+        def __init__(self):
+            pass
+
+    class IProgressMonitor:
+        def __init__(self):
+            pass
+
+    class IInt8EntropyCalibrator2:
+        def __init__(self):
+            pass
+
+    class MemoryPoolType:
+        WORKSPACE = "WORKSPACE"
+
+    class BuilderFlag:
+        FP16, INT8, GPU_FALLBACK = "FP16", "INT8", "GPU_FALLBACK"
+
+    class DeviceType:
+        GPU, DLA = "GPU", "DLA"
+
+    def __init__(self, result: bytes | None = b"serialized plan", parse_ok: bool = True):
+        self.result, self.parse_ok = result, parse_ok
+        self.builds = []
+        fake = self
+
+        class TimingCache:
+            def __init__(self, blob):
+                self.blob = bytes(blob)
+
+            def serialize(self):
+                return self.blob + b"+new timings"
+
+        class Config:
+            def __init__(self):
+                self.flags, self.pools, self.timing_cache = set(), {}, None
+                self.int8_calibrator = self.progress_monitor = None
+                self.default_device_type, self.DLA_core = "GPU", -1
+
+            def set_memory_pool_limit(self, pool, size):
+                self.pools[pool] = size
+
+            def set_flag(self, flag):
+                self.flags.add(flag)
+
+            def create_timing_cache(self, blob):
+                return TimingCache(blob)
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                self.timing_cache = cache
+                return True
+
+            def get_timing_cache(self):
+                return self.timing_cache
+
+        class OnnxParser:
+            num_errors = 1
+
+            def __init__(self, network, logger):
+                pass
+
+            def parse_from_file(self, path):
+                assert Path(path).is_file()
+                return fake.parse_ok
+
+            def get_error(self, index):
+                return "In node 3 (Foo): UNSUPPORTED_NODE"
+
+        class Builder:
+            num_DLA_cores = 2
+
+            def __init__(self, logger):
+                assert isinstance(logger, fake.ILogger)
+
+            def create_network(self, flags):
+                return object()
+
+            def create_builder_config(self):
+                return Config()
+
+            def build_serialized_network(self, network, config):
+                fake.builds.append(config)
+                monitor = config.progress_monitor
+                monitor.phase_start("Building engine", None, 2)
+                monitor.phase_start("Tactic timing", "Building engine", 3)
+                for step in range(3):
+                    assert monitor.step_complete("Tactic timing", step) is True
+                monitor.phase_finish("Tactic timing")
+                monitor.step_complete("Building engine", 0)
+                monitor.phase_finish("Building engine")
+                return fake.result
+
+        self.OnnxParser, self.Builder = OnnxParser, Builder
+
+
+def _build(trt, tmp_path, **changes):
+    from seg_ros.backends.tensorrt_backend import build_serialized_engine
+
+    onnx_path = tmp_path / "net.onnx"
+    onnx_path.write_bytes(b"onnx")
+    args = dict(precision="fp16", workspace_mb=512, dla_core=-1, calibrator=None,
+                timing_cache=tmp_path / "timing.cache")
+    args.update(changes)
+    return build_serialized_engine(trt, onnx_path, **args)
+
+
+def test_build_settings_reach_the_builder(tmp_path):
+    trt = FakeTensorRT()
+    assert _build(trt, tmp_path) == b"serialized plan"
+    config = trt.builds[0]
+    assert config.flags == {"FP16"} and config.pools == {"WORKSPACE": 512 << 20}
+    assert config.progress_monitor._bars == {}  # every progress bar was closed
+    assert (tmp_path / "timing.cache").read_bytes() == b"+new timings"
+    _build(trt, tmp_path, precision="fp32", workspace_mb=0)
+    assert trt.builds[1].flags == set() and trt.builds[1].pools == {}
+    assert trt.builds[1].timing_cache.blob == b"+new timings"  # the saved timings are used next time
+
+
+def test_int8_and_dla_settings(tmp_path):
+    trt = FakeTensorRT()
+    calibrator = object()
+    _build(trt, tmp_path, precision="int8", calibrator=calibrator, dla_core=1)
+    config = trt.builds[0]
+    assert config.flags == {"FP16", "INT8", "GPU_FALLBACK"}
+    assert config.int8_calibrator is calibrator
+    assert (config.default_device_type, config.DLA_core) == ("DLA", 1)
+    with pytest.raises(BackendError, match="DLA core 2 requested but this device has 2"):
+        _build(trt, tmp_path, dla_core=2)
+
+
+def test_parse_and_build_failures_are_reported(tmp_path):
+    with pytest.raises(BackendError, match="could not parse .*UNSUPPORTED_NODE"):
+        _build(FakeTensorRT(parse_ok=False), tmp_path)
+    with pytest.raises(BackendError, match="failed to build an engine"):
+        _build(FakeTensorRT(result=None), tmp_path)
+    assert not (tmp_path / "timing.cache").exists()
+
+
+class _TinyNet:
+    """A one-layer network: the engine flow below needs a real export, not a big one."""
+
+    @staticmethod
+    def loaded():
+        import torch
+
+        from seg_ros.models import LoadedModel, ModelSpec
+
+        torch.manual_seed(0)
+        return LoadedModel(torch.nn.Conv2d(3, 4, 3, padding=1).eval(),
+                           ModelSpec(name="tiny", family="deeplab", num_classes=4))
+
+
+def test_prepare_engine_builds_caches_and_rebuilds_for_a_new_tensorrt(tmp_path, monkeypatch, caplog):
+    import seg_ros.backends.tensorrt_backend as module
+
+    trt = FakeTensorRT()
+    monkeypatch.setattr(module, "import_tensorrt", lambda: trt)
+    monkeypatch.setattr(module, "gpu_identity", lambda: ("Orin", "8.7"))
+    loaded = _TinyNet.loaded()
+    options = BackendOptions(engine_cache=str(tmp_path))
+    first = module.prepare_engine(loaded, height=16, width=24, precision="fp16", options=options)
+    assert first.built and first.payload == b"serialized plan" and len(trt.builds) == 1
+    assert first.path.parent == tmp_path and first.key["gpu"] == "Orin"
+    assert read_engine(first.path, first.key, engine_io(4, 16, 24)) == b"serialized plan"
+
+    again = module.prepare_engine(loaded, height=16, width=24, precision="fp16", options=options)
+    assert not again.built and len(trt.builds) == 1  # from the cache, no build
+
+    trt.__version__ = "10.7.0"
+    caplog.set_level(logging.WARNING)
+    upgraded = module.prepare_engine(loaded, height=16, width=24, precision="fp16", options=options)
+    assert upgraded.built and len(trt.builds) == 2 and upgraded.path == first.path
+    assert "tensorrt: 10.3.0 -> 10.7.0" in caplog.text
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt") is not None,
+                    reason="checks the failure where TensorRT is missing")
+def test_build_engine_command_does_everything_but_the_build(tmp_path, capsys, caplog):
+    import torch
+
+    from seg_ros.cli import main
+
+    images = tmp_path / "calib"
+    images.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(images / f"{i}.png"), _solid(i * 50))
+    torch.manual_seed(0)  # test_backends' deeplab: its exported graph is already in the cache
+    code = main(["build-engine", "--model", "deeplab", "--backbone", "mobilenet_v3_large", "--height", "64",
+                 "--width", "96", "--precision", "int8", "--calibration-images", str(images),
+                 "--engine-cache", str(tmp_path / "engines")])
+    out = capsys.readouterr()
+    assert code == 2
+    assert "every operator supported by TensorRT" in out.out
+    assert "INT8 calibration: 3 frames" in out.out
+    assert "TensorRT is not installed" in caplog.text
+    onnx_file = out.out.split("ONNX graph ")[1].split(":")[0]
+    assert Path(onnx_file).is_file()
+
+
+def test_build_engine_refuses_int8_without_data_before_any_work(capsys, caplog):
+    from seg_ros.cli import main
+
+    assert main(["build-engine", "--model", "deeplab", "--precision", "int8"]) == 2
+    assert "INT8 calibration: INT8 needs calibration data" in caplog.text
+    assert "ONNX graph" not in capsys.readouterr().out
