@@ -182,6 +182,10 @@ def run(args: argparse.Namespace) -> int:
     if args.frames <= 0 or args.warmup < 0:
         raise ValueError(f"--frames must be positive and --warmup >= 0, got {args.frames} and {args.warmup}")
     frame, frame_source = benchmark_frame(args.image)
+    import torch
+
+    # Without bundled weights the networks are random: seeded, so a repeated benchmark reuses the exported graph.
+    torch.manual_seed(0)
     report = run_compare(args, frame, frame_source) if args.compare else run_single(args, frame, frame_source)
     if args.json:
         path = Path(args.json)
