@@ -23,7 +23,6 @@ setup(
     maintainer_email="seg-ros@example.org",
     description="Semantic segmentation node (SegNet, DeepLab, RefineNet) with TensorRT, ONNX Runtime and PyTorch backends.",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "segmentation_node = seg_ros.node:main",
