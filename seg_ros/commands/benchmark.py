@@ -164,15 +164,21 @@ def _environment(args, frame, frame_source: str) -> dict:
     }
 
 
-def _row(name: str, backend: str, result: dict) -> str:
-    b, p = result["backend"], result["pipeline"]
-    return (f"{name:<34} {backend:<34} {b['fps']:>7.1f} {b['latency_ms']['p50']:>8.1f} "
-            f"{b['latency_ms']['p95']:>8.1f} {p['fps']:>7.1f} {p['latency_ms']['p50']:>8.1f} "
-            f"{p['latency_ms']['p95']:>8.1f}")
-
-
-HEADER = (f"{'model':<34} {'backend':<34} {'fps':>7} {'p50 ms':>8} {'p95 ms':>8} {'fps':>7} {'p50 ms':>8} "
-          f"{'p95 ms':>8}\n{'':<34} {'':<34} {'--- backend alone ---':>25} {'--- whole pipeline ---':>25}")
+def table(rows: list[tuple[str, str, dict]]) -> str:
+    """Rows of (model, backend, measure() result) as an aligned text table."""
+    name_w = max([len("model")] + [len(r[0]) for r in rows])
+    backend_w = max([len("backend")] + [len(r[1]) for r in rows])
+    numbers = f"{'fps':>7} {'p50 ms':>8} {'p95 ms':>8}"
+    lines = [f"{'':<{name_w}}  {'':<{backend_w}}  {'---- backend alone ----':>25}  {'--- whole pipeline ---':>25}",
+             f"{'model':<{name_w}}  {'backend':<{backend_w}}  {numbers}  {numbers}"]
+    for name, backend, result in rows:
+        cells = []
+        for part in ("backend", "pipeline"):
+            summary = result[part]
+            cells.append(f"{summary['fps']:>7.1f} {summary['latency_ms']['p50']:>8.1f} "
+                         f"{summary['latency_ms']['p95']:>8.1f}")
+        lines.append(f"{name:<{name_w}}  {backend:<{backend_w}}  {cells[0]}  {cells[1]}")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -218,8 +224,7 @@ def run_single(args, frame, frame_source: str) -> dict:
     print(f"{spec.name} at {pipeline.input_width}x{pipeline.input_height} on {built.backend_name} "
           f"({pipeline.backend.precision}; {pipeline.backend.reason}); frame: {frame_source}, "
           f"{args.frames} frames after {args.warmup} warm-up")
-    print(HEADER)
-    print(_row(spec.name, built.backend_name, result))
+    print(table([(spec.name, built.backend_name, result)]))
     stages = ", ".join(f"{k} {v:.1f}" for k, v in result["pipeline"]["stages_ms"].items())
     print(f"pipeline stages (mean ms): {stages}")
     return {"configuration": configuration, **result}
@@ -253,15 +258,15 @@ def run_compare(args, frame, frame_source: str) -> dict:
             fps[kind] = (result["backend"]["fps"], result["pipeline"]["fps"])
             results.append({"family": family, "variant": spec.name, "options": spec.options,
                             "backend_kind": kind, "backend_name": backend.name, **result})
-            rows.append(_row(spec.name, backend.name, result))
-            print(rows[-1], flush=True)
+            rows.append((spec.name, backend.name, result))
+            print(f"{spec.name} on {backend.name}: backend {result['backend']['fps']:.1f} fps, "
+                  f"pipeline {result['pipeline']['fps']:.1f} fps", flush=True)
         speedup[family] = {"backend": fps["onnxruntime"][0] / fps["torch"][0],
                            "pipeline": fps["onnxruntime"][1] / fps["torch"][1]}
     print()
     print(f"ONNX Runtime vs eager PyTorch at {width}x{height}, {args.frames} frames after {args.warmup} "
           f"warm-up, threads={args.threads or 'default'}, frame: {frame_source}")
-    print(HEADER)
-    print("\n".join(rows))
+    print(table(rows))
     for family, ratio in speedup.items():
         print(f"speed-up {family:<10} onnxruntime/torch: backend {ratio['backend']:.2f}x, "
               f"pipeline {ratio['pipeline']:.2f}x")
