@@ -1,0 +1,175 @@
+"""ONNX export: ONNX Runtime equals PyTorch for every family, TensorRT's operator set, SegNet's unpooling."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper
+
+from seg_ros.commands import export as export_command
+from seg_ros.export import (
+    HEAD_OUTPUTS,
+    compare_with_torch,
+    export_onnx,
+    onnx_opset,
+    tensorrt_friendly,
+    unsupported_tensorrt_ops,
+)
+from seg_ros.models import ModelSpec, build_model, save_checkpoint
+from seg_ros.models.segnet import unpool_like_max
+
+HEIGHT, WIDTH = 65, 97  # odd on purpose: SegNet pads, the others resize
+
+
+def _session(path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+# ---------------------------------------------------------------- SegNet's unpooling
+
+@pytest.mark.parametrize("values", ["ties", "zeros", "float"])
+def test_unpool_like_max_equals_max_unpool2d_exactly(values):
+    generator = torch.Generator().manual_seed(0)
+    shape = (2, 3, 8, 12)
+    if values == "ties":  # few distinct values: most windows hold several maxima
+        x = torch.randint(0, 3, shape, generator=generator).float()
+    elif values == "zeros":  # what ReLU leaves: whole windows of equal zeros
+        x = torch.relu(torch.randn(shape, generator=generator) - 1.0)
+    else:
+        x = torch.randn(shape, generator=generator)
+    pooled, indices = F.max_pool2d(x, 2, 2, return_indices=True)
+    y = torch.randn(pooled.shape, generator=generator)
+    expected = F.max_unpool2d(y, indices, 2, 2)
+    assert torch.equal(unpool_like_max(y, x), expected)
+
+
+def test_unpool_like_max_keeps_the_first_maximum_in_scan_order():
+    x = torch.tensor([[[[1.0, 5.0], [5.0, 5.0]]]])  # three tied maxima: PyTorch keeps (0, 1)
+    out = unpool_like_max(torch.tensor([[[[7.0]]]]), x)
+    assert out.tolist() == [[[[0.0, 7.0], [0.0, 0.0]]]]
+
+
+@pytest.mark.parametrize("backbone, size", [("basic", (65, 97)), ("vgg16_bn", (33, 47))])
+def test_segnet_tensorrt_friendly_unpooling_gives_identical_outputs(backbone, size):
+    torch.manual_seed(0)
+    model = build_model("segnet", 5, backbone=backbone).eval()
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        reference = model(x)
+        with tensorrt_friendly(model):
+            friendly = model(x)
+    assert torch.equal(friendly, reference)
+    assert model.tensorrt_friendly is False  # restored after the block
+
+
+# ---------------------------------------------------------------- every family through ONNX Runtime
+
+# SegNet goes through ONNX Runtime in the export-command test below (head graph); each export
+# costs several seconds of the dynamo exporter, so every family is exported once.
+@pytest.mark.parametrize("family, options", [
+    ("deeplab", {"version": "v3plus", "backbone": "mobilenet_v3_large"}),
+    ("refinenet", {"light_weight": True, "backbone": "mobilenet_v2"}),
+])
+def test_logits_export_matches_pytorch_in_onnxruntime(tmp_path, family, options):
+    torch.manual_seed(0)
+    model = build_model(family, 11, **options).eval()
+    path = export_onnx(model, tmp_path / f"{family}.onnx", HEIGHT, WIDTH, head=False)
+    assert onnx_opset(path) >= 17
+    assert unsupported_tensorrt_ops(path) == []
+    session = _session(path)
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    assert session.get_inputs()[0].shape == [1, 3, HEIGHT, WIDTH]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    image = np.random.default_rng(1).standard_normal((1, 3, HEIGHT, WIDTH), dtype=np.float32)
+    (logits,) = session.run(None, {"image": image})
+    with torch.no_grad():
+        expected = model(torch.from_numpy(image)).numpy()
+    assert logits.shape == (1, 11, HEIGHT, WIDTH)
+    assert np.abs(logits - expected).max() < 1e-3
+    assert (logits.argmax(1) == expected.argmax(1)).mean() >= 0.999
+
+
+def test_export_command_writes_the_head_graph(tmp_path, capsys):
+    """`seg_ros export` from a checkpoint: label/confidence/probabilities with the node's dtypes."""
+    torch.manual_seed(0)
+    model = build_model("segnet", 11, backbone="basic").eval()
+    weights = save_checkpoint(tmp_path / "segnet.safetensors", model,
+                              ModelSpec(name="t", family="segnet", options={"backbone": "basic"}, num_classes=11))
+    parser = argparse.ArgumentParser()
+    export_command.register(parser.add_subparsers())
+    out = tmp_path / "segnet_head.onnx"
+    args = parser.parse_args(["export", "--model", "segnet", "--weights", str(weights), "--height", str(HEIGHT),
+                              "--width", str(WIDTH), "--onnx", str(out)])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "all operators supported" in printed and "label agreement" in printed
+
+    session = _session(out)
+    assert [o.name for o in session.get_outputs()] == list(HEAD_OUTPUTS)
+    image = np.random.default_rng(2).standard_normal((1, 3, HEIGHT, WIDTH), dtype=np.float32)
+    label, confidence, probabilities = session.run(None, {"image": image})
+    assert label.dtype == np.int32 and label.shape == (1, HEIGHT, WIDTH)
+    assert confidence.dtype == np.float32 and confidence.shape == (1, HEIGHT, WIDTH)
+    assert probabilities.dtype == np.float32 and probabilities.shape == (1, 11, HEIGHT, WIDTH)
+    assert np.allclose(probabilities.sum(1), 1.0, atol=1e-5)
+    assert np.array_equal(confidence, probabilities.max(1))
+    with torch.no_grad():
+        logits = model(torch.from_numpy(image)).numpy()
+    assert (label == logits.argmax(1)).mean() >= 0.999
+    assert compare_with_torch(model, out, image)["max_abs_diff"] < 1e-4
+
+
+def test_export_command_reports_missing_weights(tmp_path):
+    parser = argparse.ArgumentParser()
+    export_command.register(parser.add_subparsers())
+    args = parser.parse_args(["export", "--model", "segnet", "--weights", str(tmp_path / "none.safetensors"),
+                              "--onnx", str(tmp_path / "x.onnx")])
+    with pytest.raises(FileNotFoundError, match="none.safetensors"):
+        args.func(args)
+
+
+def test_export_rejects_bad_arguments(tmp_path):
+    model = build_model("segnet", 3, backbone="basic")
+    with pytest.raises(ValueError, match="opset 16"):
+        export_onnx(model, tmp_path / "a.onnx", 32, 32, opset=16)
+    with pytest.raises(ValueError, match="positive"):
+        export_onnx(model, tmp_path / "a.onnx", 0, 32)
+
+
+# ---------------------------------------------------------------- the TensorRT operator check
+
+def _model_with(nodes, outputs) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    outs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs]
+    graph = helper.make_graph(nodes, "g", [x], outs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("custom", 1)])
+
+
+def test_operator_check_flags_what_tensorrt_cannot_parse(tmp_path):
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["p", "i"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("MaxUnpool", ["p", "i"], ["u"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Resize", ["u", "", "", "sizes"], ["r"], mode="cubic"),
+        helper.make_node("Foo", ["r"], ["y"], domain="custom"),
+        helper.make_node("Relu", ["x"], ["z"]),
+    ]
+    model = _model_with(nodes, ["y", "z"])
+    model.graph.initializer.append(helper.make_tensor("sizes", TensorProto.INT64, [4], [1, 1, 8, 8]))
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, path)
+    assert unsupported_tensorrt_ops(path) == [
+        "MaxPool (indices output)", "MaxUnpool", "Resize (cubic, half_pixel)", "custom::Foo",
+    ]
+
+
+def test_operator_check_passes_plain_maxpool_and_relu(tmp_path):
+    nodes = [helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Relu", ["p"], ["y"])]
+    path = tmp_path / "good.onnx"
+    onnx.save(_model_with(nodes, ["y"]), path)
+    assert unsupported_tensorrt_ops(path) == []
