@@ -59,10 +59,12 @@ class OnnxRuntimeBackend(Backend):
         if device == "tensorrt":
             from seg_ros.backends.engine_cache import EngineCache
 
+            folder = EngineCache(engine_cache).folder / "onnxruntime"
+            folder.mkdir(parents=True, exist_ok=True)
             trt_options = {
                 "trt_fp16_enable": precision == "fp16",
                 "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(EngineCache(engine_cache).folder / "onnxruntime"),
+                "trt_engine_cache_path": str(folder),
                 "trt_timing_cache_enable": True,
             }
             if workspace_mb > 0:
