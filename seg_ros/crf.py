@@ -41,7 +41,7 @@ from seg_ros.crf_lattice import Csr, LatticeFilter, build_lattice_filter
 UNARY_CLIP = 1e-5  # as pydensecrf.utils.unary_from_softmax
 SUM_TOLERANCE = 1e-2  # per-pixel probabilities must sum to 1 within this
 MAX_DOWNSAMPLE = 4
-MIN_COARSE_SIGMA = 1.5  # kernels stay at least this many coarse pixels wide
+MIN_COARSE_SIGMA = 0.75  # automatic grids keep every kernel at least this many coarse pixels wide
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ def dense_crf(image: np.ndarray, probabilities: np.ndarray, iterations: int = 5,
     """
     if not isinstance(probabilities, np.ndarray):
         raise ValueError(f"probabilities must be a numpy array, got {type(probabilities).__name__}")
+    if not probabilities.flags.writeable:  # torch only wraps writeable arrays without a warning
+        probabilities = probabilities.copy()
     refined = dense_crf_tensor(image, torch.from_numpy(probabilities).to(device or "cpu"), iterations,
                                gaussian_sxy, gaussian_weight, bilateral_sxy, bilateral_srgb,
                                bilateral_weight, downsample=downsample)
@@ -107,8 +109,9 @@ def dense_crf_tensor(image: np.ndarray, probabilities, iterations: int = 5,
     q = torch.softmax(coarse_log_prior, 0)  # C × coarse pixels
     for _ in range(iterations - 1):
         q = torch.softmax(passing.coarse(q) + coarse_log_prior, 0)
-    full_log_prior = coarse_log_prior if factor == 1 else prior.reshape(num_classes, -1).log()
-    return torch.softmax(passing.full(q) + full_log_prior, 0).reshape(probabilities.shape)
+    messages = passing.full(q)
+    messages += coarse_log_prior if factor == 1 else prior.reshape(num_classes, -1).log_()
+    return torch.softmax(messages, 0).reshape(probabilities.shape)
 
 
 def auto_downsample(height: int, width: int, gaussian_sxy: float, gaussian_weight: float,
@@ -200,12 +203,15 @@ class _MessagePassing:
         num_vertices = vertices.shape[0]
         padded = torch.cat([vertices, vertices.new_zeros(1, vertices.shape[1])])  # row for "no neighbour"
         for lower, upper in self.neighbours:
-            padded[:num_vertices] = padded[:num_vertices] + 0.5 * (padded[lower] + padded[upper])
+            neighbours = padded.index_select(0, lower)
+            neighbours += padded.index_select(0, upper)
+            neighbours *= 0.5
+            padded[:num_vertices] += neighbours
         return self.slice @ padded[:num_vertices]
 
     def _messages(self, q):
         """Pixels × C messages for q (C × coarse pixels)."""
-        values = q.t().contiguous()
+        values = _transposed(q)
         total = None
         if self.gaussian is not None:
             weight, norm = self.gaussian
@@ -217,15 +223,22 @@ class _MessagePassing:
         return total
 
     def coarse(self, q):
-        """Messages on the coarse grid, C × coarse pixels."""
-        return self._messages(q).t()
+        """Messages on the coarse grid, C × coarse pixels (contiguous: softmax over C is fast then)."""
+        return _transposed(self._messages(q))
 
     def full(self, q):
         """Messages from the coarse q at full resolution (edge-aware upsampling), C × pixels."""
         messages = self._messages(q)
         if self.upsample is not None:
             messages = self.upsample @ messages
-        return messages.t()
+        return _transposed(messages)
+
+
+def _transposed(matrix):
+    """Contiguous transpose of a 2-D tensor (OpenCV's blocked transpose on the CPU: 4x faster here)."""
+    if matrix.device.type == "cpu" and matrix.dtype == torch.float32:
+        return torch.from_numpy(cv2.transpose(matrix.numpy()))
+    return matrix.t().contiguous()
 
 
 def _cell_centres(size: int, cells: int) -> np.ndarray:
@@ -245,7 +258,8 @@ def _gaussian_taps(sigma: float) -> np.ndarray:
 def _upsample_matrix(image: np.ndarray, coarse_image: np.ndarray, ys: np.ndarray, xs: np.ndarray,
                      srgb: float) -> Csr:
     """full × coarse matrix over each pixel's 4 nearest coarse samples: bilinear weights times colour
-    similarity exp(-|I - I_coarse|² / 2 srgb²), renormalised, so messages follow the pixel's own edges."""
+    similarity exp(-|I - I_coarse|² / 2 srgb²) relative to the most similar of the 4, renormalised,
+    so that messages follow the pixel's own edges (plain bilinear where no colour is close)."""
     height, width = image.shape[:2]
     coarse_w = coarse_image.shape[1]
 
@@ -256,27 +270,29 @@ def _upsample_matrix(image: np.ndarray, coarse_image: np.ndarray, ys: np.ndarray
 
     y0, fy = neighbours(height, ys)
     x0, fx = neighbours(width, xs)
-    planes = np.ascontiguousarray(image.transpose(2, 0, 1), np.float32)
-    coarse_planes = np.ascontiguousarray(coarse_image.transpose(2, 0, 1))
-    corners = ((0, 0), (0, 1), (1, 0), (1, 1))
-    cols = np.empty((height, width, 4), np.int64)
-    weights = np.empty((height, width, 4), np.float32)
-    distances = np.zeros((4, height, width), np.float32)
-    for k, (dy, dx) in enumerate(corners):
+    coarse8 = np.rint(coarse_image).astype(np.uint8)
+    # exp(-|d|²/2σ²) = product over the channels of exp(-d_c²/2σ²): one table lookup per channel.
+    table = np.exp(-0.5 * (np.arange(256) / srgb) ** 2).astype(np.float32)
+    cols = np.empty((4, height, width), np.int32)
+    weights = np.empty((4, height, width), np.float32)
+    for k, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
         rows, columns = y0 + dy, x0 + dx
-        cols[..., k] = rows[:, None] * coarse_w + columns[None, :]
-        weights[..., k] = (fy if dy else 1 - fy)[:, None] * (fx if dx else 1 - fx)[None, :]
-        for plane, coarse_plane in zip(planes, coarse_planes):
-            difference = plane - coarse_plane.take(rows, axis=0).take(columns, axis=1)
-            distances[k] += difference * difference
-    distances -= distances.min(axis=0)
-    distances *= np.float32(-0.5 / (srgb * srgb))
-    similarity = np.exp(distances, out=distances)
-    similarity += np.float32(1e-4)
-    weights *= similarity.transpose(1, 2, 0)
-    weights /= weights.sum(axis=-1, keepdims=True)
-    crow = np.arange(0, cols.size + 1, 4, dtype=np.int64)
-    return Csr(crow, cols.reshape(-1), weights.reshape(-1), (height * width, coarse_image.shape[0] * coarse_w))
+        cols[k] = rows[:, None] * coarse_w + columns[None, :]
+        factors = cv2.LUT(cv2.absdiff(image, coarse8.take(rows, axis=0).take(columns, axis=1)), table)
+        np.multiply(factors[..., 0], factors[..., 1], out=weights[k])
+        weights[k] *= factors[..., 2]
+    best = np.maximum(np.maximum(weights[0], weights[1]), np.maximum(weights[2], weights[3]))
+    best += np.float32(1e-30)
+    for k, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        weights[k] /= best
+        weights[k] += np.float32(1e-4)
+        weights[k] *= (fy if dy else 1 - fy)[:, None]
+        weights[k] *= (fx if dx else 1 - fx)[None, :]
+    weights *= 1.0 / (weights[0] + weights[1] + weights[2] + weights[3])
+    crow = np.arange(0, cols.size + 1, 4, dtype=np.int32)
+    return Csr(crow, np.ascontiguousarray(cols.transpose(1, 2, 0)).reshape(-1),
+               np.ascontiguousarray(weights.transpose(1, 2, 0)).reshape(-1),
+               (height * width, coarse_image.shape[0] * coarse_w))
 
 
 def _check_image(image) -> None:

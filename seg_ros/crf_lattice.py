@@ -14,9 +14,13 @@ sparse-dense products and a few gathers, with torch on the CPU or the GPU.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+
+# torch warns once per process that sparse CSR support is "in beta"; the products used here are tested.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class Csr:
 
         return torch.sparse_csr_tensor(
             torch.from_numpy(self.crow), torch.from_numpy(self.col), torch.from_numpy(self.val),
-            size=self.shape, device=device,
+            size=self.shape, device=device, check_invariants=False,
         )
 
 
