@@ -10,7 +10,8 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from seg_ros.node_parameters import NODE_NAME, default_params_file, launch_parameters, parse_launch_bool, rviz_remappings
+from seg_ros.node_parameters import (NODE_NAME, default_params_file, launch_parameters, parse_launch_bool,
+                                     rviz_remappings)
 from seg_ros.paths import config_dir
 
 ARGUMENTS = {

@@ -72,12 +72,12 @@ def backend_only_rate(parameters: dict, seconds: float) -> tuple[float, str]:
     for _ in range(3):  # warm-up
         pipeline.backend.infer(batch, COMPACT_OUTPUTS)
     count, start = 0, time.perf_counter()
-    with tqdm(desc="backend only", unit="inference", total=int(seconds), bar_format="{l_bar}{bar}| {n}/{total} s") as bar:
+    with tqdm(desc="backend only", unit="s", total=int(seconds)) as bar:
         while (elapsed := time.perf_counter() - start) < seconds:
             pipeline.backend.infer(batch, COMPACT_OUTPUTS)
             count += 1
-            bar.n = int(elapsed)
-            bar.refresh()
+            if int(elapsed) > bar.n:
+                bar.update(int(elapsed) - bar.n)
     rate = count / (time.perf_counter() - start)
     pipeline.backend.close()
     return rate, built.backend_name
@@ -162,8 +162,8 @@ def main() -> int:
                 with lock:
                     sent[number] = time.perf_counter()
                 publisher.publish(msg)
-                bar.n = int(now - start)
-                bar.refresh()
+                if int(now - start) > bar.n:
+                    bar.update(int(now - start) - bar.n)
                 time.sleep(max(0.0, start + number * period - time.perf_counter()))
         flood_end = time.perf_counter()
         time.sleep(2.0)  # the last outputs and one more diagnostics report
