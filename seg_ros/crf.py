@@ -42,6 +42,7 @@ UNARY_CLIP = 1e-5  # as pydensecrf.utils.unary_from_softmax
 SUM_TOLERANCE = 1e-2  # per-pixel probabilities must sum to 1 within this
 MAX_DOWNSAMPLE = 4
 MIN_COARSE_SIGMA = 0.75  # automatic grids keep every kernel at least this many coarse pixels wide
+MIN_COARSE_SIDE = 90  # ... and at least this many coarse pixels on the image's short side
 
 
 @dataclass(frozen=True)
@@ -116,12 +117,14 @@ def dense_crf_tensor(image: np.ndarray, probabilities, iterations: int = 5,
 
 def auto_downsample(height: int, width: int, gaussian_sxy: float, gaussian_weight: float,
                     bilateral_sxy: float, bilateral_weight: float) -> int:
-    """Coarsest grid factor that keeps every active kernel MIN_COARSE_SIGMA coarse pixels wide."""
+    """Coarsest grid factor that keeps every active kernel MIN_COARSE_SIGMA coarse pixels wide and the
+    grid MIN_COARSE_SIDE pixels high (measured on CamVid: 4 at 480x360 repairs as well as the full
+    resolution, 2 at 240x180; scripts/crf_benchmark.py)."""
     widths = [s for s, w in ((gaussian_sxy, gaussian_weight), (bilateral_sxy, bilateral_weight)) if w > 0]
     if not widths:
         return 1
-    factor = int(min(widths) // MIN_COARSE_SIGMA)
-    return max(1, min(factor, MAX_DOWNSAMPLE, height // 2, width // 2))
+    factor = min(int(min(widths) // MIN_COARSE_SIGMA), round(min(height, width) / MIN_COARSE_SIDE), MAX_DOWNSAMPLE)
+    return max(1, factor)
 
 
 def build_operators(image: np.ndarray, factor: int, gaussian_sxy: float, gaussian_weight: float,
@@ -164,7 +167,11 @@ def area_mean(planes, size: tuple[int, int]):
 class _MessagePassing:
     """The pairwise messages w_g K_g Q + w_b K_b Q (symmetrically normalised) on one device."""
 
-    def __init__(self, ops: CrfOperators, gaussian_weight: float, bilateral_weight: float, device):
+    def __init__(self, ops: CrfOperators, gaussian_weight: float, bilateral_weight: float, device,
+                 opencv: bool | None = None):
+        device = torch.device(device)
+        # OpenCV's blur is several times faster than torch's depthwise convolution on the CPU.
+        self.opencv = device.type == "cpu" if opencv is None else opencv
         self.size = ops.coarse_size
         pixels = self.size[0] * self.size[1]
         ones = torch.ones(pixels, 1, device=device)
@@ -186,7 +193,7 @@ class _MessagePassing:
         taps_x, taps_y = self.taps
         height, width = self.size
         channels = values.shape[1]
-        if values.device.type == "cpu" and channels <= 512:  # OpenCV's channel limit
+        if self.opencv and channels <= 512:  # OpenCV's channel limit
             grid = values.numpy().reshape(height, width, channels)
             out = cv2.sepFilter2D(grid, -1, taps_x, taps_y, borderType=cv2.BORDER_CONSTANT)
             return torch.from_numpy(out.reshape(-1, channels))
@@ -195,7 +202,7 @@ class _MessagePassing:
         ky = torch.from_numpy(taps_y).to(values.device).view(1, 1, -1, 1).expand(channels, 1, -1, 1)
         planes = torch.nn.functional.conv2d(planes, kx, padding=(0, taps_x.size // 2), groups=channels)
         planes = torch.nn.functional.conv2d(planes, ky, padding=(taps_y.size // 2, 0), groups=channels)
-        return planes.reshape(channels, -1).t()
+        return planes.reshape(channels, -1).t().contiguous()
 
     def _lattice(self, values):
         """Unnormalised permutohedral filtering of pixels × channels values."""

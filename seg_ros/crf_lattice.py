@@ -19,9 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# torch warns once per process that sparse CSR support is "in beta"; the products used here are tested.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
-
 
 @dataclass(frozen=True)
 class Csr:
@@ -35,10 +32,12 @@ class Csr:
     def to_torch(self, device):
         import torch
 
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(self.crow), torch.from_numpy(self.col), torch.from_numpy(self.val),
-            size=self.shape, device=device, check_invariants=False,
-        )
+        with warnings.catch_warnings():  # once per process: "sparse CSR support is in beta" (tested here)
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(
+                torch.from_numpy(self.crow), torch.from_numpy(self.col), torch.from_numpy(self.val),
+                size=self.shape, device=device, check_invariants=False,
+            )
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,17 @@ class LatticeFilter:
     neighbours: np.ndarray  # (d+1) × 2 × vertices, int64
     slice: Csr  # points × vertices
     num_vertices: int
+
+
+def sort_codes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, codes[order]) for a stable sort of int64 codes >= 0; packs the index into the low bits
+    and sorts once when the codes leave room for it (about 3x faster than a stable argsort here)."""
+    index_bits = max(1, int(codes.size - 1).bit_length())
+    if int(codes.max()) < 2 ** (62 - index_bits):
+        packed = np.sort((codes << index_bits) | np.arange(codes.size, dtype=np.int64))
+        return packed & ((1 << index_bits) - 1), packed >> index_bits
+    order = np.argsort(codes, kind="stable")
+    return order, codes[order]
 
 
 def _elevate(features: np.ndarray) -> np.ndarray:
@@ -128,14 +138,7 @@ def build_lattice_filter(features: np.ndarray, sorted_columns: bool = False) -> 
 
     # Sort the entries by vertex code (ties by entry) to number the vertices and get the splat rows.
     num_entries = codes.size
-    index_bits = max(1, int(num_entries - 1).bit_length())
-    if int(codes.max()) < 2 ** (62 - index_bits):
-        packed = np.sort((codes << index_bits) | np.arange(num_entries, dtype=np.int64))
-        order = packed & ((1 << index_bits) - 1)
-        sorted_codes = packed >> index_bits
-    else:
-        order = np.argsort(codes, kind="stable")
-        sorted_codes = codes[order]
+    order, sorted_codes = sort_codes(codes)
     first = np.empty(num_entries, bool)
     first[0] = True
     np.not_equal(sorted_codes[1:], sorted_codes[:-1], out=first[1:])
