@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+
+# Imported up front so switching crf.enabled on at run time does not stall a frame on the import.
+from seg_ros.crf import dense_crf
 
 LOG = logging.getLogger(__name__)
 
@@ -118,8 +121,6 @@ class SegmentationPipeline:
         if need_full:
             probabilities = out["probabilities"][0]
             if crf.enabled:
-                from seg_ros.crf import dense_crf
-
                 probabilities = dense_crf(small, probabilities, **crf.kwargs())
                 timings["crf"] = (time.perf_counter() - t2) * 1e3
             label = probabilities.argmax(axis=0)
@@ -183,7 +184,3 @@ def build_pipeline(config: PipelineConfig) -> BuiltPipeline:
     pipeline = SegmentationPipeline(backend, num_classes=spec.num_classes, input_size=(height, width),
                                     mean=spec.mean, std=spec.std, crf=config.crf)
     return BuiltPipeline(pipeline, spec, table, backend.name)
-
-
-def with_crf(config: PipelineConfig, **changes) -> PipelineConfig:
-    return replace(config, crf=replace(config.crf, **changes))
