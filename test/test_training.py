@@ -96,6 +96,26 @@ def test_checkpoint_round_trip_to_bundled_weights(trained, tmp_path):
         torch.testing.assert_close(loaded.module(x), module(x), rtol=1e-4, atol=1e-4)
 
 
+def test_precise_bn_replaces_lagging_statistics(data_root):
+    """After recalibration the running mean is the plain mean over the batches, and nothing else changed."""
+    from seg_ros.datasets import Augmentation, SegmentationDataset, camvid_pairs
+    from seg_ros.training import recalibrate_batchnorm
+
+    dataset = SegmentationDataset(camvid_pairs(data_root, "train")[:4], num_classes=11, ignore_index=11,
+                                  size=SIZE, augment=Augmentation(crop=(32, 48)))
+    conv = torch.nn.Conv2d(3, 4, 1)
+    norm = torch.nn.BatchNorm2d(4, momentum=0.01)
+    module = torch.nn.Sequential(conv, norm).eval()
+    norm.running_mean.fill_(5.0)  # stale statistics
+    weights = [p.detach().clone() for p in module.parameters()]
+    recalibrate_batchnorm(module, dataset, torch.device("cpu"), batches=2, batch_size=2)
+    with torch.no_grad():
+        features = conv(torch.stack([dataset[i][0] for i in range(4)]))
+    torch.testing.assert_close(norm.running_mean, features.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert norm.momentum == 0.01 and not module.training
+    assert all(torch.equal(a, b) for a, b in zip(weights, module.parameters()))
+
+
 def test_bad_checkpoints_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_training_checkpoint(tmp_path / "missing.pt")

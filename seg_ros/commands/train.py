@@ -85,6 +85,9 @@ def register(subparsers) -> None:
     runtime.add_argument("--time-limit", type=float, default=0.0,
                      help="minutes of wall time: the poly schedule ends there (or at the last epoch, if sooner), "
                           "then it validates and keeps the best model (0: no limit)")
+    runtime.add_argument("--precise-bn", type=int, default=10, metavar="BATCHES",
+                         help="re-estimate BatchNorm statistics on this many training batches before each "
+                              "validation and export (0: keep the running averages)")
     runtime.add_argument("--val-every", type=int, default=1, help="epochs between validations")
     runtime.add_argument("--output", default="", help="run folder (default: runs/<name>)")
     runtime.add_argument("--resume", default="", help="continue from a last.pt checkpoint (schedule included)")
@@ -121,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         size=args.size, crop=args.crop or (0, 0), scale_range=args.scale_range, jitter=args.jitter,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         class_weighting=args.class_weighting, workers=args.workers, threads=args.threads, device=args.device,
-        amp=not args.no_amp, time_limit_min=args.time_limit, val_every=args.val_every,
+        amp=not args.no_amp, time_limit_min=args.time_limit, val_every=args.val_every, precise_bn=args.precise_bn,
         output=args.output or f"runs/{name}", resume=args.resume, pretrained_backbone=args.pretrained_backbone,
         seed=args.seed, limit_train=args.limit_train, limit_val=args.limit_val, name=name,
     )
