@@ -77,12 +77,13 @@ def test_checkpoint_round_trip_to_bundled_weights(trained, tmp_path):
     cfg, result = trained
     state = load_training_checkpoint(result.best_checkpoint)
     path = tmp_path / "tiny.safetensors"
-    export_bundled(result.best_checkpoint, path, half=False)
+    export_bundled(result.best_checkpoint, path, half=False, precise_bn=0)  # the checkpoint's own BN statistics
     loaded = load_model(weights=str(path))
     spec = loaded.spec
     assert (spec.family, spec.num_classes, spec.class_table) == (MODEL, 11, "camvid")
     assert (spec.input_height, spec.input_width) == SIZE
-    assert spec.metrics["val_miou"] == pytest.approx(result.best_miou, abs=1e-4)
+    # Re-measured in fp32; training validated under bf16 autocast, so close but not equal.
+    assert spec.metrics["val_miou"] == pytest.approx(result.best_miou, abs=0.02)
     assert set(spec.metrics["val_per_class_iou"]) >= {"Road", "Sky"}
     assert spec.metrics["training"]["steps"] == state["step"]
 
