@@ -611,13 +611,13 @@ def write_model_card(weights: str | Path, latencies: list[dict], *, notes: str =
 
 
 def bundle(checkpoint: str | Path, path: str | Path, *, latency_frames: int = 20, threads: int = 2,
-           notes: str = "") -> Path:
+           precise_bn: int | None = None, notes: str = "") -> Path:
     """export_bundled + CPU latency (ONNX Runtime and eager PyTorch) stored in the spec + the model card."""
     from seg_ros.datasets import read_rgb
     from seg_ros.models import load_model, save_checkpoint
 
     path = Path(path)
-    spec = export_bundled(checkpoint, path)
+    export_bundled(checkpoint, path, precise_bn=precise_bn)
     cfg = _checkpoint_config(load_training_checkpoint(checkpoint))
     try:
         image = read_rgb(dataset_pairs(cfg.dataset, cfg.data, "val")[0][0])
