@@ -24,8 +24,8 @@ import numpy as np
 class Csr:
     """A sparse matrix in CSR form (numpy arrays), converted to torch where it is used."""
 
-    crow: np.ndarray  # int64, rows + 1
-    col: np.ndarray  # int64, nnz
+    crow: np.ndarray  # rows + 1 offsets (int32 or int64, same as col)
+    col: np.ndarray  # nnz column indices
     val: np.ndarray  # float32, nnz
     shape: tuple[int, int]
 
