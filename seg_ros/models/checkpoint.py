@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -81,7 +81,7 @@ def save_checkpoint(path: str | Path, module: nn.Module, spec: ModelSpec, half: 
 
     if spec.family not in ("segnet", "deeplab", "refinenet") or spec.num_classes < 1:
         raise ValueError(f"cannot save a checkpoint for spec {spec.name!r}: family and num_classes must be set")
-    spec.options = resolve_options(spec.family, **spec.options)
+    spec = replace(spec, options=resolve_options(spec.family, **spec.options))  # self-describing: all options
     tensors = {}
     for key, value in module.state_dict().items():
         value = value.detach().cpu()

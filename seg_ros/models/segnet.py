@@ -18,10 +18,6 @@ from torchvision.models.vgg import cfgs, make_layers
 
 from seg_ros.models.backbones import load_imagenet_weights
 
-# _EARLIER[j, k] = 1 for j < k: (eq @ _EARLIER)[k] counts the maxima before slot k of a window.
-_EARLIER = torch.triu(torch.ones(4, 4), diagonal=1)
-
-
 def unpool_like_max(values: torch.Tensor, pre_pool: torch.Tensor) -> torch.Tensor:
     """``MaxUnpool2d(2, 2)`` of ``values`` at the indices ``MaxPool2d(2, 2)`` would return for ``pre_pool``.
 
@@ -31,9 +27,11 @@ def unpool_like_max(values: torch.Tensor, pre_pool: torch.Tensor) -> torch.Tenso
     n, c, h, w = pre_pool.shape
     windows = pre_pool.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2, w // 2, 4)
     is_max = (windows == windows.amax(dim=-1, keepdim=True)).to(values.dtype)
-    earlier_maxima = torch.matmul(is_max, _EARLIER.to(values.dtype))
+    # earlier[j, k] = 1 for j < k, so (is_max @ earlier)[k] counts the maxima before slot k of a window.
+    earlier = torch.ones(4, 4, dtype=values.dtype, device=values.device).triu(diagonal=1)
+    earlier_maxima = torch.matmul(is_max, earlier)
     first_max = (is_max > 0) & (earlier_maxima == 0)
-    placed = torch.where(first_max, values.unsqueeze(-1), torch.zeros((), dtype=values.dtype))
+    placed = torch.where(first_max, values.unsqueeze(-1), values.new_zeros(()))
     return placed.reshape(n, c, h // 2, w // 2, 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(n, c, h, w)
 
 
