@@ -175,7 +175,7 @@ def table(rows: list[tuple[str, str, dict]]) -> str:
         cells = []
         for part in ("backend", "pipeline"):
             summary = result[part]
-            cells.append(f"{summary['fps']:>7.1f} {summary['latency_ms']['p50']:>8.1f} "
+            cells.append(f"{summary['fps']:>7.2f} {summary['latency_ms']['p50']:>8.1f} "
                          f"{summary['latency_ms']['p95']:>8.1f}")
         lines.append(f"{name:<{name_w}}  {backend:<{backend_w}}  {cells[0]}  {cells[1]}")
     return "\n".join(lines)
@@ -259,8 +259,8 @@ def run_compare(args, frame, frame_source: str) -> dict:
             results.append({"family": family, "variant": spec.name, "options": spec.options,
                             "backend_kind": kind, "backend_name": backend.name, **result})
             rows.append((spec.name, backend.name, result))
-            print(f"{spec.name} on {backend.name}: backend {result['backend']['fps']:.1f} fps, "
-                  f"pipeline {result['pipeline']['fps']:.1f} fps", flush=True)
+            print(f"{spec.name} on {backend.name}: backend {result['backend']['fps']:.2f} fps, "
+                  f"pipeline {result['pipeline']['fps']:.2f} fps", flush=True)
         speedup[family] = {"backend": fps["onnxruntime"][0] / fps["torch"][0],
                            "pipeline": fps["onnxruntime"][1] / fps["torch"][1]}
     print()
