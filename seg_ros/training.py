@@ -491,7 +491,8 @@ def export_bundled(checkpoint: str | Path, path: str | Path, *, half: bool = Tru
         "weight_decay": cfg.weight_decay, "class_weighting": cfg.class_weighting,
         "class_weights": [round(float(w), 3) for w in state["class_weights"]],
         "time_limit_min": cfg.time_limit_min, "train_seconds": round(state["train_seconds"]),
-        "threads": cfg.threads, "amp": cfg.amp, "precise_bn_batches": batches, "pretrained_backbone": bool(state["config"].get("pretrained_backbone")),
+        "threads": cfg.threads, "amp": cfg.amp, "precise_bn_batches": batches,
+        "selected_on_val": "optimizer" not in state,  # best.pt: chosen by val mIoU; last.pt: the run's end "pretrained_backbone": bool(state["config"].get("pretrained_backbone")),
     }
     metrics.update(extra_metrics or {})
     spec = ModelSpec(name=cfg.name, family=cfg.model, options=dict(cfg.model_options), num_classes=cfg.num_classes,
@@ -558,8 +559,12 @@ def write_model_card(weights: str | Path, latencies: list[dict], *, notes: str =
         "",
         "## Training",
         "",
-        f"- data: the {recipe.get('dataset')} train split; the val split chose the best checkpoint and gives the "
-        "scores below (so they are slightly optimistic); no test data was used.",
+        f"- data: the {recipe.get('dataset')} train split; "
+        + ("the val split chose the best checkpoint and gives the scores below (so they are slightly optimistic)"
+           if recipe.get("selected_on_val") else
+           "this is the model at the end of the run (no checkpoint selection), so the val scores below are on "
+           "images it never trained on nor was selected on")
+        + "; no test data was used.",
         f"- {recipe.get('epochs')} epochs, {recipe.get('steps')} steps of batch {recipe.get('batch_size')}; random "
         f"scale {recipe.get('scale_range')} of the network size, crop {recipe.get('crop')} (HxW), horizontal flip, "
         f"colour jitter {recipe.get('colour_jitter')}",
