@@ -119,6 +119,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   minimum=0.1, maximum=255.0, runtime=True),
     ParameterSpec("crf.bilateral_weight", 10.0, "Weight of the appearance kernel.", minimum=0.0, maximum=100.0,
                   runtime=True),
+    ParameterSpec("crf.downsample", 0, "Grid factor for message passing: 0 automatic (fastest), 1 full "
+                  "resolution (matches pydensecrf), 2..8 in between.", minimum=0, maximum=8, step=1, runtime=True),
 )
 SPECS: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
 # Published by the node from the class table, never set by users.
@@ -163,6 +165,7 @@ def crf_settings(values: dict) -> CrfSettings:
         bilateral_sxy=float(values["crf.bilateral_sxy"]),
         bilateral_srgb=float(values["crf.bilateral_srgb"]),
         bilateral_weight=float(values["crf.bilateral_weight"]),
+        downsample=int(values["crf.downsample"]),
     )
 
 

@@ -33,6 +33,7 @@ class CrfSettings:
     bilateral_sxy: float = 80.0
     bilateral_srgb: float = 13.0
     bilateral_weight: float = 10.0
+    downsample: int = 0  # message-passing grid factor: 0 auto (fast), 1 full resolution (matches pydensecrf)
 
     def kwargs(self) -> dict:
         return {
@@ -42,6 +43,7 @@ class CrfSettings:
             "bilateral_sxy": self.bilateral_sxy,
             "bilateral_srgb": self.bilateral_srgb,
             "bilateral_weight": self.bilateral_weight,
+            "downsample": self.downsample,
         }
 
 

@@ -80,6 +80,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     crf = parser.add_argument_group("dense CRF")
     crf.add_argument("--crf", action="store_true", help="refine with a dense CRF (slow on CPU)")
     crf.add_argument("--crf-iterations", type=_positive_int, default=5, help="mean-field iterations")
+    crf.add_argument("--crf-downsample", type=_non_negative_int, default=0,
+                     help="message-passing grid factor: 0 automatic (fastest), 1 full resolution (as pydensecrf)")
 
     trt = parser.add_argument_group("TensorRT")
     trt.add_argument("--engine-cache", default=None,
@@ -111,5 +113,6 @@ def pipeline_config_from_args(args: argparse.Namespace):
         input_width=args.width,
         threads=args.threads,
         backend_options=backend_options,
-        crf=CrfSettings(enabled=bool(args.crf), iterations=args.crf_iterations),
+        crf=CrfSettings(enabled=bool(args.crf), iterations=args.crf_iterations,
+                        downsample=args.crf_downsample),
     )
