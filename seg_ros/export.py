@@ -192,8 +192,10 @@ def onnx_opset(onnx_path: str | Path) -> int:
 def compare_with_torch(module: nn.Module, onnx_path: str | Path, image: np.ndarray) -> dict[str, float]:
     """Run the file with ONNX Runtime (CPU) and the module with PyTorch on one 1×3×H×W batch.
 
-    Returns ``label_agreement`` (fraction of pixels with the same argmax) and
-    ``max_abs_diff`` (logits for a head-less file, probabilities otherwise).
+    Returns ``label_agreement`` (fraction of pixels with the same argmax),
+    ``max_abs_diff`` (logits for a head-less file, probabilities otherwise) and
+    ``max_rel_diff`` (that over the largest reference magnitude: untrained
+    networks can have logits in the hundreds).
     """
     import onnxruntime as ort
 
@@ -209,7 +211,9 @@ def compare_with_torch(module: nn.Module, onnx_path: str | Path, image: np.ndarr
         other = result["probabilities"]
         reference = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
         label = result["label"]
+    max_abs_diff = float(np.abs(other - reference).max())
     return {
         "label_agreement": float((label == logits.argmax(axis=1)).mean()),
-        "max_abs_diff": float(np.abs(other - reference).max()),
+        "max_abs_diff": max_abs_diff,
+        "max_rel_diff": max_abs_diff / max(float(np.abs(reference).max()), 1e-12),
     }

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         result = compare_with_torch(loaded.module, path, image)
         what = "logits" if args.logits else "probabilities"
         print(f"ONNX Runtime vs PyTorch: label agreement {result['label_agreement']:.4%}, "
-              f"max |{what} difference| {result['max_abs_diff']:.2e}")
+              f"max |{what} difference| {result['max_abs_diff']:.2e} ({result['max_rel_diff']:.1e} of the largest)")
         if result["label_agreement"] < 0.999:
             raise RuntimeError(f"{path}: ONNX Runtime disagrees with PyTorch on "
                                f"{1 - result['label_agreement']:.2%} of pixels")
