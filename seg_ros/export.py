@@ -135,18 +135,13 @@ def export_onnx(module: nn.Module, path: str | Path, height: int, width: int, *,
     return path
 
 
-def _constant_inputs(graph) -> set[str]:
-    names = {init.name for init in graph.initializer}
-    names |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
-    return names
-
-
-def _graph_problems(graph, problems: set[str]) -> None:
+def _node_problems(nodes, constants: set[str], local_functions: set[tuple[str, str]], problems: set[str]) -> None:
     from onnx import helper
 
-    constants = _constant_inputs(graph)
-    for node in graph.node:
+    for node in nodes:
         op = node.op_type
+        if (node.domain, op) in local_functions:
+            continue  # the parser inlines local functions; their bodies are checked on their own
         if node.domain not in ("", "ai.onnx"):
             problems.add(f"{node.domain}::{op}")
         elif op not in TENSORRT_OPS:
@@ -163,7 +158,13 @@ def _graph_problems(graph, problems: set[str]) -> None:
                 problems.add(f"Resize ({mode}, {transform})")
         for attr in node.attribute:  # If/Loop/Scan bodies
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                _graph_problems(sub, problems)
+                _node_problems(sub.node, constants | _constants(sub), local_functions, problems)
+
+
+def _constants(graph) -> set[str]:
+    """Names of initializers and Constant outputs: inputs TensorRT sees as build-time constants."""
+    names = {init.name for init in getattr(graph, "initializer", [])}
+    return names | {out for node in graph.node if node.op_type == "Constant" for out in node.output}
 
 
 def unsupported_tensorrt_ops(onnx_path: str | Path) -> list[str]:
@@ -171,14 +172,11 @@ def unsupported_tensorrt_ops(onnx_path: str | Path) -> list[str]:
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
+    local_functions = {(f.domain, f.name) for f in model.functions}
     problems: set[str] = set()
-    _graph_problems(model.graph, problems)
-    for function in model.functions:  # local functions are inlined by the parser: check their bodies
-        for node in function.node:
-            if node.domain not in ("", "ai.onnx") and not any(f.name == node.op_type for f in model.functions):
-                problems.add(f"{node.domain}::{node.op_type}")
-            elif node.domain in ("", "ai.onnx") and node.op_type not in TENSORRT_OPS:
-                problems.add(node.op_type)
+    _node_problems(model.graph.node, _constants(model.graph), local_functions, problems)
+    for function in model.functions:
+        _node_problems(function.node, _constants(function), local_functions, problems)
     return sorted(problems)
 
 

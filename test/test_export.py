@@ -173,3 +173,16 @@ def test_operator_check_passes_plain_maxpool_and_relu(tmp_path):
     path = tmp_path / "good.onnx"
     onnx.save(_model_with(nodes, ["y"]), path)
     assert unsupported_tensorrt_ops(path) == []
+
+
+def test_operator_check_looks_inside_local_functions(tmp_path):
+    body = [helper.make_node("MaxUnpool", ["a", "b"], ["c"], kernel_shape=[2, 2])]
+    function = helper.make_function("local", "Unpool", ["a", "b"], ["c"], body,
+                                    opset_imports=[helper.make_opsetid("", 18)])
+    nodes = [helper.make_node("Unpool", ["x", "x"], ["y"], domain="local")]
+    model = _model_with(nodes, ["y"])
+    model.opset_import.append(helper.make_opsetid("local", 1))
+    model.functions.append(function)
+    path = tmp_path / "function.onnx"
+    onnx.save(model, path)
+    assert unsupported_tensorrt_ops(path) == ["MaxUnpool"]  # the call itself is fine: the parser inlines it

@@ -29,7 +29,7 @@ SMALL_VARIANTS = [
     ("refinenet", {}),  # Light-Weight RefineNet, MobileNetV2
 ]
 # ResNet-50 stands in for ResNet-101 in forward passes (same code, half the set-up time);
-# the ResNet-101 layouts are checked on the meta device above.
+# the ResNet-101 layouts are checked on the meta device in the tests of sizes and layouts.
 BIG_VARIANTS = [
     ("segnet", {"backbone": "vgg16_bn"}),
     ("deeplab", {"version": "v3", "backbone": "resnet50"}),
