@@ -17,6 +17,7 @@ _MODEL_OPTIONS = {
     "version": "version",
     "output_stride": "output_stride",
     "light_weight": "light_weight",
+    "separable": "separable",
 }
 # Flags passed to PipelineConfig.backend_options under their own name, only when given.
 _BACKEND_OPTIONS = (
@@ -54,8 +55,10 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                             "refinenet: resnet101|resnet50|mobilenet_v2 (default: the bundled variant)")
     model.add_argument("--version", choices=("v3", "v3plus"), default=None, help="deeplab version")
     model.add_argument("--output-stride", type=int, choices=(8, 16), default=None, help="deeplab output stride")
-    model.add_argument("--light-weight", action="store_true", default=None,
-                       help="refinenet: Light-Weight RefineNet")
+    model.add_argument("--light-weight", action=argparse.BooleanOptionalAction, default=None,
+                       help="refinenet: Light-Weight RefineNet, or the paper's 4-cascade one with --no-light-weight")
+    model.add_argument("--separable", action=argparse.BooleanOptionalAction, default=None,
+                       help="deeplab v3+: depthwise-separable ASPP and decoder (the paper's choice)")
     model.add_argument("--weights", default="",
                        help="safetensors checkpoint (default: the family's bundled weights)")
     model.add_argument("--num-classes", type=_non_negative_int, default=0,
