@@ -13,7 +13,6 @@ table, pipeline, codec, statistics) lives in its own module.
 """
 from __future__ import annotations
 
-import importlib.util
 import sys
 import threading
 import time
@@ -43,10 +42,6 @@ except ImportError:
 
 WARN_PERIOD_S = 5.0  # the same bad-input warning at most this often
 DIAGNOSTICS_PERIOD_S = 1.0
-
-
-def crf_available() -> bool:
-    return importlib.util.find_spec("seg_ros.crf") is not None
 
 
 def _descriptor(spec: params.ParameterSpec) -> ParameterDescriptor:
@@ -83,10 +78,7 @@ class SegmentationNode(Node):
         self._threads: list[threading.Thread] = []
         self._pipeline = None
         self._values = self._declare_parameters()
-        config = params.pipeline_config(self._values)
-        if config.crf.enabled and not crf_available():
-            raise ValueError("crf.enabled is true but the dense-CRF module (seg_ros.crf) is not installed")
-        built = build_pipeline(config)
+        built = build_pipeline(params.pipeline_config(self._values))
         self._pipeline = built.pipeline
         self._spec = built.spec
         self._table = built.class_table
@@ -172,12 +164,8 @@ class SegmentationNode(Node):
                 return SetParametersResult(successful=False, reason=reason)
         values = dict(self._values)
         values.update({change.name: change.value for change in changes})
-        crf = params.crf_settings(values)
-        if crf.enabled and not crf_available():
-            return SetParametersResult(
-                successful=False, reason="crf.enabled: the dense-CRF module (seg_ros.crf) is not installed yet")
         self._values = values  # one reference swap: the worker threads see old or new, never half
-        self._pipeline.set_crf(crf)
+        self._pipeline.set_crf(params.crf_settings(values))
         return SetParametersResult(successful=True)
 
     # --- frames -------------------------------------------------------------------------------
