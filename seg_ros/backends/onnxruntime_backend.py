@@ -80,6 +80,9 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Idle worker threads sleep instead of spinning: in the node they would otherwise burn the cores
+        # that decoding, colouring and publishing the previous frame need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads > 0:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
