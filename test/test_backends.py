@@ -251,12 +251,15 @@ def test_onnx_cache_reuses_only_matching_files(tmp_path, export_calls):
 
 
 def test_weights_fingerprint(deeplab, tmp_path):
-    assert weights_fingerprint(deeplab) == weights_fingerprint(deeplab)
-    changed = LoadedModel(__import__("copy").deepcopy(deeplab.module), deeplab.spec)
+    from dataclasses import replace
+
+    # Weights not from a file (random initialisation): the parameters in memory are hashed.
+    in_memory = LoadedModel(deeplab.module, replace(deeplab.spec, weights_sha256="", weights_path=""))
+    assert weights_fingerprint(in_memory) == weights_fingerprint(in_memory)
+    changed = LoadedModel(__import__("copy").deepcopy(deeplab.module), in_memory.spec)
     with torch.no_grad():
         next(changed.module.parameters()).add_(1e-3)
-    assert weights_fingerprint(changed) != weights_fingerprint(deeplab)
-    from dataclasses import replace
+    assert weights_fingerprint(changed) != weights_fingerprint(in_memory)
 
     named = LoadedModel(deeplab.module, replace(deeplab.spec, weights_sha256="ab" * 32))
     assert weights_fingerprint(named) == "sha256:" + "ab" * 32
