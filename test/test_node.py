@@ -434,6 +434,15 @@ def test_encodings_padding_and_endianness_give_the_same_segmentation(raw):
     _label_for(probe, uyvy, "yuv422")
 
 
+def _wait_for_bad_frames(probe, expected: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        report = probe.diagnostics_after(len(probe.diagnostics))
+        if int(report["frames_bad"]) >= expected:
+            return
+    raise AssertionError(f"the node did not count bad frame {expected} within {timeout} s")
+
+
 def test_bad_frames_are_skipped_with_a_warning_and_the_next_good_frame_is_served(raw):
     probe, process = raw
     before = probe.diagnostics_after(0)
@@ -447,9 +456,10 @@ def test_bad_frames_are_skipped_with_a_warning_and_the_next_good_frame_is_served
     ]
     short = image_msg(rgb, "rgb8", next_stamp())
     short.data = short.data[:1000]  # data shorter than step x height
-    for msg in bad + [short]:
+    for number, msg in enumerate(bad + [short], start=1):
         probe.publisher.publish(msg)
-        time.sleep(0.3)  # one at a time, so none is dropped as stale
+        # One at a time: wait until the node has counted it, so none is dropped as stale behind a slow frame.
+        _wait_for_bad_frames(probe, int(before["frames_bad"]) + number)
     good = image_msg(rgb, "rgb8", next_stamp())
     _check_compact_outputs(probe.send(good), rgb, good.header)
     after = probe.diagnostics_after(count + 1)
