@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from seg_ros.commands.options import add_model_arguments, model_options_from_args
+
 EPILOG = """\
 The file has input `image` (1x3xHxW float32, ImageNet-normalised RGB) and, by
 default, outputs `label` (1xHxW int32), `confidence` (1xHxW float32, winning
@@ -22,22 +24,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "export", help="export a network to ONNX (TensorRT-compatible)", description=__doc__,
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", choices=("segnet", "deeplab", "refinenet"), default="",
-                       help="network family (default: the best bundled model)")
-    model.add_argument("--backbone", default=None,
-                       help="segnet: vgg16_bn|basic; deeplab: mobilenet_v3_large|resnet50|resnet101; "
-                            "refinenet: mobilenet_v2|resnet50|resnet101")
-    model.add_argument("--version", choices=("v3", "v3plus"), default=None, help="deeplab version")
-    model.add_argument("--output-stride", type=int, choices=(8, 16), default=None, help="deeplab output stride")
-    model.add_argument("--separable", action=argparse.BooleanOptionalAction, default=None,
-                       help="deeplab: depthwise-separable ASPP/decoder convs")
-    model.add_argument("--light-weight", action=argparse.BooleanOptionalAction, default=None,
-                       help="refinenet: Light-Weight RefineNet (--no-light-weight: the 4-cascade original)")
-    model.add_argument("--weights", default="",
-                       help="seg_ros .safetensors or torchvision .pt/.pth state_dict "
-                            "(default: bundled weights; random with a warning if none)")
-    model.add_argument("--num-classes", type=int, default=0, help="classes (default: from the weights)")
+    add_model_arguments(parser)
     out = parser.add_argument_group("output")
     out.add_argument("--onnx", required=True, help="ONNX file to write")
     out.add_argument("--height", type=int, default=0, help="input height (default: the trained size)")
@@ -57,10 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from seg_ros.models import load_model
 
     log = logging.getLogger("seg_ros.export")
-    options = {"backbone": args.backbone, "version": args.version, "output_stride": args.output_stride,
-               "separable": args.separable, "light_weight": args.light_weight}
     loaded = load_model(args.model, weights=args.weights, num_classes=args.num_classes,
-                        **{k: v for k, v in options.items() if v is not None})
+                        class_table=args.class_table, **model_options_from_args(args))
     spec = loaded.spec
     height = args.height or spec.input_height
     width = args.width or spec.input_width

@@ -47,6 +47,12 @@ def _non_negative_int(text: str) -> int:
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the model / backend / CRF / TensorRT flags to ``parser``."""
+    add_model_arguments(parser)
+    _add_backend_arguments(parser)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose a network and its weights (also used by `seg_ros export`)."""
     model = parser.add_argument_group("model")
     model.add_argument("--model", choices=FAMILIES, default="",
                        help="network family (default: the best bundled model on CamVid)")
@@ -60,12 +66,20 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--separable", action=argparse.BooleanOptionalAction, default=None,
                        help="deeplab v3+: depthwise-separable ASPP and decoder (the paper's choice)")
     model.add_argument("--weights", default="",
-                       help="safetensors checkpoint (default: the family's bundled weights)")
+                       help="seg_ros .safetensors or torchvision .pt/.pth state_dict (default: the family's "
+                            "bundled weights; random with a warning if none)")
     model.add_argument("--num-classes", type=_non_negative_int, default=0,
                        help="number of classes (default: from the weights or the class table)")
     model.add_argument("--class-table", default="",
                        help="class table name (camvid, cityscapes, voc) or YAML file (default: from the weights)")
 
+
+def model_options_from_args(args: argparse.Namespace) -> dict:
+    """The variant flags that were given, as ``build_model`` / ``load_model`` options."""
+    return {key: getattr(args, dest) for dest, key in _MODEL_OPTIONS.items() if getattr(args, dest, None) is not None}
+
+
+def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     backend = parser.add_argument_group("backend")
     backend.add_argument("--backend", choices=BACKENDS, default="auto",
                          help="inference backend; auto picks TensorRT, then ONNX Runtime, then PyTorch")
@@ -100,8 +114,6 @@ def pipeline_config_from_args(args: argparse.Namespace):
     """Map the flags added by ``add_pipeline_arguments`` onto a ``PipelineConfig``."""
     from seg_ros.pipeline import CrfSettings, PipelineConfig
 
-    model_options = {key: getattr(args, dest) for dest, key in _MODEL_OPTIONS.items()
-                     if getattr(args, dest, None) is not None}
     backend_options = {key: getattr(args, key) for key in _BACKEND_OPTIONS
                        if getattr(args, key, None) is not None}
     return PipelineConfig(
@@ -109,7 +121,7 @@ def pipeline_config_from_args(args: argparse.Namespace):
         weights=args.weights,
         num_classes=args.num_classes,
         class_table=args.class_table,
-        model_options=model_options,
+        model_options=model_options_from_args(args),
         backend=args.backend,
         precision=args.precision,
         input_height=args.height,
