@@ -507,16 +507,18 @@ def measure_cpu_latency(weights: str | Path, image: np.ndarray, *, backend: str 
     """Median and p90 milliseconds of the whole pipeline (and of inference alone) on one RGB frame."""
     from seg_ros.pipeline import PipelineConfig, build_pipeline
 
+    from seg_ros.timing import time_calls
+
     built = build_pipeline(PipelineConfig(weights=str(weights), backend=backend, threads=threads))
+    inference: list[float] = []
+
+    def process():
+        inference.append(built.pipeline.process(image).timings_ms["inference"])
+
     try:
-        for _ in range(3):  # warm-up: allocations, ORT graph optimisation
-            built.pipeline.process(image)
-        totals, inference = [], []
-        for _ in tqdm(range(frames), desc=f"latency {backend}", unit="frame", leave=False):
-            t0 = time.perf_counter()
-            result = built.pipeline.process(image)
-            totals.append((time.perf_counter() - t0) * 1e3)
-            inference.append(result.timings_ms["inference"])
+        # 3 warm-up frames: allocations, ORT graph optimisation.
+        totals = time_calls(process, frames, 3, f"latency {backend}")
+        inference = inference[3:]
     finally:
         built.pipeline.backend.close()
     return {"backend": built.backend_name, "threads": threads, "image": f"{image.shape[1]}x{image.shape[0]}",

@@ -76,25 +76,10 @@ def summarize(latencies_ms: list[float]) -> dict:
     }
 
 
-def time_calls(call, frames: int, warmup: int, desc: str) -> list[float]:
-    """Run ``call`` warmup + frames times; the milliseconds of the timed ones."""
-    import time
-
-    from tqdm import tqdm
-
-    for _ in range(warmup):
-        call()
-    latencies = []
-    for _ in tqdm(range(frames), desc=desc, unit="frame", leave=False):
-        start = time.perf_counter()
-        call()
-        latencies.append((time.perf_counter() - start) * 1e3)
-    return latencies
-
-
 def measure(pipeline, frame, frames: int, warmup: int, label: str = "") -> dict:
     """{'backend': summary, 'pipeline': summary + stages_ms} for one pipeline on one frame."""
     from seg_ros.pipeline import COMPACT_OUTPUTS
+    from seg_ros.timing import time_calls
 
     _, batch = pipeline.preprocess(frame)
     backend_ms = time_calls(lambda: pipeline.backend.infer(batch, COMPACT_OUTPUTS), frames, warmup,
