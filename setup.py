@@ -1,4 +1,5 @@
 """ament_python build for seg_ros: works with colcon on a robot and with pip in .venv/."""
+
 from glob import glob
 
 from setuptools import find_packages, setup

@@ -5,13 +5,19 @@
 Thin on purpose: the parameter list comes from seg_ros.node_parameters.launch_parameters,
 which validates the arguments and is tested without ROS's launch packages.
 """
+
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from seg_ros.node_parameters import (NODE_NAME, default_params_file, launch_parameters, parse_launch_bool,
-                                     rviz_remappings)
+from seg_ros.node_parameters import (
+    NODE_NAME,
+    default_params_file,
+    launch_parameters,
+    parse_launch_bool,
+    rviz_remappings,
+)
 from seg_ros.paths import config_dir
 
 ARGUMENTS = {
@@ -28,30 +34,41 @@ ARGUMENTS = {
 
 def _actions(context):
     arg = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
-    actions = [Node(
-        package="seg_ros",
-        executable="segmentation_node",
-        name=NODE_NAME,
-        namespace=arg["namespace"],
-        parameters=launch_parameters(model=arg["model"], backend=arg["backend"], precision=arg["precision"],
-                                     use_crf=arg["use_crf"], params_file=arg["params_file"]),
-        remappings=[("image", arg["image"])],
-        output="screen",
-    )]
-    if parse_launch_bool("rviz", arg["rviz"]):
-        actions.append(Node(
-            package="rviz2",
-            executable="rviz2",
-            arguments=["-d", str(config_dir() / "segmentation.rviz")],
-            remappings=rviz_remappings(arg["namespace"]),
+    actions = [
+        Node(
+            package="seg_ros",
+            executable="segmentation_node",
+            name=NODE_NAME,
+            namespace=arg["namespace"],
+            parameters=launch_parameters(
+                model=arg["model"],
+                backend=arg["backend"],
+                precision=arg["precision"],
+                use_crf=arg["use_crf"],
+                params_file=arg["params_file"],
+            ),
+            remappings=[("image", arg["image"])],
             output="screen",
-        ))
+        )
+    ]
+    if parse_launch_bool("rviz", arg["rviz"]):
+        actions.append(
+            Node(
+                package="rviz2",
+                executable="rviz2",
+                arguments=["-d", str(config_dir() / "segmentation.rviz")],
+                remappings=rviz_remappings(arg["namespace"]),
+                output="screen",
+            )
+        )
     return actions
 
 
 def generate_launch_description():
     return LaunchDescription(
-        [DeclareLaunchArgument(name, default_value=default, description=text)
-         for name, (default, text) in ARGUMENTS.items()]
+        [
+            DeclareLaunchArgument(name, default_value=default, description=text)
+            for name, (default, text) in ARGUMENTS.items()
+        ]
         + [OpaqueFunction(function=_actions)]
     )

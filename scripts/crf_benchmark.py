@@ -19,6 +19,7 @@ Probabilities come from one of two sources:
 Example (the figures in the README):
     .venv/bin/python scripts/crf_benchmark.py --frames 12 --downsample 0,1,4 --json crf.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,11 +44,20 @@ def default_camvid() -> Path:
     return Path(os.environ.get("SEG_ROS_CAMVID", REPO.parent / "shared/datasets/camvid"))
 
 
-def corrupted_probabilities(label: np.ndarray, rng: np.random.Generator, *, blur: float, noise: float,
-                            blobs: int, temperature: float = 3.0) -> np.ndarray:
+def corrupted_probabilities(
+    label: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    blur: float,
+    noise: float,
+    blobs: int,
+    temperature: float = 3.0,
+) -> np.ndarray:
     """C×H×W float32 probabilities that look like a network's: soft boundaries, smooth confusions, wrong blobs."""
     height, width = label.shape
-    onehot = np.eye(NUM_CLASSES + 1, dtype=np.float32)[np.minimum(label, NUM_CLASSES)][..., :NUM_CLASSES]
+    onehot = np.eye(NUM_CLASSES + 1, dtype=np.float32)[np.minimum(label, NUM_CLASSES)][
+        ..., :NUM_CLASSES
+    ]
     onehot[label >= NUM_CLASSES] = 1.0 / NUM_CLASSES
     logits = np.log(cv2.GaussianBlur(onehot, (0, 0), blur) + 1e-3)
     smooth = cv2.GaussianBlur(rng.normal(size=onehot.shape).astype(np.float32), (0, 0), 12.0)
@@ -57,7 +67,9 @@ def corrupted_probabilities(label: np.ndarray, rng: np.random.Generator, *, blur
         centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
         axes = (int(rng.integers(5, 30)), int(rng.integers(5, 30)))
         cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
-        logits[..., rng.integers(0, NUM_CLASSES)] += 2.0 * cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 3.0)
+        logits[..., rng.integers(0, NUM_CLASSES)] += 2.0 * cv2.GaussianBlur(
+            mask.astype(np.float32), (0, 0), 3.0
+        )
     logits *= temperature
     probabilities = np.exp(logits - logits.max(axis=-1, keepdims=True))
     probabilities /= probabilities.sum(axis=-1, keepdims=True)
@@ -75,9 +87,15 @@ def reference_crf(image: np.ndarray, probabilities: np.ndarray, params: dict) ->
     if params["gaussian_weight"] > 0:
         crf.addPairwiseGaussian(sxy=params["gaussian_sxy"], compat=params["gaussian_weight"])
     if params["bilateral_weight"] > 0:
-        crf.addPairwiseBilateral(sxy=params["bilateral_sxy"], srgb=params["bilateral_srgb"],
-                                 rgbim=np.ascontiguousarray(image), compat=params["bilateral_weight"])
-    return np.asarray(crf.inference(params["iterations"]), np.float32).reshape(classes, height, width)
+        crf.addPairwiseBilateral(
+            sxy=params["bilateral_sxy"],
+            srgb=params["bilateral_srgb"],
+            rgbim=np.ascontiguousarray(image),
+            compat=params["bilateral_weight"],
+        )
+    return np.asarray(crf.inference(params["iterations"]), np.float32).reshape(
+        classes, height, width
+    )
 
 
 class Scores:
@@ -89,7 +107,9 @@ class Scores:
         self.confusion = ConfusionMatrix(NUM_CLASSES, ignore_index=255)
         self.boundary = BoundaryF1(NUM_CLASSES, ignore_index=255)
         self.times_ms: list[float] = []  # wall clock
-        self.cpu_ms: list[float] = []  # this process's CPU time: what the method costs, whatever the load
+        self.cpu_ms: list[
+            float
+        ] = []  # this process's CPU time: what the method costs, whatever the load
         self.agreement: list[float] = []
 
     def add(self, label: np.ndarray, prediction: np.ndarray) -> None:
@@ -98,8 +118,11 @@ class Scores:
 
     def summary(self) -> dict:
         scores = self.confusion.summary()
-        out = {"pixel_accuracy": scores["pixel_accuracy"], "miou": scores["miou"],
-               "boundary_f1": self.boundary.score}
+        out = {
+            "pixel_accuracy": scores["pixel_accuracy"],
+            "miou": scores["miou"],
+            "boundary_f1": self.boundary.score,
+        }
         if self.times_ms:
             out["median_ms"] = statistics.median(self.times_ms)
             out["mean_ms"] = statistics.fmean(self.times_ms)
@@ -127,10 +150,15 @@ def model_probabilities(args):
     """A function image -> C×H×W probabilities from a trained network through seg_ros.pipeline."""
     from seg_ros.pipeline import PipelineConfig, build_pipeline
 
-    built = build_pipeline(PipelineConfig(model=args.model, weights=args.weights, backend=args.backend,
-                                          threads=args.threads))
+    built = build_pipeline(
+        PipelineConfig(
+            model=args.model, weights=args.weights, backend=args.backend, threads=args.threads
+        )
+    )
     if built.spec.num_classes != NUM_CLASSES:
-        raise ValueError(f"the model predicts {built.spec.num_classes} classes; CamVid has {NUM_CLASSES}")
+        raise ValueError(
+            f"the model predicts {built.spec.num_classes} classes; CamVid has {NUM_CLASSES}"
+        )
 
     def run(image: np.ndarray) -> np.ndarray:
         hwc = built.pipeline.process(image, want_probabilities=True).probabilities
@@ -140,16 +168,29 @@ def model_probabilities(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--camvid", type=Path, default=default_camvid(), help="CamVid root (SegNet layout)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    parser.add_argument(
+        "--camvid", type=Path, default=default_camvid(), help="CamVid root (SegNet layout)"
+    )
     parser.add_argument("--split", default="val")
-    parser.add_argument("--frames", type=int, default=8, help="frames, evenly spaced over the split")
+    parser.add_argument(
+        "--frames", type=int, default=8, help="frames, evenly spaced over the split"
+    )
     parser.add_argument("--source", choices=("corrupted", "model"), default="corrupted")
     parser.add_argument("--blur", type=float, default=8.0, help="corrupted: boundary blur (px)")
-    parser.add_argument("--noise", type=float, default=1.5, help="corrupted: smooth noise amplitude (logits)")
-    parser.add_argument("--blobs", type=int, default=6, help="corrupted: wrong-class blobs per frame")
-    parser.add_argument("--model", default="", help="model: family (segnet|deeplab|refinenet), '' = best bundled")
+    parser.add_argument(
+        "--noise", type=float, default=1.5, help="corrupted: smooth noise amplitude (logits)"
+    )
+    parser.add_argument(
+        "--blobs", type=int, default=6, help="corrupted: wrong-class blobs per frame"
+    )
+    parser.add_argument(
+        "--model", default="", help="model: family (segnet|deeplab|refinenet), '' = best bundled"
+    )
     parser.add_argument("--weights", default="", help="model: checkpoint (.safetensors)")
     parser.add_argument("--backend", default="auto", help="model: backend")
     parser.add_argument("--iterations", type=int, default=5)
@@ -158,10 +199,17 @@ def parse_args(argv=None):
     parser.add_argument("--bilateral-sxy", type=float, default=80.0)
     parser.add_argument("--bilateral-srgb", type=float, default=13.0)
     parser.add_argument("--bilateral-weight", type=float, default=10.0)
-    parser.add_argument("--downsample", default="0",
-                        help="comma-separated seg_ros.crf grid factors to compare (0 = automatic)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch/OpenCV threads for seg_ros.crf (the reference is single-threaded)")
+    parser.add_argument(
+        "--downsample",
+        default="0",
+        help="comma-separated seg_ros.crf grid factors to compare (0 = automatic)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch/OpenCV threads for seg_ros.crf (the reference is single-threaded)",
+    )
     parser.add_argument("--no-reference", action="store_true", help="skip pydensecrf2")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -186,10 +234,17 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     pairs = camvid_pairs(args.camvid, args.split)
-    picks = np.unique(np.linspace(0, len(pairs) - 1, min(args.frames, len(pairs))).round().astype(int))
-    params = {"iterations": args.iterations, "gaussian_sxy": args.gaussian_sxy,
-              "gaussian_weight": args.gaussian_weight, "bilateral_sxy": args.bilateral_sxy,
-              "bilateral_srgb": args.bilateral_srgb, "bilateral_weight": args.bilateral_weight}
+    picks = np.unique(
+        np.linspace(0, len(pairs) - 1, min(args.frames, len(pairs))).round().astype(int)
+    )
+    params = {
+        "iterations": args.iterations,
+        "gaussian_sxy": args.gaussian_sxy,
+        "gaussian_weight": args.gaussian_weight,
+        "bilateral_sxy": args.bilateral_sxy,
+        "bilateral_srgb": args.bilateral_srgb,
+        "bilateral_weight": args.bilateral_weight,
+    }
     source = model_probabilities(args) if args.source == "model" else None
     rng = np.random.default_rng(args.seed)
 
@@ -205,7 +260,9 @@ def main(argv=None) -> int:
         if source is not None:
             probabilities = source(image)
         else:
-            probabilities = corrupted_probabilities(label, rng, blur=args.blur, noise=args.noise, blobs=args.blobs)
+            probabilities = corrupted_probabilities(
+                label, rng, blur=args.blur, noise=args.noise, blobs=args.blobs
+            )
         methods["input"].add(label, probabilities.argmax(0))
         if not warmed:  # first-call costs (torch, OpenCV) are not the CRF's
             dense_crf(image, probabilities, **params)
@@ -228,28 +285,57 @@ def main(argv=None) -> int:
     if "pydensecrf2" in results:
         reference = results["pydensecrf2"]
         for name in ours.values():
-            results[name]["speedup_vs_reference"] = reference["median_ms"] / results[name]["median_ms"]
-            results[name]["cpu_speedup_vs_reference"] = reference["median_cpu_ms"] / results[name]["median_cpu_ms"]
+            results[name]["speedup_vs_reference"] = (
+                reference["median_ms"] / results[name]["median_ms"]
+            )
+            results[name]["cpu_speedup_vs_reference"] = (
+                reference["median_cpu_ms"] / results[name]["median_cpu_ms"]
+            )
     report = {
-        "frames": len(picks), "split": args.split, "source": args.source, "image_size": [width, height],
-        "classes": NUM_CLASSES, "crf": params, "threads": args.threads,
-        "auto_downsample": auto_downsample(height, width, args.gaussian_sxy, args.gaussian_weight,
-                                           args.bilateral_sxy, args.bilateral_weight),
-        "corruption": {"blur": args.blur, "noise": args.noise, "blobs": args.blobs, "seed": args.seed}
-        if args.source == "corrupted" else None,
+        "frames": len(picks),
+        "split": args.split,
+        "source": args.source,
+        "image_size": [width, height],
+        "classes": NUM_CLASSES,
+        "crf": params,
+        "threads": args.threads,
+        "auto_downsample": auto_downsample(
+            height,
+            width,
+            args.gaussian_sxy,
+            args.gaussian_weight,
+            args.bilateral_sxy,
+            args.bilateral_weight,
+        ),
+        "corruption": {
+            "blur": args.blur,
+            "noise": args.noise,
+            "blobs": args.blobs,
+            "seed": args.seed,
+        }
+        if args.source == "corrupted"
+        else None,
         "methods": results,
     }
-    print(f"{len(picks)} CamVid {args.split} frames ({width}x{height}, {NUM_CLASSES} classes, "
-          f"{args.iterations} iterations, {args.threads} thread(s), source {args.source})")
-    print(f"{'method':28s} {'wall ms':>8s} {'speedup':>8s} {'CPU ms':>8s} {'speedup':>8s} "
-          f"{'pix acc':>8s} {'mIoU':>7s} {'BF1':>7s} {'agree':>7s}")
+    print(
+        f"{len(picks)} CamVid {args.split} frames ({width}x{height}, {NUM_CLASSES} classes, "
+        f"{args.iterations} iterations, {args.threads} thread(s), source {args.source})"
+    )
+    print(
+        f"{'method':28s} {'wall ms':>8s} {'speedup':>8s} {'CPU ms':>8s} {'speedup':>8s} "
+        f"{'pix acc':>8s} {'mIoU':>7s} {'BF1':>7s} {'agree':>7s}"
+    )
     for name, row in results.items():
+
         def cell(key, fmt):
             return format(row[key], fmt) if key in row else "-"
-        print(f"{name:28s} {cell('median_ms', '8.1f')} {cell('speedup_vs_reference', '8.2f')} "
-              f"{cell('median_cpu_ms', '8.1f')} {cell('cpu_speedup_vs_reference', '8.2f')} "
-              f"{cell('pixel_accuracy', '8.4f')} {cell('miou', '7.4f')} {cell('boundary_f1', '7.4f')} "
-              f"{cell('label_agreement_with_reference', '7.4f')}")
+
+        print(
+            f"{name:28s} {cell('median_ms', '8.1f')} {cell('speedup_vs_reference', '8.2f')} "
+            f"{cell('median_cpu_ms', '8.1f')} {cell('cpu_speedup_vs_reference', '8.2f')} "
+            f"{cell('pixel_accuracy', '8.4f')} {cell('miou', '7.4f')} {cell('boundary_f1', '7.4f')} "
+            f"{cell('label_agreement_with_reference', '7.4f')}"
+        )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -10,6 +10,7 @@ exported with the node's head (seg_ros.export) and run by ONNX Runtime's CPU
 provider with --threads intra-op threads (no spinning); median and fastest of
 --runs runs after one warm-up, on random weights (speed does not depend on them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,9 @@ VARIANTS = [
 ]
 
 
-def count_gflops(family: str, options: dict, num_classes: int, height: int, width: int) -> tuple[float, float]:
+def count_gflops(
+    family: str, options: dict, num_classes: int, height: int, width: int
+) -> tuple[float, float]:
     """(parameters in millions, GFLOPs) without allocating weights (meta tensors)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -53,8 +56,9 @@ def count_gflops(family: str, options: dict, num_classes: int, height: int, widt
     return params, counter.get_total_flops() / 1e9
 
 
-def ort_latency_ms(family: str, options: dict, num_classes: int, height: int, width: int,
-                   threads: int, runs: int) -> tuple[float, float]:
+def ort_latency_ms(
+    family: str, options: dict, num_classes: int, height: int, width: int, threads: int, runs: int
+) -> tuple[float, float]:
     """(median, fastest) milliseconds per frame for label + confidence."""
     import numpy as np
     import onnxruntime as ort
@@ -91,7 +95,9 @@ def weights_note(family: str, options: dict, bundled) -> str:
     for spec in bundled:
         if spec.family == family and spec.options == resolved:
             miou = spec.metrics.get("val_miou")
-            return f"bundled `{Path(spec.weights_path).name}`" + (f", CamVid val mIoU {miou:.3f}" if miou else "")
+            return f"bundled `{Path(spec.weights_path).name}`" + (
+                f", CamVid val mIoU {miou:.3f}" if miou else ""
+            )
     if family == "deeplab" and resolved["version"] == "v3":
         return "random; torchvision COCO-VOC `deeplabv3_*` weights load"
     if family == "segnet" and resolved["backbone"] == "basic":
@@ -106,8 +112,12 @@ def main() -> int:
     parser.add_argument("--num-classes", type=int, default=11)
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--latency", choices=("small", "all", "none"), default="small",
-                        help="which variants to time (small: the bundled-size ones)")
+    parser.add_argument(
+        "--latency",
+        choices=("small", "all", "none"),
+        default="small",
+        help="which variants to time (small: the bundled-size ones)",
+    )
     args = parser.parse_args()
 
     from tqdm import tqdm
@@ -121,13 +131,24 @@ def main() -> int:
         timed = args.latency == "all" or (args.latency == "small" and small)
         latency = "–"
         if timed:
-            median, fastest = ort_latency_ms(family, options, args.num_classes, args.height, args.width,
-                                             args.threads, args.runs)
+            median, fastest = ort_latency_ms(
+                family, options, args.num_classes, args.height, args.width, args.threads, args.runs
+            )
             latency = f"{median:.0f} ({fastest:.0f})"
-        rows.append((family, variant_name(family, options), f"{params:.2f}", f"{gflops:.1f}", latency,
-                     weights_note(family, options, bundled)))
-    print(f"| family | variant | params (M, {args.num_classes} classes) | GFLOPs @{args.width}x{args.height} "
-          f"| ORT CPU ms ({args.threads} threads, median (fastest) of {args.runs}) | weights |")
+        rows.append(
+            (
+                family,
+                variant_name(family, options),
+                f"{params:.2f}",
+                f"{gflops:.1f}",
+                latency,
+                weights_note(family, options, bundled),
+            )
+        )
+    print(
+        f"| family | variant | params (M, {args.num_classes} classes) | GFLOPs @{args.width}x{args.height} "
+        f"| ORT CPU ms ({args.threads} threads, median (fastest) of {args.runs}) | weights |"
+    )
     print("|---|---|---:|---:|---:|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

@@ -12,6 +12,7 @@
 
 Prints one JSON object (and writes it to --json when given).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,25 +38,42 @@ OUTPUTS = ("label", "confidence", "color", "overlay")
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="flood duration")
-    parser.add_argument("--rate", type=float, default=30.0, help="frames per second sent (above the node's rate)")
-    parser.add_argument("--frame-size", default="640x480", help="WIDTHxHEIGHT of the camera frames")
+    parser.add_argument(
+        "--rate", type=float, default=30.0, help="frames per second sent (above the node's rate)"
+    )
+    parser.add_argument(
+        "--frame-size", default="640x480", help="WIDTHxHEIGHT of the camera frames"
+    )
     parser.add_argument("--model", default="deeplab")
     parser.add_argument("--backbone", default="mobilenet_v3_large")
     parser.add_argument("--weights", default="")
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--height", type=int, default=0, help="network input height (0: the model's)")
-    parser.add_argument("--width", type=int, default=0, help="network input width (0: the model's)")
+    parser.add_argument(
+        "--height", type=int, default=0, help="network input height (0: the model's)"
+    )
+    parser.add_argument(
+        "--width", type=int, default=0, help="network input width (0: the model's)"
+    )
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--qos-depth", type=int, default=0, help="the node's qos.depth (0: its default)")
+    parser.add_argument(
+        "--qos-depth", type=int, default=0, help="the node's qos.depth (0: its default)"
+    )
     parser.add_argument("--json", default="", help="also write the results here")
     return parser.parse_args()
 
 
 def node_parameters(args) -> dict:
-    parameters = {"model": args.model, "backbone": args.backbone, "weights": args.weights, "backend": args.backend,
-                  "precision": args.precision, "input_height": args.height, "input_width": args.width,
-                  "threads": args.threads}
+    parameters = {
+        "model": args.model,
+        "backbone": args.backbone,
+        "weights": args.weights,
+        "backend": args.backend,
+        "precision": args.precision,
+        "input_height": args.height,
+        "input_width": args.width,
+        "threads": args.threads,
+    }
     if args.qos_depth:
         parameters["qos.depth"] = args.qos_depth
     return parameters
@@ -68,7 +86,9 @@ def backend_only_rate(parameters: dict, seconds: float) -> tuple[float, str]:
 
     built = build_pipeline(pipeline_config(validate(parameters)))
     pipeline = built.pipeline
-    _, batch = pipeline.preprocess(np.zeros((pipeline.input_height, pipeline.input_width, 3), np.uint8))
+    _, batch = pipeline.preprocess(
+        np.zeros((pipeline.input_height, pipeline.input_width, 3), np.uint8)
+    )
     for _ in range(3):  # warm-up
         pipeline.backend.infer(batch, COMPACT_OUTPUTS)
     count, start = 0, time.perf_counter()
@@ -102,13 +122,28 @@ def main() -> int:
     log_path = workdir / "node.log"
     with log_path.open("wb") as log:
         node_process = subprocess.Popen(
-            [sys.executable, "-m", "seg_ros.node", "--ros-args", "--params-file", str(params_file),
-             "-r", "__ns:=/throughput", "-r", "image:=/throughput/camera"], stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "seg_ros.node",
+                "--ros-args",
+                "--params-file",
+                str(params_file),
+                "-r",
+                "__ns:=/throughput",
+                "-r",
+                "image:=/throughput/camera",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
     rclpy.init()
     probe = rclpy.create_node("throughput_probe")
     sent: dict[int, float] = {}  # frame number -> send time
-    received: dict[str, list[tuple[int, float]]] = {name: [] for name in OUTPUTS}  # (frame number, receive time)
+    received: dict[str, list[tuple[int, float]]] = {
+        name: [] for name in OUTPUTS
+    }  # (frame number, receive time)
     diagnostics: list[dict] = []
     lock = threading.Lock()
 
@@ -118,11 +153,14 @@ def main() -> int:
             with lock:
                 if msg.header.stamp.sec in sent:
                     received[name].append((msg.header.stamp.sec, now))
+
         return collect
 
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     for name in OUTPUTS:
-        probe.create_subscription(Image, f"/throughput/{NODE_NAME}/{name}", collector(name), reliable)
+        probe.create_subscription(
+            Image, f"/throughput/{NODE_NAME}/{name}", collector(name), reliable
+        )
 
     def on_diagnostics(msg):
         for status in msg.status:
@@ -173,14 +211,19 @@ def main() -> int:
             for values in received.values():
                 for stamp, when in values:
                     arrivals.setdefault(stamp, []).append(when)
-            done = sorted((max(times), max(times) - sent[stamp]) for stamp, times in arrivals.items()
-                          if len(times) == len(OUTPUTS))
+            done = sorted(
+                (max(times), max(times) - sent[stamp])
+                for stamp, times in arrivals.items()
+                if len(times) == len(OUTPUTS)
+            )
             counts = {name: len(values) for name, values in received.items()}
             final = dict(diagnostics[-1])
         half = start + args.seconds / 2
         ages_first = [age for when, age in done if when < half]
         ages_second = [age for when, age in done if when >= half]
-        warm = [when for when, _ in done if start + 2.0 <= when <= flood_end]  # skip the first two seconds
+        warm = [
+            when for when, _ in done if start + 2.0 <= when <= flood_end
+        ]  # skip the first two seconds
         node_rate = (len(warm) - 1) / (warm[-1] - warm[0]) if len(warm) > 1 else 0.0
         result = {
             "model": node_setup.get("model_name"),
@@ -195,10 +238,18 @@ def main() -> int:
             "outputs_received": counts,
             "frames_complete": len(done),
             "frames_sent": number,
-            "age_ms_first_half_median": round(1e3 * statistics.median(ages_first), 1) if ages_first else None,
-            "age_ms_second_half_median": round(1e3 * statistics.median(ages_second), 1) if ages_second else None,
-            "age_ms_second_half_p95": round(1e3 * float(np.percentile(ages_second, 95)), 1) if ages_second else None,
-            "node_diagnostics": {k: final[k] for k in final if k.endswith("_ms") or k.startswith("frames_")},
+            "age_ms_first_half_median": round(1e3 * statistics.median(ages_first), 1)
+            if ages_first
+            else None,
+            "age_ms_second_half_median": round(1e3 * statistics.median(ages_second), 1)
+            if ages_second
+            else None,
+            "age_ms_second_half_p95": round(1e3 * float(np.percentile(ages_second, 95)), 1)
+            if ages_second
+            else None,
+            "node_diagnostics": {
+                k: final[k] for k in final if k.endswith("_ms") or k.startswith("frames_")
+            },
         }
     finally:
         executor.shutdown()

@@ -1,4 +1,5 @@
 """Class tables: names, colours and the ignore label, read from config/classes/*.yaml."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,7 +49,9 @@ def load_class_table(name_or_path: str) -> ClassTable:
         names = tuple(str(c["name"]) for c in entries)
         colors = np.array([c["color"] for c in entries], dtype=np.int64)
     except (KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: a class table needs 'classes: [{{name, color}}, ...]' ({exc})") from exc
+        raise ValueError(
+            f"{path}: a class table needs 'classes: [{{name, color}}, ...]' ({exc})"
+        ) from exc
     if colors.ndim != 2 or colors.shape[1] != 3 or colors.min() < 0 or colors.max() > 255:
         raise ValueError(f"{path}: every colour must be [R, G, B] in 0..255")
     return ClassTable(

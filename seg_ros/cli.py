@@ -4,6 +4,7 @@ Each command module exposes ``register(subparsers)`` (cheap: arguments only)
 and does its heavy imports inside the function it sets as ``func``, so
 ``seg_ros --help`` stays fast.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -29,6 +29,7 @@ How it is made fast (figures: scripts/crf_benchmark.py, README):
 * The Gaussian kernel is an exact separable blur (OpenCV on the CPU, torch
   convolution elsewhere) instead of a second lattice.
 """
+
 from __future__ import annotations
 
 import math
@@ -60,10 +61,19 @@ class CrfOperators:
     upsample: Csr | None  # full × coarse edge-aware interpolation; None at downsample 1
 
 
-def dense_crf(image: np.ndarray, probabilities: np.ndarray, iterations: int = 5,
-              gaussian_sxy: float = 3.0, gaussian_weight: float = 3.0,
-              bilateral_sxy: float = 80.0, bilateral_srgb: float = 13.0, bilateral_weight: float = 10.0,
-              *, downsample: int = 0, device=None) -> np.ndarray:
+def dense_crf(
+    image: np.ndarray,
+    probabilities: np.ndarray,
+    iterations: int = 5,
+    gaussian_sxy: float = 3.0,
+    gaussian_weight: float = 3.0,
+    bilateral_sxy: float = 80.0,
+    bilateral_srgb: float = 13.0,
+    bilateral_weight: float = 10.0,
+    *,
+    downsample: int = 0,
+    device=None,
+) -> np.ndarray:
     """Refine `probabilities` (C×H×W float32, per-pixel distributions) with a dense CRF on `image`
     (H×W×3 uint8 RGB); returns the refined C×H×W float32 distributions.
 
@@ -71,33 +81,60 @@ def dense_crf(image: np.ndarray, probabilities: np.ndarray, iterations: int = 5,
     device: torch device for the iterations ('cpu' by default, 'cuda' where there is one).
     """
     if not isinstance(probabilities, np.ndarray):
-        raise ValueError(f"probabilities must be a numpy array, got {type(probabilities).__name__}")
+        raise ValueError(
+            f"probabilities must be a numpy array, got {type(probabilities).__name__}"
+        )
     if not probabilities.flags.writeable:  # torch only wraps writeable arrays without a warning
         probabilities = probabilities.copy()
-    refined = dense_crf_tensor(image, torch.from_numpy(probabilities).to(device or "cpu"), iterations,
-                               gaussian_sxy, gaussian_weight, bilateral_sxy, bilateral_srgb,
-                               bilateral_weight, downsample=downsample)
+    refined = dense_crf_tensor(
+        image,
+        torch.from_numpy(probabilities).to(device or "cpu"),
+        iterations,
+        gaussian_sxy,
+        gaussian_weight,
+        bilateral_sxy,
+        bilateral_srgb,
+        bilateral_weight,
+        downsample=downsample,
+    )
     return refined.cpu().numpy()
 
 
-def dense_crf_tensor(image: np.ndarray, probabilities, iterations: int = 5,
-                     gaussian_sxy: float = 3.0, gaussian_weight: float = 3.0,
-                     bilateral_sxy: float = 80.0, bilateral_srgb: float = 13.0, bilateral_weight: float = 10.0,
-                     *, downsample: int = 0):
+def dense_crf_tensor(
+    image: np.ndarray,
+    probabilities,
+    iterations: int = 5,
+    gaussian_sxy: float = 3.0,
+    gaussian_weight: float = 3.0,
+    bilateral_sxy: float = 80.0,
+    bilateral_srgb: float = 13.0,
+    bilateral_weight: float = 10.0,
+    *,
+    downsample: int = 0,
+):
     """dense_crf for a torch tensor of probabilities on any device; the result stays on that device.
 
     The lattice is built on the CPU from `image` (numpy); the iterations run where the tensor is.
     """
     _check_image(image)
     if not isinstance(probabilities, torch.Tensor):
-        raise ValueError(f"probabilities must be a torch tensor, got {type(probabilities).__name__}")
+        raise ValueError(
+            f"probabilities must be a torch tensor, got {type(probabilities).__name__}"
+        )
     _check_probabilities(probabilities, image.shape[:2])
-    _check_parameters(iterations, gaussian_sxy, gaussian_weight, bilateral_sxy, bilateral_srgb, bilateral_weight)
+    _check_parameters(
+        iterations, gaussian_sxy, gaussian_weight, bilateral_sxy, bilateral_srgb, bilateral_weight
+    )
     height, width = image.shape[:2]
-    if isinstance(downsample, bool) or not isinstance(downsample, (int, np.integer)) or downsample < 0:
+    if (
+        isinstance(downsample, bool)
+        or not isinstance(downsample, (int, np.integer))
+        or downsample < 0
+    ):
         raise ValueError(f"downsample must be an integer >= 0 (0 = automatic), got {downsample!r}")
-    factor = int(downsample) or auto_downsample(height, width, gaussian_sxy, gaussian_weight,
-                                                bilateral_sxy, bilateral_weight)
+    factor = int(downsample) or auto_downsample(
+        height, width, gaussian_sxy, gaussian_weight, bilateral_sxy, bilateral_weight
+    )
     if factor > 1 and (height < 2 * factor or width < 2 * factor):
         raise ValueError(f"downsample {factor} is too coarse for a {width}x{height} image")
 
@@ -107,8 +144,16 @@ def dense_crf_tensor(image: np.ndarray, probabilities, iterations: int = 5,
         return prior / prior.sum(0, keepdim=True)
 
     device = probabilities.device
-    ops = build_operators(image, factor, gaussian_sxy, gaussian_weight, bilateral_sxy, bilateral_srgb,
-                          bilateral_weight, sorted_columns=device.type != "cpu")
+    ops = build_operators(
+        image,
+        factor,
+        gaussian_sxy,
+        gaussian_weight,
+        bilateral_sxy,
+        bilateral_srgb,
+        bilateral_weight,
+        sorted_columns=device.type != "cpu",
+    )
     passing = _MessagePassing(ops, gaussian_weight, bilateral_weight, device)
     coarse_prior = prior if factor == 1 else area_mean(prior, ops.coarse_size)
     coarse_log_prior = coarse_prior.reshape(num_classes, -1).log()
@@ -120,24 +165,46 @@ def dense_crf_tensor(image: np.ndarray, probabilities, iterations: int = 5,
     return torch.softmax(messages, 0).reshape(probabilities.shape)
 
 
-def auto_downsample(height: int, width: int, gaussian_sxy: float, gaussian_weight: float,
-                    bilateral_sxy: float, bilateral_weight: float) -> int:
+def auto_downsample(
+    height: int,
+    width: int,
+    gaussian_sxy: float,
+    gaussian_weight: float,
+    bilateral_sxy: float,
+    bilateral_weight: float,
+) -> int:
     """Coarsest grid factor that keeps every active kernel MIN_COARSE_SIGMA coarse pixels wide and the
     grid MIN_COARSE_SIDE pixels high (measured on CamVid: 4 at 480x360 repairs as well as the full
-    resolution, 2 at 240x180; scripts/crf_benchmark.py)."""
-    widths = [s for s, w in ((gaussian_sxy, gaussian_weight), (bilateral_sxy, bilateral_weight)) if w > 0]
+    resolution, 2 at 240x180; scripts/crf_benchmark.py).
+    """
+    widths = [
+        s for s, w in ((gaussian_sxy, gaussian_weight), (bilateral_sxy, bilateral_weight)) if w > 0
+    ]
     if not widths:
         return 1
-    factor = min(int(min(widths) // MIN_COARSE_SIGMA), round(min(height, width) / MIN_COARSE_SIDE), MAX_DOWNSAMPLE)
+    factor = min(
+        int(min(widths) // MIN_COARSE_SIGMA),
+        round(min(height, width) / MIN_COARSE_SIDE),
+        MAX_DOWNSAMPLE,
+    )
     return max(1, factor)
 
 
-def build_operators(image: np.ndarray, factor: int, gaussian_sxy: float, gaussian_weight: float,
-                    bilateral_sxy: float, bilateral_srgb: float, bilateral_weight: float,
-                    sorted_columns: bool = False) -> CrfOperators:
+def build_operators(
+    image: np.ndarray,
+    factor: int,
+    gaussian_sxy: float,
+    gaussian_weight: float,
+    bilateral_sxy: float,
+    bilateral_srgb: float,
+    bilateral_weight: float,
+    sorted_columns: bool = False,
+) -> CrfOperators:
     """Everything that depends on the image only: lattice, Gaussian taps, upsampling matrix."""
     height, width = image.shape[:2]
-    coarse_h, coarse_w = (height, width) if factor == 1 else (-(-height // factor), -(-width // factor))
+    coarse_h, coarse_w = (
+        (height, width) if factor == 1 else (-(-height // factor), -(-width // factor))
+    )
     ys, xs = _cell_centres(height, coarse_h), _cell_centres(width, coarse_w)
     colours = image.astype(np.float32)
     if factor > 1:
@@ -146,12 +213,20 @@ def build_operators(image: np.ndarray, factor: int, gaussian_sxy: float, gaussia
 
     gaussian = None
     if gaussian_weight > 0:
-        gaussian = (_gaussian_taps(gaussian_sxy * coarse_w / width), _gaussian_taps(gaussian_sxy * coarse_h / height))
+        gaussian = (
+            _gaussian_taps(gaussian_sxy * coarse_w / width),
+            _gaussian_taps(gaussian_sxy * coarse_h / height),
+        )
     bilateral = None
     if bilateral_weight > 0:
         grid_y, grid_x = np.meshgrid(ys / bilateral_sxy, xs / bilateral_sxy, indexing="ij")
-        features = np.concatenate([grid_x.reshape(1, -1), grid_y.reshape(1, -1),
-                                   colours.reshape(-1, 3).T / np.float32(bilateral_srgb)])
+        features = np.concatenate(
+            [
+                grid_x.reshape(1, -1),
+                grid_y.reshape(1, -1),
+                colours.reshape(-1, 3).T / np.float32(bilateral_srgb),
+            ]
+        )
         bilateral = build_lattice_filter(features, sorted_columns=sorted_columns)
     upsample = None
     if factor > 1:
@@ -161,21 +236,34 @@ def build_operators(image: np.ndarray, factor: int, gaussian_sxy: float, gaussia
 
 def area_mean(planes, size: tuple[int, int]):
     """Mean of each adaptive-pooling cell of a C×H×W tensor (torch's adaptive average pooling;
-    OpenCV's INTER_AREA on the CPU where the cells are whole s×s blocks, same result, faster)."""
+    OpenCV's INTER_AREA on the CPU where the cells are whole s×s blocks, same result, faster).
+    """
     height, width = planes.shape[1:]
     whole_blocks = height % size[0] == 0 and width % size[1] == 0
     if planes.device.type == "cpu" and whole_blocks and planes.dtype == torch.float32:
         dsize = (size[1], size[0])
-        return torch.from_numpy(np.stack([cv2.resize(plane, dsize, interpolation=cv2.INTER_AREA)
-                                          for plane in planes.numpy()]))
+        return torch.from_numpy(
+            np.stack(
+                [
+                    cv2.resize(plane, dsize, interpolation=cv2.INTER_AREA)
+                    for plane in planes.numpy()
+                ]
+            )
+        )
     return torch.nn.functional.adaptive_avg_pool2d(planes[None], size)[0]
 
 
 class _MessagePassing:
     """The pairwise messages w_g K_g Q + w_b K_b Q (symmetrically normalised) on one device."""
 
-    def __init__(self, ops: CrfOperators, gaussian_weight: float, bilateral_weight: float, device,
-                 opencv: bool | None = None):
+    def __init__(
+        self,
+        ops: CrfOperators,
+        gaussian_weight: float,
+        bilateral_weight: float,
+        device,
+        opencv: bool | None = None,
+    ):
         device = torch.device(device)
         # OpenCV's blur is several times faster than torch's depthwise convolution on the CPU.
         self.opencv = device.type == "cpu" if opencv is None else opencv
@@ -207,15 +295,21 @@ class _MessagePassing:
         planes = values.t().reshape(1, channels, height, width)
         kx = torch.from_numpy(taps_x).to(values.device).view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
         ky = torch.from_numpy(taps_y).to(values.device).view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
-        planes = torch.nn.functional.conv2d(planes, kx, padding=(0, taps_x.size // 2), groups=channels)
-        planes = torch.nn.functional.conv2d(planes, ky, padding=(taps_y.size // 2, 0), groups=channels)
+        planes = torch.nn.functional.conv2d(
+            planes, kx, padding=(0, taps_x.size // 2), groups=channels
+        )
+        planes = torch.nn.functional.conv2d(
+            planes, ky, padding=(taps_y.size // 2, 0), groups=channels
+        )
         return planes.reshape(channels, -1).t().contiguous()
 
     def _lattice(self, values):
         """Unnormalised permutohedral filtering of pixels × channels values."""
         vertices = self.splat @ values
         num_vertices = vertices.shape[0]
-        padded = torch.cat([vertices, vertices.new_zeros(1, vertices.shape[1])])  # row for "no neighbour"
+        padded = torch.cat(
+            [vertices, vertices.new_zeros(1, vertices.shape[1])]
+        )  # row for "no neighbour"
         for lower, upper in self.neighbours:
             neighbours = padded.index_select(0, lower)
             neighbours += padded.index_select(0, upper)
@@ -269,17 +363,27 @@ def _gaussian_taps(sigma: float) -> np.ndarray:
     return np.exp(-0.5 * (offsets / sigma) ** 2).astype(np.float32)
 
 
-def _upsample_matrix(image: np.ndarray, coarse_image: np.ndarray, ys: np.ndarray, xs: np.ndarray,
-                     colour_sigma: float) -> Csr:
-    """full × coarse matrix over each pixel's 4 nearest coarse samples: bilinear weights times colour
+def _upsample_matrix(
+    image: np.ndarray,
+    coarse_image: np.ndarray,
+    ys: np.ndarray,
+    xs: np.ndarray,
+    colour_sigma: float,
+) -> Csr:
+    """Full × coarse matrix over each pixel's 4 nearest coarse samples: bilinear weights times colour
     similarity exp(-|I - I_coarse|² / 2 σ²) relative to the most similar of the 4, renormalised,
-    so that messages follow the pixel's own edges (plain bilinear where no colour is close)."""
+    so that messages follow the pixel's own edges (plain bilinear where no colour is close).
+    """
     height, width = image.shape[:2]
     coarse_w = coarse_image.shape[1]
 
     def neighbours(size: int, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        low = np.clip(np.searchsorted(centres, np.arange(size), side="right") - 1, 0, centres.size - 2)
-        frac = np.clip((np.arange(size) - centres[low]) / (centres[low + 1] - centres[low]), 0.0, 1.0)
+        low = np.clip(
+            np.searchsorted(centres, np.arange(size), side="right") - 1, 0, centres.size - 2
+        )
+        frac = np.clip(
+            (np.arange(size) - centres[low]) / (centres[low + 1] - centres[low]), 0.0, 1.0
+        )
         return low, frac.astype(np.float32)
 
     y0, fy = neighbours(height, ys)
@@ -292,7 +396,9 @@ def _upsample_matrix(image: np.ndarray, coarse_image: np.ndarray, ys: np.ndarray
     for k, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
         rows, columns = y0 + dy, x0 + dx
         cols[k] = rows[:, None] * coarse_w + columns[None, :]
-        factors = cv2.LUT(cv2.absdiff(image, coarse8.take(rows, axis=0).take(columns, axis=1)), table)
+        factors = cv2.LUT(
+            cv2.absdiff(image, coarse8.take(rows, axis=0).take(columns, axis=1)), table
+        )
         np.multiply(factors[..., 0], factors[..., 1], out=weights[k])
         weights[k] *= factors[..., 2]
     best = np.maximum(np.maximum(weights[0], weights[1]), np.maximum(weights[2], weights[3]))
@@ -304,47 +410,69 @@ def _upsample_matrix(image: np.ndarray, coarse_image: np.ndarray, ys: np.ndarray
         weights[k] *= (fx if dx else 1 - fx)[None, :]
     weights *= 1.0 / (weights[0] + weights[1] + weights[2] + weights[3])
     crow = np.arange(0, cols.size + 1, 4, dtype=np.int32)
-    return Csr(crow, np.ascontiguousarray(cols.transpose(1, 2, 0)).reshape(-1),
-               np.ascontiguousarray(weights.transpose(1, 2, 0)).reshape(-1),
-               (height * width, coarse_image.shape[0] * coarse_w))
+    return Csr(
+        crow,
+        np.ascontiguousarray(cols.transpose(1, 2, 0)).reshape(-1),
+        np.ascontiguousarray(weights.transpose(1, 2, 0)).reshape(-1),
+        (height * width, coarse_image.shape[0] * coarse_w),
+    )
 
 
 def _check_image(image) -> None:
     if not isinstance(image, np.ndarray):
         raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be an H×W×3 uint8 RGB array, got shape {image.shape} dtype {image.dtype}")
+        raise ValueError(
+            f"image must be an H×W×3 uint8 RGB array, got shape {image.shape} dtype {image.dtype}"
+        )
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"image is empty (shape {image.shape})")
 
 
 def _check_probabilities(probabilities, size: tuple[int, int]) -> None:
     if probabilities.dtype != torch.float32:
-        raise ValueError(f"probabilities must be float32, got {str(probabilities.dtype).replace('torch.', '')}")
+        raise ValueError(
+            f"probabilities must be float32, got {str(probabilities.dtype).replace('torch.', '')}"
+        )
     if probabilities.ndim != 3 or probabilities.shape[0] < 1:
         raise ValueError(f"probabilities must be C×H×W, got shape {tuple(probabilities.shape)}")
     if tuple(probabilities.shape[1:]) != tuple(size):
-        raise ValueError(f"probabilities are {probabilities.shape[2]}x{probabilities.shape[1]} but the image is "
-                         f"{size[1]}x{size[0]} (width x height); they must match")
+        raise ValueError(
+            f"probabilities are {probabilities.shape[2]}x{probabilities.shape[1]} but the image is "
+            f"{size[1]}x{size[0]} (width x height); they must match"
+        )
     worst = float((probabilities.sum(0) - 1.0).abs().max())  # NaN/inf anywhere makes this NaN/inf
     if not math.isfinite(worst):
         raise ValueError("probabilities contain NaN or infinite values")
     if float(probabilities.min()) < 0.0:
         raise ValueError("probabilities contain negative values")
     if worst > SUM_TOLERANCE:
-        raise ValueError(f"probabilities must sum to 1 over the classes at every pixel (off by up to {worst:.3g}); "
-                         "pass softmax outputs, not logits")
+        raise ValueError(
+            f"probabilities must sum to 1 over the classes at every pixel (off by up to {worst:.3g}); "
+            "pass softmax outputs, not logits"
+        )
 
 
-def _check_parameters(iterations, gaussian_sxy, gaussian_weight, bilateral_sxy, bilateral_srgb,
-                      bilateral_weight) -> None:
-    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
+def _check_parameters(
+    iterations, gaussian_sxy, gaussian_weight, bilateral_sxy, bilateral_srgb, bilateral_weight
+) -> None:
+    if (
+        isinstance(iterations, bool)
+        or not isinstance(iterations, (int, np.integer))
+        or iterations < 0
+    ):
         raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
-    for name, value in (("gaussian_sxy", gaussian_sxy), ("bilateral_sxy", bilateral_sxy),
-                        ("bilateral_srgb", bilateral_srgb)):
+    for name, value in (
+        ("gaussian_sxy", gaussian_sxy),
+        ("bilateral_sxy", bilateral_sxy),
+        ("bilateral_srgb", bilateral_srgb),
+    ):
         if not _is_number(value) or not value > 0 or not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    for name, value in (("gaussian_weight", gaussian_weight), ("bilateral_weight", bilateral_weight)):
+    for name, value in (
+        ("gaussian_weight", gaussian_weight),
+        ("bilateral_weight", bilateral_weight),
+    ):
         if not _is_number(value) or not value >= 0 or not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 

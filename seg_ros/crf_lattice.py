@@ -11,6 +11,7 @@ blur neighbours) is computed once per frame here, with vectorised numpy, as
 sparse CSR matrices and index arrays; each mean-field iteration is then two
 sparse-dense products and a few gathers, with torch on the CPU or the GPU.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,18 +33,25 @@ class Csr:
     def to_torch(self, device):
         import torch
 
-        with warnings.catch_warnings():  # once per process: "sparse CSR support is in beta" (tested here)
+        with (
+            warnings.catch_warnings()
+        ):  # once per process: "sparse CSR support is in beta" (tested here)
             warnings.simplefilter("ignore", UserWarning)
             return torch.sparse_csr_tensor(
-                torch.from_numpy(self.crow), torch.from_numpy(self.col), torch.from_numpy(self.val),
-                size=self.shape, device=device, check_invariants=False,
+                torch.from_numpy(self.crow),
+                torch.from_numpy(self.col),
+                torch.from_numpy(self.val),
+                size=self.shape,
+                device=device,
+                check_invariants=False,
             )
 
 
 @dataclass(frozen=True)
 class LatticeFilter:
     """K = slice · blur_d ··· blur_0 · splat, where blur_j(V)[i] = V[i] + (V[n1] + V[n2]) / 2 over
-    vertex i's two neighbours along lattice axis j (index num_vertices where there is none)."""
+    vertex i's two neighbours along lattice axis j (index num_vertices where there is none).
+    """
 
     splat: Csr  # vertices × points
     neighbours: np.ndarray  # (d+1) × 2 × vertices, int64
@@ -53,7 +61,8 @@ class LatticeFilter:
 
 def sort_codes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(order, codes[order]) for a stable sort of int64 codes >= 0; packs the index into the low bits
-    and sorts once when the codes leave room for it (about 3x faster than a stable argsort here)."""
+    and sorts once when the codes leave room for it (about 3x faster than a stable argsort here).
+    """
     index_bits = max(1, int(codes.size - 1).bit_length())
     if int(codes.max()) < 2 ** (62 - index_bits):
         packed = np.sort((codes << index_bits) | np.arange(codes.size, dtype=np.int64))
@@ -65,13 +74,16 @@ def sort_codes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _elevate(features: np.ndarray) -> np.ndarray:
     """(d+1)×N coordinates in the hyperplane sum(x) = 0 of d×N features, scaled so the lattice blur
     approximates a unit-variance Gaussian (Adams et al., as in densecrf):
-    e[0] = sum_k s_k f_k, e[j] = sum_{k>=j} s_k f_k - j s_{j-1} f_{j-1}."""
+    e[0] = sum_k s_k f_k, e[j] = sum_{k>=j} s_k f_k - j s_{j-1} f_{j-1}.
+    """
     d = features.shape[0]
     inv_std = math.sqrt(2.0 / 3.0) * (d + 1)
     scale = np.array([inv_std / math.sqrt((k + 2) * (k + 1)) for k in range(d)], np.float32)
     scaled = features.astype(np.float32) * scale[:, None]
     elevated = np.zeros((d + 1, features.shape[1]), np.float32)
-    np.cumsum(scaled[::-1], axis=0, out=elevated[d - 1::-1])  # elevated[j] = sum_{k>=j} scaled[k], j < d
+    np.cumsum(
+        scaled[::-1], axis=0, out=elevated[d - 1 :: -1]
+    )  # elevated[j] = sum_{k>=j} scaled[k], j < d
     elevated[1:] -= np.arange(1, d + 1, dtype=np.float32)[:, None] * scaled
     return elevated
 
@@ -100,7 +112,9 @@ def build_lattice_filter(features: np.ndarray, sorted_columns: bool = False) -> 
             smaller = diff[i] < diff[j]
             rank[i] += smaller
             rank[j] += ~smaller
-    rank += rem0.sum(axis=0).astype(np.int8)  # |sum| <= d+1: the point is brought back to the plane
+    rank += rem0.sum(axis=0).astype(
+        np.int8
+    )  # |sum| <= d+1: the point is brought back to the plane
     wrap = (rank < 0).view(np.int8) - (rank > d).view(np.int8)
     rank += np.int8(d1) * wrap
     rem0 += wrap
@@ -121,7 +135,9 @@ def build_lattice_filter(features: np.ndarray, sorted_columns: bool = False) -> 
     key_min = d1 * low - 2 * d
     span = d1 * (high - low) + 4 * d + 1
     if math.prod(int(s) for s in span) >= 2**62:
-        raise ValueError("the feature range is too large for the lattice (kernel widths too small for the image)")
+        raise ValueError(
+            "the feature range is too large for the lattice (kernel widths too small for the image)"
+        )
     mult = np.ones(d, np.int64)
     for j in range(d - 2, -1, -1):
         mult[j] = mult[j + 1] * span[j + 1]
@@ -149,16 +165,24 @@ def build_lattice_filter(features: np.ndarray, sorted_columns: bool = False) -> 
     vertex[order] = vertex_of_sorted
     flat_weights = weights.ravel()
 
-    splat = Csr(np.append(np.flatnonzero(first), num_entries).astype(np.int64), order // d1,
-                flat_weights[order], (num_vertices, num_points))
+    splat = Csr(
+        np.append(np.flatnonzero(first), num_entries).astype(np.int64),
+        order // d1,
+        flat_weights[order],
+        (num_vertices, num_points),
+    )
     slice_col, slice_val = vertex, flat_weights
     if sorted_columns:
         by_vertex = np.argsort(vertex.reshape(num_points, d1), axis=1)
         rows = np.arange(num_points)[:, None]
         slice_col = vertex.reshape(num_points, d1)[rows, by_vertex].ravel()
         slice_val = flat_weights.reshape(num_points, d1)[rows, by_vertex].ravel()
-    slice_ = Csr(np.arange(0, num_entries + 1, d1, dtype=np.int64), slice_col, slice_val,
-                 (num_points, num_vertices))
+    slice_ = Csr(
+        np.arange(0, num_entries + 1, d1, dtype=np.int64),
+        slice_col,
+        slice_val,
+        (num_points, num_vertices),
+    )
 
     # Blur along each lattice axis j: the neighbours differ by -1 in every coordinate but j (+d).
     neighbours = np.empty((d1, 2, num_vertices), np.int64)

@@ -5,6 +5,7 @@ turns them into normalised tensors with the training augmentation (random
 scale, crop, flip, colour jitter) or the evaluation resize. Labels are remapped
 so that void / out-of-range pixels are `IGNORE` (255) whatever the source used.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,7 +49,9 @@ def camvid_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
     images_dir, labels_dir = root / split, root / f"{split}annot"
     for folder in (images_dir, labels_dir):
         if not folder.is_dir():
-            raise FileNotFoundError(f"CamVid folder {folder} is missing (expected {split}/ and {split}annot/ in {root})")
+            raise FileNotFoundError(
+                f"CamVid folder {folder} is missing (expected {split}/ and {split}annot/ in {root})"
+            )
     pairs = []
     for image in _images_in(images_dir):
         label = labels_dir / image.name
@@ -87,7 +90,9 @@ def folder_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
         if split == "train" and (root / "images").is_dir():
             base = root
         else:
-            raise FileNotFoundError(f"no {base / 'images'} (expected <data>/<split>/images and .../labels)")
+            raise FileNotFoundError(
+                f"no {base / 'images'} (expected <data>/<split>/images and .../labels)"
+            )
     labels_dir = base / "labels"
     if not labels_dir.is_dir():
         raise FileNotFoundError(f"no label folder {labels_dir}")
@@ -95,7 +100,9 @@ def folder_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
     pairs = []
     for image in _images_in(base / "images"):
         if image.stem not in labels:
-            raise FileNotFoundError(f"image {image} has no label in {labels_dir} (same file stem expected)")
+            raise FileNotFoundError(
+                f"image {image} has no label in {labels_dir} (same file stem expected)"
+            )
         pairs.append((image, labels[image.stem]))
     return pairs
 
@@ -126,7 +133,9 @@ def read_label(path: Path, num_classes: int, ignore_index: int) -> np.ndarray:
     if label is None:
         raise ValueError(f"cannot read label {path}")
     if label.ndim != 2:
-        raise ValueError(f"label {path} must be a single-channel class-index image, got shape {label.shape}")
+        raise ValueError(
+            f"label {path} must be a single-channel class-index image, got shape {label.shape}"
+        )
     out = label.astype(np.int64)
     out[(out == ignore_index) | (out >= num_classes) | (out < 0)] = IGNORE
     return out.astype(np.uint8)
@@ -163,9 +172,19 @@ class SegmentationDataset(Dataset):
     Decoded images are kept in memory when `cache` is set (CamVid: ~250 MB).
     """
 
-    def __init__(self, pairs, *, num_classes: int, ignore_index: int, size: tuple[int, int],
-                 augment: Augmentation | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD, cache: bool = True,
-                 seed: int = 0):
+    def __init__(
+        self,
+        pairs,
+        *,
+        num_classes: int,
+        ignore_index: int,
+        size: tuple[int, int],
+        augment: Augmentation | None = None,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        cache: bool = True,
+        seed: int = 0,
+    ):
         self.pairs = list(pairs)
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
@@ -189,7 +208,9 @@ class SegmentationDataset(Dataset):
         image = read_rgb(image_path)
         label = read_label(label_path, self.num_classes, self.ignore_index)
         if image.shape[:2] != label.shape:
-            raise ValueError(f"{image_path} is {image.shape[:2]} but its label {label_path} is {label.shape}")
+            raise ValueError(
+                f"{image_path} is {image.shape[:2]} but its label {label_path} is {label.shape}"
+            )
         if self.cache:
             self._cached[index] = (image, label)
         return image, label
@@ -217,8 +238,13 @@ class SegmentationDataset(Dataset):
         return self._normalise(image), torch.from_numpy(label.astype(np.int64))
 
 
-def augment_pair(image: np.ndarray, label: np.ndarray, size: tuple[int, int], aug: Augmentation,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def augment_pair(
+    image: np.ndarray,
+    label: np.ndarray,
+    size: tuple[int, int],
+    aug: Augmentation,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
     """Random scale (relative to the network size), crop, horizontal flip and colour jitter."""
     scale = rng.uniform(*aug.scale_range)
     height, width = max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
@@ -231,8 +257,8 @@ def augment_pair(image: np.ndarray, label: np.ndarray, size: tuple[int, int], au
         label = cv2.copyMakeBorder(label, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=IGNORE)
     top = int(rng.integers(0, image.shape[0] - crop_h + 1))
     left = int(rng.integers(0, image.shape[1] - crop_w + 1))
-    image = image[top:top + crop_h, left:left + crop_w]
-    label = label[top:top + crop_h, left:left + crop_w]
+    image = image[top : top + crop_h, left : left + crop_w]
+    label = label[top : top + crop_h, left : left + crop_w]
     if aug.flip and rng.random() < 0.5:
         image, label = image[:, ::-1], label[:, ::-1]
     if aug.jitter > 0:
@@ -247,7 +273,9 @@ def colour_jitter(image: np.ndarray, amount: float, rng: np.random.Generator) ->
     mean = out.mean()
     out = (out - mean) * rng.uniform(1 - amount, 1 + amount) + mean  # contrast
     grey = out @ np.array([0.299, 0.587, 0.114], np.float32)
-    out = (out - grey[..., None]) * rng.uniform(1 - amount, 1 + amount) + grey[..., None]  # saturation
+    out = (out - grey[..., None]) * rng.uniform(1 - amount, 1 + amount) + grey[
+        ..., None
+    ]  # saturation
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
@@ -272,7 +300,9 @@ def median_frequency_weights(dataset: SegmentationDataset) -> np.ndarray:
     counts, image_pixels = class_pixel_counts(dataset)
     present = counts > 0
     if not present.any():
-        raise ValueError("the training labels hold no valid class pixels (all void or out of range?)")
+        raise ValueError(
+            "the training labels hold no valid class pixels (all void or out of range?)"
+        )
     freq = np.zeros(dataset.num_classes, np.float64)
     freq[present] = counts[present] / image_pixels[present]
     weights = np.zeros(dataset.num_classes, np.float32)

@@ -5,6 +5,7 @@ Plays the roles a robot has around the node: a camera driver publishing
 the outputs (the node computes only what someone subscribes to). Outputs are
 matched to inputs by header stamp, which the node copies unchanged.
 """
+
 from __future__ import annotations
 
 import collections
@@ -31,10 +32,14 @@ class DemoSession:
         self.output_topics = output_topics
         self._lock = threading.Lock()
         self._sent: dict[tuple[int, int], float] = {}  # header stamp -> monotonic send time
-        self._received = {topic: {} for topic in output_topics}  # topic -> stamp -> monotonic receive time
+        self._received = {
+            topic: {} for topic in output_topics
+        }  # topic -> stamp -> monotonic receive time
         self._overlays: list[tuple[tuple[int, int], object]] = []
         self._warmup: dict[tuple[int, int], float] = {}  # untimed first frames: stamp -> send time
-        self._first_output: float | None = None  # seconds from the warm-up frame to its first output
+        self._first_output: float | None = (
+            None  # seconds from the warm-up frame to its first output
+        )
         self._warmed_up: set[str] = set()  # output topics that delivered a warm-up frame
         self._diagnostics: dict[str, str] = {}
         self._log: collections.deque[str] = collections.deque(maxlen=NODE_LOG_LINES)
@@ -50,20 +55,35 @@ class DemoSession:
             from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
             from sensor_msgs.msg import Image
         except ImportError as exc:
-            raise RuntimeError(f"seg_ros demo needs ROS 2's Python packages ({exc}): source your ROS 2 setup "
-                               "or run `make setup`, which installs them from PyPI") from exc
+            raise RuntimeError(
+                f"seg_ros demo needs ROS 2's Python packages ({exc}): source your ROS 2 setup "
+                "or run `make setup`, which installs them from PyPI"
+            ) from exc
 
-        self._process = subprocess.Popen(self.node_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                         text=True, bufsize=1)
-        self._reader = threading.Thread(target=self._forward_node_output, name="node_log", daemon=True)
+        self._process = subprocess.Popen(
+            self.node_command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        self._reader = threading.Thread(
+            target=self._forward_node_output, name="node_log", daemon=True
+        )
         self._reader.start()
         self._context = rclpy.Context()
-        rclpy.init(args=["seg_ros_demo"], context=self._context)  # not sys.argv: its flags are not ROS arguments
+        rclpy.init(
+            args=["seg_ros_demo"], context=self._context
+        )  # not sys.argv: its flags are not ROS arguments
         self._node = rclpy.create_node("seg_ros_demo", context=self._context)
-        reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        reliable = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE
+        )
         self._publisher = self._node.create_publisher(Image, self.input_topic, reliable)
         for topic in self.output_topics:
-            self._node.create_subscription(Image, topic, lambda msg, t=topic: self._on_output(t, msg), reliable)
+            self._node.create_subscription(
+                Image, topic, lambda msg, t=topic: self._on_output(t, msg), reliable
+            )
         self._node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self._executor = SingleThreadedExecutor(context=self._context)
         self._executor.add_node(self._node)
@@ -99,8 +119,10 @@ class DemoSession:
     def _node_failed(self) -> RuntimeError:
         self._reader.join(timeout=5.0)
         tail = "\n".join(self._log)
-        return RuntimeError(f"the segmentation node exited with code {self._process.returncode} before the demo "
-                            f"finished; its last output:\n{tail}")
+        return RuntimeError(
+            f"the segmentation node exited with code {self._process.returncode} before the demo "
+            f"finished; its last output:\n{tail}"
+        )
 
     # --- callbacks ----------------------------------------------------------------------------
 
@@ -135,7 +157,9 @@ class DemoSession:
         from seg_ros.image_codec import to_ros_image
 
         messages = []
-        for frame in tqdm(source, total=source.count or None, unit="frame", desc="loading", leave=False):
+        for frame in tqdm(
+            source, total=source.count or None, unit="frame", desc="loading", leave=False
+        ):
             encoding = "rgb8" if frame.image.ndim == 3 else "mono8"
             messages.append(to_ros_image(frame.image, encoding, Header(frame_id="camera"), Image))
         if not messages:
@@ -160,8 +184,10 @@ class DemoSession:
             now = time.monotonic()
             if now > deadline:
                 missing = sorted(set(self.output_topics) - self._warmed_up)
-                raise RuntimeError(f"nothing on {', '.join(missing)} within {timeout_s:.0f} s of starting the "
-                                   "segmentation node (still loading its model? raise --startup-timeout)")
+                raise RuntimeError(
+                    f"nothing on {', '.join(missing)} within {timeout_s:.0f} s of starting the "
+                    "segmentation node (still loading its model? raise --startup-timeout)"
+                )
             if now >= next_send and self._node.count_subscribers(self.input_topic) > 0:
                 first.header.stamp = self._node.get_clock().now().to_msg()
                 with self._lock:
@@ -172,7 +198,8 @@ class DemoSession:
 
     def send(self, messages: list, count: int, rate_hz: float) -> None:
         """Publish ``count`` frames at ``rate_hz`` with fresh stamps (cycling through ``messages``),
-        then wait for the outputs to settle."""
+        then wait for the outputs to settle.
+        """
         period = 1.0 / rate_hz
         start = time.monotonic()
         for index in range(count):
@@ -193,8 +220,11 @@ class DemoSession:
             with self._lock:
                 complete = all(len(got) >= len(self._sent) for got in self._received.values())
                 idle = time.monotonic() - self._last_activity
-                latencies = [t - self._sent[s] for s, t in self._received[self.output_topics[0]].items()
-                             if s in self._sent]
+                latencies = [
+                    t - self._sent[s]
+                    for s, t in self._received[self.output_topics[0]].items()
+                    if s in self._sent
+                ]
             if complete or idle > max(5.0, 3 * max(latencies, default=0.0)):
                 break
             if self._process.poll() is not None:
@@ -206,21 +236,34 @@ class DemoSession:
         label_topic = self.output_topics[0]
         with self._lock:
             received = {topic.rsplit("/", 1)[1]: len(got) for topic, got in self._received.items()}
-            matched = sorted((t, t - self._sent[s]) for s, t in self._received[label_topic].items()
-                             if s in self._sent)
+            matched = sorted(
+                (t, t - self._sent[s])
+                for s, t in self._received[label_topic].items()
+                if s in self._sent
+            )
             node = dict(self._diagnostics)
         latencies = np.array([lat for _, lat in matched]) * 1e3
         times = [t for t, _ in matched]
-        rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+        rate = (
+            (len(times) - 1) / (times[-1] - times[0])
+            if len(times) > 1 and times[-1] > times[0]
+            else 0.0
+        )
         if latencies.size:
             p50, p95 = np.percentile(latencies, [50, 95])
             latency = {"p50": float(p50), "p95": float(p95), "max": float(latencies.max())}
         else:  # nothing came back: no figures (None, so the JSON stays strict)
             latency = {"p50": None, "p95": None, "max": None}
         first = None if self._first_output is None else self._first_output * 1e3
-        return {"frames_sent": len(self._sent), "received": received, "output_rate_hz": rate,
-                "latency_ms": latency, "first_frame_ms": first,
-                "node": node, "input_topic": self.input_topic}
+        return {
+            "frames_sent": len(self._sent),
+            "received": received,
+            "output_rate_hz": rate,
+            "latency_ms": latency,
+            "first_frame_ms": first,
+            "node": node,
+            "input_topic": self.input_topic,
+        }
 
     def save_overlays(self, folder: Path, count: int) -> list[Path]:
         """Write up to ``count`` received overlays, spread over the sequence, as PNGs."""
@@ -233,7 +276,9 @@ class DemoSession:
         if not overlays or count <= 0:
             return []
         folder.mkdir(parents=True, exist_ok=True)
-        picks = sorted({int(round(i)) for i in np.linspace(0, len(overlays) - 1, min(count, len(overlays)))})
+        picks = sorted(
+            {int(round(i)) for i in np.linspace(0, len(overlays) - 1, min(count, len(overlays)))}
+        )
         paths = []
         for index in picks:
             _, msg = overlays[index]
@@ -242,4 +287,3 @@ class DemoSession:
                 raise RuntimeError(f"cannot write {path} (is {folder} writable?)")
             paths.append(path)
         return paths
-

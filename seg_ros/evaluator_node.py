@@ -9,6 +9,7 @@ a ground-truth frame that never gets a label is a dropped frame. A JSON
 summary goes to ``~/metrics`` (std_msgs/String) every ``publish_period``
 seconds, and at shutdown to the log and to ``json_path``.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,19 +41,46 @@ class EvaluatorNode(Node):
     def __init__(self, **node_kwargs):
         super().__init__(NODE_NAME, **node_kwargs)
         p = self._declare
-        table_name = p("class_table", "camvid", "Class table (camvid, cityscapes, voc or a YAML file) naming the "
-                       "classes; empty = generic names for num_classes.")
-        num_classes = p("num_classes", 0, "Number of classes when class_table is empty.", int_range=(0, 65535))
-        ignore_index = p("ignore_index", -1, "Ground-truth label left out of the scores; -1 = the class table's.",
-                         int_range=(-1, 65535))
-        self._json_path = p("json_path", "", "Write the final metrics as JSON here at shutdown; empty = only log.")
-        period = p("publish_period", 2.0, "Seconds between summaries on ~/metrics.", float_range=(0.1, 3600.0))
-        self._max_pending = p("max_pending", 100, "Frames waiting for their partner before counting as dropped.",
-                              int_range=(1, 100000))
-        reliable = p("qos.reliability", "reliable", "Reliability of both subscriptions: reliable or best_effort.")
+        table_name = p(
+            "class_table",
+            "camvid",
+            "Class table (camvid, cityscapes, voc or a YAML file) naming the "
+            "classes; empty = generic names for num_classes.",
+        )
+        num_classes = p(
+            "num_classes", 0, "Number of classes when class_table is empty.", int_range=(0, 65535)
+        )
+        ignore_index = p(
+            "ignore_index",
+            -1,
+            "Ground-truth label left out of the scores; -1 = the class table's.",
+            int_range=(-1, 65535),
+        )
+        self._json_path = p(
+            "json_path", "", "Write the final metrics as JSON here at shutdown; empty = only log."
+        )
+        period = p(
+            "publish_period",
+            2.0,
+            "Seconds between summaries on ~/metrics.",
+            float_range=(0.1, 3600.0),
+        )
+        self._max_pending = p(
+            "max_pending",
+            100,
+            "Frames waiting for their partner before counting as dropped.",
+            int_range=(1, 100000),
+        )
+        reliable = p(
+            "qos.reliability",
+            "reliable",
+            "Reliability of both subscriptions: reliable or best_effort.",
+        )
         depth = p("qos.depth", 50, "History depth of both subscriptions.", int_range=(1, 1000))
         if reliable not in ("reliable", "best_effort"):
-            raise ValueError(f"qos.reliability must be 'reliable' or 'best_effort', got {reliable!r}")
+            raise ValueError(
+                f"qos.reliability must be 'reliable' or 'best_effort', got {reliable!r}"
+            )
 
         if table_name:
             table = load_class_table(table_name)
@@ -66,24 +94,32 @@ class EvaluatorNode(Node):
         self._pending_truth: dict[tuple[int, int], tuple[Image, float]] = {}
         self._last_published_total = -1
 
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
-                         reliability=ReliabilityPolicy.RELIABLE if reliable == "reliable"
-                         else ReliabilityPolicy.BEST_EFFORT)
+        qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=depth,
+            reliability=ReliabilityPolicy.RELIABLE
+            if reliable == "reliable"
+            else ReliabilityPolicy.BEST_EFFORT,
+        )
         self.create_subscription(Image, "label", self._on_label, qos)
         self.create_subscription(Image, "ground_truth", self._on_truth, qos)
         self._metrics = self.create_publisher(String, "~/metrics", 10)
         self.create_timer(period, self._publish)
         self.get_logger().info(
             f"scoring {self.resolve_topic_name('label')} against {self.resolve_topic_name('ground_truth')} "
-            f"({table.name}, {table.num_classes} classes, ignore {ignore})")
+            f"({table.name}, {table.num_classes} classes, ignore {ignore})"
+        )
 
     def _declare(self, name, default, description, int_range=None, float_range=None):
         descriptor = ParameterDescriptor(description=description, read_only=True)
         if int_range:
-            descriptor.integer_range = [IntegerRange(from_value=int_range[0], to_value=int_range[1], step=1)]
+            descriptor.integer_range = [
+                IntegerRange(from_value=int_range[0], to_value=int_range[1], step=1)
+            ]
         if float_range:
-            descriptor.floating_point_range = [FloatingPointRange(from_value=float_range[0],
-                                                                  to_value=float_range[1], step=0.0)]
+            descriptor.floating_point_range = [
+                FloatingPointRange(from_value=float_range[0], to_value=float_range[1], step=0.0)
+            ]
         return self.declare_parameter(name, default, descriptor).value
 
     # --- matching -------------------------------------------------------------------------------
@@ -126,10 +162,14 @@ class EvaluatorNode(Node):
             self.evaluation.skip("size_mismatch")
             self.get_logger().warning(
                 f"frame {key}: ground truth is {truth.shape[1]}x{truth.shape[0]} but the label is "
-                f"{label.shape[1]}x{label.shape[0]}", throttle_duration_sec=5.0)
+                f"{label.shape[1]}x{label.shape[0]}",
+                throttle_duration_sec=5.0,
+            )
             return
         try:
-            self.evaluation.add_frame(truth, label, {"end_to_end": latency_ms} if latency_ms is not None else None)
+            self.evaluation.add_frame(
+                truth, label, {"end_to_end": latency_ms} if latency_ms is not None else None
+            )
         except ValueError as exc:
             self.evaluation.skip("invalid_ground_truth")
             self.get_logger().warning(f"frame {key}: {exc}", throttle_duration_sec=5.0)
@@ -141,8 +181,10 @@ class EvaluatorNode(Node):
         out = self.evaluation.to_dict()
         frames = out["frames"]
         if final:
-            for reason, pending in (("dropped", self._pending_truth),
-                                    ("label_without_ground_truth", self._pending_labels)):
+            for reason, pending in (
+                ("dropped", self._pending_truth),
+                ("label_without_ground_truth", self._pending_labels),
+            ):
                 if pending:
                     frames["skipped"][reason] = frames["skipped"].get(reason, 0) + len(pending)
                     frames["total"] += len(pending)
@@ -166,7 +208,12 @@ class EvaluatorNode(Node):
         self.get_logger().info(
             f"final: mIoU {'n/a' if miou is None else f'{100 * miou:.2f}%'}, {frames['used']} frames scored, "
             f"{result['dropped_frames']} dropped, skipped {frames['skipped']}"
-            + (f", end-to-end latency p50 {e2e['p50']:.1f} ms p95 {e2e['p95']:.1f} ms" if e2e else ""))
+            + (
+                f", end-to-end latency p50 {e2e['p50']:.1f} ms p95 {e2e['p95']:.1f} ms"
+                if e2e
+                else ""
+            )
+        )
         if self._json_path:
             path = Path(self._json_path)
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ probability) and ``probabilities`` (softmax, for CRF and evaluation); with
 ``head=False`` it returns the raw ``logits`` (training, evaluation, debugging).
 SegNet is exported with its TensorRT-friendly unpooling (see seg_ros.models.segnet).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,7 +30,8 @@ DEFAULT_OPSET = 18
 
 # ONNX operators the TensorRT 10 ONNX parser supports (onnx-tensorrt docs/operators.md, TensorRT 10.x:
 # opsets 9 to 20 for 10.0); restrictions that matter for these networks are checked in code below.
-TENSORRT_OPS = frozenset("""
+TENSORRT_OPS = frozenset(
+    """
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast CastLike
 Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace
 DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather GatherElements
@@ -43,9 +45,16 @@ ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequen
 ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice
 Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK
 Transpose Trilu Unsqueeze Upsample Where Xor
-""".split())
+""".split()
+)
 _RESIZE_MODES = {"nearest", "linear"}
-_RESIZE_TRANSFORMS = {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"}
+_RESIZE_TRANSFORMS = {
+    "half_pixel",
+    "pytorch_half_pixel",
+    "tf_half_pixel_for_nn",
+    "asymmetric",
+    "align_corners",
+}
 
 
 class _ExportGraph(nn.Module):
@@ -94,8 +103,15 @@ def _quiet_exporter_logs():
             lg.setLevel(level)
 
 
-def export_onnx(module: nn.Module, path: str | Path, height: int, width: int, *, head: bool = True,
-                opset: int = DEFAULT_OPSET) -> Path:
+def export_onnx(
+    module: nn.Module,
+    path: str | Path,
+    height: int,
+    width: int,
+    *,
+    head: bool = True,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
     """Export ``module`` for a fixed 1×3×height×width input to ``path``; returns the path.
 
     The file passes ``onnx.checker`` and has outputs ``label``/``confidence``/``probabilities``
@@ -115,14 +131,30 @@ def export_onnx(module: nn.Module, path: str | Path, height: int, width: int, *,
     example = torch.zeros(1, 3, int(height), int(width))
     outputs = list(HEAD_OUTPUTS) if head else [LOGITS_OUTPUT]
     try:
-        with tensorrt_friendly(module), torch.no_grad(), warnings.catch_warnings(), _quiet_exporter_logs():
-            warnings.simplefilter("ignore")  # the exporter's chatter about opset conversion and tracing
-            program = torch.onnx.export(graph, (example,), dynamo=True, input_names=[INPUT_NAME],
-                                        output_names=outputs, opset_version=int(opset), external_data=False,
-                                        verbose=False)
+        with (
+            tensorrt_friendly(module),
+            torch.no_grad(),
+            warnings.catch_warnings(),
+            _quiet_exporter_logs(),
+        ):
+            warnings.simplefilter(
+                "ignore"
+            )  # the exporter's chatter about opset conversion and tracing
+            program = torch.onnx.export(
+                graph,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=outputs,
+                opset_version=int(opset),
+                external_data=False,
+                verbose=False,
+            )
             program.save(str(path), external_data=False)
     except Exception as exc:
-        raise RuntimeError(f"ONNX export of {type(module).__name__} at {height}x{width} failed: {exc}") from exc
+        raise RuntimeError(
+            f"ONNX export of {type(module).__name__} at {height}x{width} failed: {exc}"
+        ) from exc
     finally:
         module.train(was_training)
     onnx.checker.check_model(str(path), full_check=True)
@@ -135,7 +167,9 @@ def export_onnx(module: nn.Module, path: str | Path, height: int, width: int, *,
     return path
 
 
-def _node_problems(nodes, constants: set[str], local_functions: set[tuple[str, str]], problems: set[str]) -> None:
+def _node_problems(
+    nodes, constants: set[str], local_functions: set[tuple[str, str]], problems: set[str]
+) -> None:
     from onnx import helper
 
     for node in nodes:
@@ -148,13 +182,22 @@ def _node_problems(nodes, constants: set[str], local_functions: set[tuple[str, s
             problems.add(op)
         elif op == "MaxPool" and len([o for o in node.output if o]) > 1:
             problems.add("MaxPool (indices output)")
-        elif op.startswith("Reduce") and len(node.input) > 1 and node.input[1] and node.input[1] not in constants:
+        elif (
+            op.startswith("Reduce")
+            and len(node.input) > 1
+            and node.input[1]
+            and node.input[1] not in constants
+        ):
             problems.add(f"{op} (axes not constant)")
         elif op == "Resize":
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             mode = attrs.get("mode", b"nearest").decode()
             transform = attrs.get("coordinate_transformation_mode", b"half_pixel").decode()
-            if mode not in _RESIZE_MODES or transform not in _RESIZE_TRANSFORMS or attrs.get("antialias", 0):
+            if (
+                mode not in _RESIZE_MODES
+                or transform not in _RESIZE_TRANSFORMS
+                or attrs.get("antialias", 0)
+            ):
                 problems.add(f"Resize ({mode}, {transform})")
         for attr in node.attribute:  # If/Loop/Scan bodies
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
@@ -164,7 +207,9 @@ def _node_problems(nodes, constants: set[str], local_functions: set[tuple[str, s
 def _constants(graph) -> set[str]:
     """Names of initializers and Constant outputs: inputs TensorRT sees as build-time constants."""
     names = {init.name for init in getattr(graph, "initializer", [])}
-    return names | {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    return names | {
+        out for node in graph.node if node.op_type == "Constant" for out in node.output
+    }
 
 
 def unsupported_tensorrt_ops(onnx_path: str | Path) -> list[str]:
@@ -187,7 +232,9 @@ def onnx_opset(onnx_path: str | Path) -> int:
     return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def compare_with_torch(module: nn.Module, onnx_path: str | Path, image: np.ndarray) -> dict[str, float]:
+def compare_with_torch(
+    module: nn.Module, onnx_path: str | Path, image: np.ndarray
+) -> dict[str, float]:
     """Run the file with ONNX Runtime (CPU) and the module with PyTorch on one 1×3×H×W batch.
 
     Returns ``label_agreement`` (fraction of pixels with the same argmax),

@@ -15,6 +15,7 @@ grey images), so a robot with cv_bridge sees the same pixels.
   like cv_bridge's 16->8 bit conversion).
 - ``encode_fields`` / ``to_ros_image`` build Image messages from arrays.
 """
+
 from __future__ import annotations
 
 import array
@@ -50,8 +51,15 @@ _LAYOUTS: dict[str, tuple[np.dtype, int]] = {
     "bayer_grbg8": (np.dtype(np.uint8), 1),
 }
 _CV_TYPE = re.compile(r"^(8U|8S|16U|16S|32S|32F|64F)C([1-9][0-9]*)$")
-_CV_DTYPES = {"8U": np.uint8, "8S": np.int8, "16U": np.uint16, "16S": np.int16,
-              "32S": np.int32, "32F": np.float32, "64F": np.float64}
+_CV_DTYPES = {
+    "8U": np.uint8,
+    "8S": np.int8,
+    "16U": np.uint16,
+    "16S": np.int16,
+    "32S": np.int32,
+    "32F": np.float32,
+    "64F": np.float64,
+}
 
 # Colour conversions to RGB; ROS names Bayer patterns by their first row pair.
 _TO_RGB = {
@@ -122,10 +130,16 @@ def message_to_array(msg) -> np.ndarray:
         )
     big_endian = bool(msg.is_bigendian)
     dtype = dtype.newbyteorder(">" if big_endian else "<") if dtype.itemsize > 1 else dtype
-    pixels = np.ndarray((height, width, channels), dtype=dtype, buffer=buf,
-                        strides=(step, channels * dtype.itemsize, dtype.itemsize))
+    pixels = np.ndarray(
+        (height, width, channels),
+        dtype=dtype,
+        buffer=buf,
+        strides=(step, channels * dtype.itemsize, dtype.itemsize),
+    )
     if not pixels.dtype.isnative:
-        pixels = pixels.astype(pixels.dtype.newbyteorder("="))  # one copy: native order, contiguous
+        pixels = pixels.astype(
+            pixels.dtype.newbyteorder("=")
+        )  # one copy: native order, contiguous
     else:
         pixels = np.ascontiguousarray(pixels)  # a no-op without row padding
     return pixels[:, :, 0] if channels == 1 else pixels
@@ -163,7 +177,9 @@ def decode_compressed(msg) -> np.ndarray:
         raise ImageDecodeError(f"compressed image ({fmt}) has no data")
     image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if image is None:
-        raise ImageDecodeError(f"cannot decode compressed image ({fmt}, {buf.size} bytes): not a valid jpeg/png")
+        raise ImageDecodeError(
+            f"cannot decode compressed image ({fmt}, {buf.size} bytes): not a valid jpeg/png"
+        )
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -196,7 +212,9 @@ def encode_fields(image: np.ndarray, encoding: str) -> dict:
         dtype, channels = np.dtype(np.float32), int(match.group(1))
         if channels == 1 and image.ndim == 3 and image.shape[2] == 1:
             image = image[:, :, 0]
-    shape_ok = image.ndim == 2 if channels == 1 else (image.ndim == 3 and image.shape[2] == channels)
+    shape_ok = (
+        image.ndim == 2 if channels == 1 else (image.ndim == 3 and image.shape[2] == channels)
+    )
     if not shape_ok or image.dtype != dtype:
         want = "H×W" if channels == 1 else f"H×W×{channels}"
         raise ValueError(
@@ -230,7 +248,9 @@ def to_ros_image(image: np.ndarray, encoding: str, header, msg_type):
     data = array.array("B")
     data.frombytes(fields.pop("data"))
     # From Jazzy on, the unchecked setter copies the array again; the checked one keeps it.
-    checked = {"check_fields": True} if "_check_fields" in getattr(msg_type, "__slots__", ()) else {}
+    checked = (
+        {"check_fields": True} if "_check_fields" in getattr(msg_type, "__slots__", ()) else {}
+    )
     msg = msg_type(header=header, **fields, **checked)
     msg.data = data
     return msg

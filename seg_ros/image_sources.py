@@ -7,6 +7,7 @@ and ROS 1 ``.bag`` files) are read with ``rosbags``, without ROS; their
 ``sensor_msgs/Image`` and ``CompressedImage`` messages go through
 ``image_codec`` like the node's input does.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,7 +52,12 @@ class ImageSource:
         return f"{what} {self.path}{topic}{size}"
 
     def __iter__(self) -> Iterator[SourceFrame]:
-        frames = {"image": self._files, "folder": self._files, "video": self._video, "rosbag": self._bag}[self.kind]()
+        frames = {
+            "image": self._files,
+            "folder": self._files,
+            "video": self._video,
+            "rosbag": self._bag,
+        }[self.kind]()
         for index, frame in enumerate(frames):
             if self.limit and index >= self.limit:
                 break
@@ -84,7 +90,11 @@ class ImageSource:
                 stamp = msg.header.stamp
                 name = f"{int(stamp.sec):010d}_{int(stamp.nanosec):09d}"
                 try:
-                    image = decode_compressed(msg) if connection.msgtype == COMPRESSED_TYPE else decode_image(msg)
+                    image = (
+                        decode_compressed(msg)
+                        if connection.msgtype == COMPRESSED_TYPE
+                        else decode_image(msg)
+                    )
                 except ImageDecodeError as exc:
                     LOG.warning("%s: skipping the image stamped %s: %s", self.topic, name, exc)
                     continue
@@ -124,11 +134,16 @@ def _bag_topic(path: Path, topic: str) -> tuple[str, int]:
         raise ValueError(f"cannot read bag {path}: {exc}") from exc
     if topic:
         if topic not in images:
-            raise ValueError(f"bag {path} has no image topic {topic!r}; image topics: {sorted(images) or 'none'}")
+            raise ValueError(
+                f"bag {path} has no image topic {topic!r}; image topics: {sorted(images) or 'none'}"
+            )
         return topic, images[topic]
     if len(images) != 1:
-        problem = "no sensor_msgs/Image or CompressedImage topic" if not images else \
-            f"several image topics {sorted(images)}: choose one with --topic"
+        problem = (
+            "no sensor_msgs/Image or CompressedImage topic"
+            if not images
+            else f"several image topics {sorted(images)}: choose one with --topic"
+        )
         raise ValueError(f"bag {path} has {problem}")
     return next(iter(images.items()))
 
@@ -142,15 +157,21 @@ def open_image_source(path: str | Path, *, topic: str = "", limit: int = 0) -> I
         raise FileNotFoundError(f"input {path} does not exist")
     if path.suffix in (".mcap", ".db3") and path.is_file():
         if not (path.parent / "metadata.yaml").is_file():
-            raise ValueError(f"{path} is one file of a rosbag2 without its metadata.yaml: pass the bag folder")
+            raise ValueError(
+                f"{path} is one file of a rosbag2 without its metadata.yaml: pass the bag folder"
+            )
         path = path.parent  # one file of a bag: read the whole bag
     if topic and not _is_bag(path):
-        raise ValueError(f"--topic {topic} only applies to bags, but {path} is not a rosbag2 folder or .bag file")
+        raise ValueError(
+            f"--topic {topic} only applies to bags, but {path} is not a rosbag2 folder or .bag file"
+        )
     if _is_bag(path):
         topic, count = _bag_topic(path, topic)
         kind, files = "rosbag", ()
     elif path.is_dir():
-        files = tuple(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
+        files = tuple(
+            sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        )
         if not files:
             raise ValueError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         kind, count = "folder", len(files)
@@ -160,7 +181,9 @@ def open_image_source(path: str | Path, *, topic: str = "", limit: int = 0) -> I
         capture = cv2.VideoCapture(str(path))
         try:
             if not capture.isOpened():
-                raise ValueError(f"cannot open video {path}: OpenCV has no decoder for it or the file is broken")
+                raise ValueError(
+                    f"cannot open video {path}: OpenCV has no decoder for it or the file is broken"
+                )
             count = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
         finally:
             capture.release()

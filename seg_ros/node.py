@@ -11,6 +11,7 @@ Threads, so the node adds almost nothing to the network's own time:
 Outputs nobody subscribes to are not computed. Everything ROS-free (parameter
 table, pipeline, codec, statistics) lives in its own module.
 """
+
 from __future__ import annotations
 
 import sys
@@ -21,7 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.logging import get_logger
@@ -49,11 +55,21 @@ def _descriptor(spec: params.ParameterSpec) -> ParameterDescriptor:
     if spec.choices:
         descriptor.additional_constraints = "one of: " + ", ".join(repr(c) for c in spec.choices)
     if isinstance(spec.default, float):
-        descriptor.floating_point_range = [FloatingPointRange(
-            from_value=float(spec.minimum), to_value=float(spec.maximum), step=0.0)]
-    elif isinstance(spec.default, int) and not isinstance(spec.default, bool) and spec.minimum is not None:
-        descriptor.integer_range = [IntegerRange(
-            from_value=int(spec.minimum), to_value=int(spec.maximum), step=max(spec.step, 1))]
+        descriptor.floating_point_range = [
+            FloatingPointRange(
+                from_value=float(spec.minimum), to_value=float(spec.maximum), step=0.0
+            )
+        ]
+    elif (
+        isinstance(spec.default, int)
+        and not isinstance(spec.default, bool)
+        and spec.minimum is not None
+    ):
+        descriptor.integer_range = [
+            IntegerRange(
+                from_value=int(spec.minimum), to_value=int(spec.maximum), step=max(spec.step, 1)
+            )
+        ]
     return descriptor
 
 
@@ -89,23 +105,31 @@ class SegmentationNode(Node):
         self._stats = NodeStats()
         self._warned: dict[str, float] = {}
 
-        out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self._values["qos.depth"],
-                             reliability=ReliabilityPolicy.RELIABLE)
-        self._outputs = {name: self.create_publisher(Image, f"~/{name}", out_qos) for name in params.OUTPUTS}
+        out_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=self._values["qos.depth"],
+            reliability=ReliabilityPolicy.RELIABLE,
+        )
+        self._outputs = {
+            name: self.create_publisher(Image, f"~/{name}", out_qos) for name in params.OUTPUTS
+        }
         self._publish_label_info()
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._subscribe()
 
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._threads = [threading.Thread(target=self._inference_loop, name="seg_inference", daemon=True),
-                         threading.Thread(target=self._publish_loop, name="seg_publish", daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._inference_loop, name="seg_inference", daemon=True),
+            threading.Thread(target=self._publish_loop, name="seg_publish", daemon=True),
+        ]
         for thread in self._threads:
             thread.start()
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
         self.get_logger().info(
             f"segmenting {self._input_topic} with {self._spec.family} ({self._spec.name}) on {self._backend_name} "
             f"at {self._pipeline.input_width}x{self._pipeline.input_height}, {self._table.num_classes} classes "
-            f"({self._table.name})")
+            f"({self._table.name})"
+        )
 
     # --- set-up -----------------------------------------------------------------------------
 
@@ -115,25 +139,43 @@ class SegmentationNode(Node):
                 self.declare_parameter(spec.name, spec.default, _descriptor(spec))
         except ParameterException as exc:  # wrong type or out of range in the params file
             raise ValueError(f"bad parameter: {exc}") from exc
-        return params.validate({spec.name: self.get_parameter(spec.name).value for spec in params.PARAMETERS})
+        return params.validate(
+            {spec.name: self.get_parameter(spec.name).value for spec in params.PARAMETERS}
+        )
 
     def _declare_class_parameters(self) -> None:
         """Class names and colours from the class table, for tools without vision_msgs."""
-        self.declare_parameter("classes.names", list(self._table.names), ParameterDescriptor(
-            read_only=True, description="Class names, index = label value."), ignore_override=True)
-        self.declare_parameter("classes.colors", [int(v) for v in self._table.colors.reshape(-1)],
-                               ParameterDescriptor(read_only=True, description="Class colours as flattened "
-                                                   "[R, G, B, ...], index = label value."), ignore_override=True)
+        self.declare_parameter(
+            "classes.names",
+            list(self._table.names),
+            ParameterDescriptor(read_only=True, description="Class names, index = label value."),
+            ignore_override=True,
+        )
+        self.declare_parameter(
+            "classes.colors",
+            [int(v) for v in self._table.colors.reshape(-1)],
+            ParameterDescriptor(
+                read_only=True,
+                description="Class colours as flattened [R, G, B, ...], index = label value.",
+            ),
+            ignore_override=True,
+        )
 
     def _publish_label_info(self) -> None:
         if LabelInfo is None:
             return
-        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        latched = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=1,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        )
         self._label_info = self.create_publisher(LabelInfo, "~/label_info", latched)
         info = LabelInfo()
         info.header.stamp = self.get_clock().now().to_msg()
-        info.class_map = [VisionClass(class_id=i, class_name=name) for i, name in enumerate(self._table.names)]
+        info.class_map = [
+            VisionClass(class_id=i, class_name=name) for i, name in enumerate(self._table.names)
+        ]
         info.threshold = 0.0
         self._label_info.publish(info)
 
@@ -142,8 +184,11 @@ class SegmentationNode(Node):
         if self._values["qos.reliability"] == "reliable":
             qos = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, **depth_one)
         else:  # the sensor-data profile, newest frame only
-            qos = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE,
-                             **depth_one)
+            qos = QoSProfile(
+                reliability=ReliabilityPolicy.BEST_EFFORT,
+                durability=DurabilityPolicy.VOLATILE,
+                **depth_one,
+            )
         if self._values["image_transport"] == "compressed":
             # image_transport style: the (remapped) base topic + /compressed.
             self._input_topic = self.resolve_topic_name("image") + "/compressed"
@@ -153,7 +198,9 @@ class SegmentationNode(Node):
             self._input_topic = self.resolve_topic_name("image")
             self._decode = decode_image
             msg_type = Image
-        self._subscription = self.create_subscription(msg_type, self._input_topic, self._on_image, qos)
+        self._subscription = self.create_subscription(
+            msg_type, self._input_topic, self._on_image, qos
+        )
 
     # --- parameters at run time ---------------------------------------------------------------
 
@@ -209,12 +256,16 @@ class SegmentationNode(Node):
         try:
             image = self._decode(msg)
             t1 = time.perf_counter()
-            result = self._pipeline.process(image, want_probabilities=self._wants("probabilities", values))
+            result = self._pipeline.process(
+                image, want_probabilities=self._wants("probabilities", values)
+            )
         except ImageDecodeError as exc:
             return self._bad_frame(str(exc))
         except Exception as exc:  # a bad frame must never stop the node
             return self._bad_frame(f"segmentation failed ({type(exc).__name__}: {exc})")
-        return _Frame(msg.header, image, result, arrival, {"decode": (t1 - t0) * 1e3, **result.timings_ms})
+        return _Frame(
+            msg.header, image, result, arrival, {"decode": (t1 - t0) * 1e3, **result.timings_ms}
+        )
 
     def _bad_frame(self, reason: str) -> None:
         self._stats.frame_bad()
@@ -254,7 +305,9 @@ class SegmentationNode(Node):
             encoding = "mono8" if result.label.dtype == np.uint8 else "mono16"
             self._outputs["label"].publish(to_ros_image(result.label, encoding, header, Image))
         if self._wants("confidence", values):
-            self._outputs["confidence"].publish(to_ros_image(result.confidence, "32FC1", header, Image))
+            self._outputs["confidence"].publish(
+                to_ros_image(result.confidence, "32FC1", header, Image)
+            )
         want_color, want_overlay = self._wants("color", values), self._wants("overlay", values)
         if want_color or want_overlay:
             color = colorize(result.label, self._palette)
@@ -265,18 +318,27 @@ class SegmentationNode(Node):
                 self._outputs["overlay"].publish(to_ros_image(blended, "rgb8", header, Image))
         if result.probabilities is not None and self._wants("probabilities", values):
             encoding = f"32FC{result.probabilities.shape[2]}"
-            self._outputs["probabilities"].publish(to_ros_image(result.probabilities, encoding, header, Image))
+            self._outputs["probabilities"].publish(
+                to_ros_image(result.probabilities, encoding, header, Image)
+            )
 
     # --- diagnostics --------------------------------------------------------------------------
 
     def _publish_diagnostics(self) -> None:
         snap = self._stats.snapshot()
-        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: segmentation",
-                                  hardware_id=self._backend_name)
+        status = DiagnosticStatus(
+            name=f"{self.get_fully_qualified_name()}: segmentation", hardware_id=self._backend_name
+        )
         if snap["input_rate"] > 0 and snap["output_rate"] == 0 and snap["skipped"] == 0:
-            status.level, status.message = DiagnosticStatus.WARN, "frames arrive but none is published"
+            status.level, status.message = (
+                DiagnosticStatus.WARN,
+                "frames arrive but none is published",
+            )
         elif snap["bad_recent"]:
-            status.level, status.message = DiagnosticStatus.WARN, f"{snap['bad_recent']} bad frames in the last second"
+            status.level, status.message = (
+                DiagnosticStatus.WARN,
+                f"{snap['bad_recent']} bad frames in the last second",
+            )
         else:
             status.level = DiagnosticStatus.OK
             status.message = f"{snap['output_rate']:.1f} Hz out of {snap['input_rate']:.1f} Hz in"

@@ -5,6 +5,7 @@ checks run-time changes against it), the launch file (which builds the node's
 parameter list with ``launch_parameters``) and the tests (which read the same
 YAML files the node gets through ``--params-file``).
 """
+
 from __future__ import annotations
 
 import math
@@ -48,7 +49,12 @@ class ParameterSpec:
             return f"{self.name} must be a finite number, got {value!r}"
         if self.choices and value not in self.choices:
             return f"{self.name} must be one of {', '.join(repr(c) for c in self.choices)}, got {value!r}"
-        if self.minimum is not None and value < self.minimum or self.maximum is not None and value > self.maximum:
+        if (
+            self.minimum is not None
+            and value < self.minimum
+            or self.maximum is not None
+            and value > self.maximum
+        ):
             return f"{self.name} must be in [{self.minimum:g}, {self.maximum:g}], got {value!r}"
         if kind is int and self.step > 1 and (value - int(self.minimum or 0)) % self.step:
             return f"{self.name} must be a multiple of {self.step} from {self.minimum:g}, got {value!r}"
@@ -58,69 +64,219 @@ class ParameterSpec:
 _RESTART = " Fixed at start-up: restart the node to change it."
 PARAMETERS: tuple[ParameterSpec, ...] = (
     # Model: loading weights and starting a backend is slow, so these need a restart.
-    ParameterSpec("model", "", "Network family: segnet, deeplab or refinenet; empty = the best bundled model."
-                  + _RESTART, choices=("",) + FAMILIES),
-    ParameterSpec("backbone", "", "Backbone (segnet: vgg16_bn|basic; deeplab: resnet50|resnet101|"
-                  "mobilenet_v3_large; refinenet: resnet101|resnet50|mobilenet_v2); empty = the bundled variant."
-                  + _RESTART),
-    ParameterSpec("version", "", "DeepLab version: v3 or v3plus; empty = the bundled variant." + _RESTART,
-                  choices=("", "v3", "v3plus")),
-    ParameterSpec("output_stride", 0, "DeepLab output stride 8 or 16; 0 = the bundled variant." + _RESTART,
-                  minimum=0, maximum=16, step=8),
+    ParameterSpec(
+        "model",
+        "",
+        "Network family: segnet, deeplab or refinenet; empty = the best bundled model." + _RESTART,
+        choices=("",) + FAMILIES,
+    ),
+    ParameterSpec(
+        "backbone",
+        "",
+        "Backbone (segnet: vgg16_bn|basic; deeplab: resnet50|resnet101|"
+        "mobilenet_v3_large; refinenet: resnet101|resnet50|mobilenet_v2); empty = the bundled variant."
+        + _RESTART,
+    ),
+    ParameterSpec(
+        "version",
+        "",
+        "DeepLab version: v3 or v3plus; empty = the bundled variant." + _RESTART,
+        choices=("", "v3", "v3plus"),
+    ),
+    ParameterSpec(
+        "output_stride",
+        0,
+        "DeepLab output stride 8 or 16; 0 = the bundled variant." + _RESTART,
+        minimum=0,
+        maximum=16,
+        step=8,
+    ),
     ParameterSpec("light_weight", False, "RefineNet: use Light-Weight RefineNet." + _RESTART),
-    ParameterSpec("weights", "", "Safetensors checkpoint; empty = the family's bundled weights." + _RESTART),
-    ParameterSpec("num_classes", 0, "Number of classes; 0 = from the weights or the class table." + _RESTART,
-                  minimum=0, maximum=65535, step=1),
-    ParameterSpec("class_table", "", "Class table: camvid, cityscapes, voc or a YAML file; empty = from the "
-                  "weights." + _RESTART),
-    ParameterSpec("backend", "auto", "Inference backend; auto tries TensorRT, ONNX Runtime, then PyTorch."
-                  + _RESTART, choices=BACKENDS),
-    ParameterSpec("precision", "fp32", "Inference precision (fp16/int8 need TensorRT or a GPU)." + _RESTART,
-                  choices=PRECISIONS),
-    ParameterSpec("input_height", 0, "Network input height in pixels; 0 = the size the model was trained at."
-                  + _RESTART, minimum=0, maximum=4096, step=1),
-    ParameterSpec("input_width", 0, "Network input width in pixels; 0 = the size the model was trained at."
-                  + _RESTART, minimum=0, maximum=4096, step=1),
-    ParameterSpec("threads", 0, "CPU threads for the backend; 0 = the library default." + _RESTART,
-                  minimum=0, maximum=256, step=1),
-    ParameterSpec("tensorrt.engine_cache", "", "Folder for built TensorRT engines; empty = ~/.cache/seg_ros."
-                  + _RESTART),
-    ParameterSpec("tensorrt.workspace_mb", 0, "TensorRT builder workspace limit in MiB; 0 = TensorRT's default."
-                  + _RESTART, minimum=0, maximum=262144, step=1),
-    ParameterSpec("tensorrt.dla_core", -1, "Jetson DLA core to run on; -1 = the GPU." + _RESTART,
-                  minimum=-1, maximum=7, step=1),
-    ParameterSpec("tensorrt.calibration_images", "", "Folder of images for INT8 calibration." + _RESTART),
-    ParameterSpec("tensorrt.calibration_bag", "", "rosbag2 with images for INT8 calibration." + _RESTART),
-    ParameterSpec("tensorrt.calibration_topic", "", "Image topic in tensorrt.calibration_bag." + _RESTART),
+    ParameterSpec(
+        "weights", "", "Safetensors checkpoint; empty = the family's bundled weights." + _RESTART
+    ),
+    ParameterSpec(
+        "num_classes",
+        0,
+        "Number of classes; 0 = from the weights or the class table." + _RESTART,
+        minimum=0,
+        maximum=65535,
+        step=1,
+    ),
+    ParameterSpec(
+        "class_table",
+        "",
+        "Class table: camvid, cityscapes, voc or a YAML file; empty = from the "
+        "weights." + _RESTART,
+    ),
+    ParameterSpec(
+        "backend",
+        "auto",
+        "Inference backend; auto tries TensorRT, ONNX Runtime, then PyTorch." + _RESTART,
+        choices=BACKENDS,
+    ),
+    ParameterSpec(
+        "precision",
+        "fp32",
+        "Inference precision (fp16/int8 need TensorRT or a GPU)." + _RESTART,
+        choices=PRECISIONS,
+    ),
+    ParameterSpec(
+        "input_height",
+        0,
+        "Network input height in pixels; 0 = the size the model was trained at." + _RESTART,
+        minimum=0,
+        maximum=4096,
+        step=1,
+    ),
+    ParameterSpec(
+        "input_width",
+        0,
+        "Network input width in pixels; 0 = the size the model was trained at." + _RESTART,
+        minimum=0,
+        maximum=4096,
+        step=1,
+    ),
+    ParameterSpec(
+        "threads",
+        0,
+        "CPU threads for the backend; 0 = the library default." + _RESTART,
+        minimum=0,
+        maximum=256,
+        step=1,
+    ),
+    ParameterSpec(
+        "tensorrt.engine_cache",
+        "",
+        "Folder for built TensorRT engines; empty = ~/.cache/seg_ros." + _RESTART,
+    ),
+    ParameterSpec(
+        "tensorrt.workspace_mb",
+        0,
+        "TensorRT builder workspace limit in MiB; 0 = TensorRT's default." + _RESTART,
+        minimum=0,
+        maximum=262144,
+        step=1,
+    ),
+    ParameterSpec(
+        "tensorrt.dla_core",
+        -1,
+        "Jetson DLA core to run on; -1 = the GPU." + _RESTART,
+        minimum=-1,
+        maximum=7,
+        step=1,
+    ),
+    ParameterSpec(
+        "tensorrt.calibration_images", "", "Folder of images for INT8 calibration." + _RESTART
+    ),
+    ParameterSpec(
+        "tensorrt.calibration_bag", "", "rosbag2 with images for INT8 calibration." + _RESTART
+    ),
+    ParameterSpec(
+        "tensorrt.calibration_topic", "", "Image topic in tensorrt.calibration_bag." + _RESTART
+    ),
     # Topics and QoS: fixed once the subscription and publishers exist.
-    ParameterSpec("image_transport", "raw", "raw: subscribe to image (sensor_msgs/Image); compressed: to "
-                  "image/compressed (sensor_msgs/CompressedImage)." + _RESTART, choices=TRANSPORTS),
-    ParameterSpec("qos.reliability", "best_effort", "Reliability of the image subscription (depth 1: the newest "
-                  "frame wins)." + _RESTART, choices=RELIABILITIES),
-    ParameterSpec("qos.depth", 5, "History depth of the (reliable) output publishers; with 1, a subscriber "
-                  "that acknowledges slowly loses frames (the next one replaces the unacknowledged one)." + _RESTART,
-                  minimum=1, maximum=100, step=1),
+    ParameterSpec(
+        "image_transport",
+        "raw",
+        "raw: subscribe to image (sensor_msgs/Image); compressed: to "
+        "image/compressed (sensor_msgs/CompressedImage)." + _RESTART,
+        choices=TRANSPORTS,
+    ),
+    ParameterSpec(
+        "qos.reliability",
+        "best_effort",
+        "Reliability of the image subscription (depth 1: the newest frame wins)." + _RESTART,
+        choices=RELIABILITIES,
+    ),
+    ParameterSpec(
+        "qos.depth",
+        5,
+        "History depth of the (reliable) output publishers; with 1, a subscriber "
+        "that acknowledges slowly loses frames (the next one replaces the unacknowledged one)."
+        + _RESTART,
+        minimum=1,
+        maximum=100,
+        step=1,
+    ),
     # Cheap: read for every frame.
-    ParameterSpec("overlay_alpha", 0.5, "Weight of the colour mask in ~/overlay: 0 = camera image, 1 = mask.",
-                  minimum=0.0, maximum=1.0, runtime=True),
-    *(ParameterSpec(f"publish.{name}", name != "probabilities",
-                    f"Publish ~/{name} (only computed while someone subscribes).", runtime=True)
-      for name in OUTPUTS),
+    ParameterSpec(
+        "overlay_alpha",
+        0.5,
+        "Weight of the colour mask in ~/overlay: 0 = camera image, 1 = mask.",
+        minimum=0.0,
+        maximum=1.0,
+        runtime=True,
+    ),
+    *(
+        ParameterSpec(
+            f"publish.{name}",
+            name != "probabilities",
+            f"Publish ~/{name} (only computed while someone subscribes).",
+            runtime=True,
+        )
+        for name in OUTPUTS
+    ),
     ParameterSpec("crf.enabled", False, "Refine with a dense CRF (slow on a CPU).", runtime=True),
-    ParameterSpec("crf.iterations", 5, "Mean-field iterations of the dense CRF.", minimum=1, maximum=50,
-                  step=1, runtime=True),
-    ParameterSpec("crf.gaussian_sxy", 3.0, "Spatial standard deviation of the smoothness kernel (pixels).",
-                  minimum=0.1, maximum=100.0, runtime=True),
-    ParameterSpec("crf.gaussian_weight", 3.0, "Weight of the smoothness kernel.", minimum=0.0, maximum=100.0,
-                  runtime=True),
-    ParameterSpec("crf.bilateral_sxy", 80.0, "Spatial standard deviation of the appearance kernel (pixels).",
-                  minimum=0.1, maximum=1000.0, runtime=True),
-    ParameterSpec("crf.bilateral_srgb", 13.0, "Colour standard deviation of the appearance kernel.",
-                  minimum=0.1, maximum=255.0, runtime=True),
-    ParameterSpec("crf.bilateral_weight", 10.0, "Weight of the appearance kernel.", minimum=0.0, maximum=100.0,
-                  runtime=True),
-    ParameterSpec("crf.downsample", 0, "Grid factor for message passing: 0 automatic (fastest), 1 full "
-                  "resolution (matches pydensecrf), 2..8 in between.", minimum=0, maximum=8, step=1, runtime=True),
+    ParameterSpec(
+        "crf.iterations",
+        5,
+        "Mean-field iterations of the dense CRF.",
+        minimum=1,
+        maximum=50,
+        step=1,
+        runtime=True,
+    ),
+    ParameterSpec(
+        "crf.gaussian_sxy",
+        3.0,
+        "Spatial standard deviation of the smoothness kernel (pixels).",
+        minimum=0.1,
+        maximum=100.0,
+        runtime=True,
+    ),
+    ParameterSpec(
+        "crf.gaussian_weight",
+        3.0,
+        "Weight of the smoothness kernel.",
+        minimum=0.0,
+        maximum=100.0,
+        runtime=True,
+    ),
+    ParameterSpec(
+        "crf.bilateral_sxy",
+        80.0,
+        "Spatial standard deviation of the appearance kernel (pixels).",
+        minimum=0.1,
+        maximum=1000.0,
+        runtime=True,
+    ),
+    ParameterSpec(
+        "crf.bilateral_srgb",
+        13.0,
+        "Colour standard deviation of the appearance kernel.",
+        minimum=0.1,
+        maximum=255.0,
+        runtime=True,
+    ),
+    ParameterSpec(
+        "crf.bilateral_weight",
+        10.0,
+        "Weight of the appearance kernel.",
+        minimum=0.0,
+        maximum=100.0,
+        runtime=True,
+    ),
+    ParameterSpec(
+        "crf.downsample",
+        0,
+        "Grid factor for message passing: 0 automatic (fastest), 1 full "
+        "resolution (matches pydensecrf), 2..8 in between.",
+        minimum=0,
+        maximum=8,
+        step=1,
+        runtime=True,
+    ),
 )
 SPECS: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
 # Published by the node from the class table, never set by users.
@@ -145,10 +301,16 @@ def check_change(name: str, value) -> str | None:
 
 def validate(values: dict) -> dict:
     """Defaults updated with ``values``; raises ValueError listing every bad or unknown entry."""
-    problems = [f"unknown parameter {name!r}" for name in values
-                if name not in SPECS and name not in READ_ONLY_CLASS_PARAMETERS]
-    problems += [reason for name, value in values.items()
-                 if name in SPECS and (reason := SPECS[name].check(value))]
+    problems = [
+        f"unknown parameter {name!r}"
+        for name in values
+        if name not in SPECS and name not in READ_ONLY_CLASS_PARAMETERS
+    ]
+    problems += [
+        reason
+        for name, value in values.items()
+        if name in SPECS and (reason := SPECS[name].check(value))
+    ]
     if problems:
         raise ValueError("invalid segmentation_node parameters: " + "; ".join(problems))
     merged = defaults()
@@ -180,9 +342,11 @@ def pipeline_config(values: dict) -> PipelineConfig:
         model_options["output_stride"] = values["output_stride"]
     if values["light_weight"]:
         model_options["light_weight"] = True
-    backend_options = {key: values[f"tensorrt.{key}"] for key in
-                       ("engine_cache", "calibration_images", "calibration_bag", "calibration_topic")
-                       if values[f"tensorrt.{key}"]}
+    backend_options = {
+        key: values[f"tensorrt.{key}"]
+        for key in ("engine_cache", "calibration_images", "calibration_bag", "calibration_topic")
+        if values[f"tensorrt.{key}"]
+    }
     if values["tensorrt.workspace_mb"] > 0:
         backend_options["workspace_mb"] = values["tensorrt.workspace_mb"]
     if values["tensorrt.dla_core"] >= 0:
@@ -222,7 +386,9 @@ def read_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict:
         raise FileNotFoundError(f"parameter file {path} does not exist")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected '<node name>: {{ros__parameters: {{...}}}}' at the top level")
+        raise ValueError(
+            f"{path}: expected '<node name>: {{ros__parameters: {{...}}}}' at the top level"
+        )
     values = {}
     for key, section in data.items():
         if key.lstrip("/").split("/")[-1] not in ("**", node_name):
@@ -248,8 +414,14 @@ def parse_launch_bool(name: str, text: str) -> bool:
     raise ValueError(f"launch argument {name} must be true or false, got {text!r}")
 
 
-def launch_parameters(*, model: str = "", backend: str = "", precision: str = "", use_crf: str = "",
-                      params_file: str = "") -> list:
+def launch_parameters(
+    *,
+    model: str = "",
+    backend: str = "",
+    precision: str = "",
+    use_crf: str = "",
+    params_file: str = "",
+) -> list:
     """The node's ``parameters=`` list for launch_ros: the params file, then the launch arguments.
 
     Empty arguments keep the file's values. Everything is validated here so a bad
@@ -275,4 +447,7 @@ def rviz_remappings(namespace: str = "", node_name: str = NODE_NAME) -> list[tup
     namespace = namespace.strip("/")
     if not namespace:
         return []
-    return [(f"/{node_name}/{topic}", f"/{namespace}/{node_name}/{topic}") for topic in ("overlay", "color")]
+    return [
+        (f"/{node_name}/{topic}", f"/{namespace}/{node_name}/{topic}")
+        for topic in ("overlay", "color")
+    ]

@@ -3,6 +3,7 @@
 On a robot they are installed to ``share/seg_ros`` (colcon / ament index); in a
 development checkout (``pip install -e .``) they sit at the repository root.
 """
+
 from __future__ import annotations
 
 import os

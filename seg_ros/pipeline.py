@@ -4,6 +4,7 @@ image (numpy RGB, any size) -> resize + normalise -> backend -> label /
 confidence / probabilities at network size -> optional dense CRF -> resize
 back to the image's size.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,7 +34,9 @@ class CrfSettings:
     bilateral_sxy: float = 80.0
     bilateral_srgb: float = 13.0
     bilateral_weight: float = 10.0
-    downsample: int = 0  # message-passing grid factor: 0 auto (fast), 1 full resolution (matches pydensecrf)
+    downsample: int = (
+        0  # message-passing grid factor: 0 auto (fast), 1 full resolution (matches pydensecrf)
+    )
 
     def kwargs(self) -> dict:
         return {
@@ -55,7 +58,9 @@ class PipelineConfig:
     weights: str = ""  # "" = the family's bundled weights (random init with a warning if none)
     num_classes: int = 0  # 0 = from the weights, else from the class table
     class_table: str = ""  # "" = from the weights' metadata, else camvid
-    model_options: dict = field(default_factory=dict)  # backbone, version, light_weight, output_stride
+    model_options: dict = field(
+        default_factory=dict
+    )  # backbone, version, light_weight, output_stride
     backend: str = "auto"  # auto | tensorrt | onnxruntime | torch
     precision: str = "fp32"  # fp32 | fp16 | int8
     input_height: int = 0  # network input size; 0 = the size the model was trained at
@@ -76,9 +81,16 @@ class SegmentationResult:
 class SegmentationPipeline:
     """One backend plus the pre/post-processing around it. Not thread-safe: one caller at a time."""
 
-    def __init__(self, backend, *, num_classes: int, input_size: tuple[int, int],
-                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                 crf: CrfSettings | None = None):
+    def __init__(
+        self,
+        backend,
+        *,
+        num_classes: int,
+        input_size: tuple[int, int],
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        crf: CrfSettings | None = None,
+    ):
         self.backend = backend
         self.num_classes = int(num_classes)
         self.input_height, self.input_width = (int(v) for v in input_size)
@@ -98,11 +110,17 @@ class SegmentationPipeline:
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an RGB uint8 image, got shape {image.shape} dtype {image.dtype}")
+            raise ValueError(
+                f"expected an RGB uint8 image, got shape {image.shape} dtype {image.dtype}"
+            )
         if image.shape[0] == 0 or image.shape[1] == 0:
             raise ValueError("empty image")
         size = (self.input_width, self.input_height)
-        small = image if image.shape[1::-1] == size else cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        small = (
+            image
+            if image.shape[1::-1] == size
+            else cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        )
         batch = small.astype(np.float32) * self._scale + self._offset
         return small, np.ascontiguousarray(batch.transpose(2, 0, 1)[None])
 
@@ -166,8 +184,13 @@ def build_pipeline(config: PipelineConfig) -> BuiltPipeline:
     from seg_ros.classes import generic_table, load_class_table
     from seg_ros.models import load_model
 
-    loaded = load_model(config.model, weights=config.weights, num_classes=config.num_classes,
-                        class_table=config.class_table, **config.model_options)
+    loaded = load_model(
+        config.model,
+        weights=config.weights,
+        num_classes=config.num_classes,
+        class_table=config.class_table,
+        **config.model_options,
+    )
     spec = loaded.spec
     table_name = config.class_table or spec.class_table
     table = load_class_table(table_name) if table_name else generic_table(spec.num_classes)
@@ -179,10 +202,22 @@ def build_pipeline(config: PipelineConfig) -> BuiltPipeline:
         table = generic_table(spec.num_classes)
     height = config.input_height or spec.input_height
     width = config.input_width or spec.input_width
-    backend = create_backend(config.backend, loaded, height=height, width=width,
-                             precision=config.precision, threads=config.threads,
-                             options=dict(config.backend_options))
+    backend = create_backend(
+        config.backend,
+        loaded,
+        height=height,
+        width=width,
+        precision=config.precision,
+        threads=config.threads,
+        options=dict(config.backend_options),
+    )
     LOG.info("model %s (%s) on %s at %dx%d", spec.family, spec.name, backend.name, width, height)
-    pipeline = SegmentationPipeline(backend, num_classes=spec.num_classes, input_size=(height, width),
-                                    mean=spec.mean, std=spec.std, crf=config.crf)
+    pipeline = SegmentationPipeline(
+        backend,
+        num_classes=spec.num_classes,
+        input_size=(height, width),
+        mean=spec.mean,
+        std=spec.std,
+        crf=config.crf,
+    )
     return BuiltPipeline(pipeline, spec, table, backend.name)

@@ -4,6 +4,7 @@ Pure Python and thread-safe: the subscription callback, the inference worker
 and the publisher thread all record here; the diagnostics timer reads a
 snapshot once a second.
 """
+
 from __future__ import annotations
 
 import threading
@@ -60,7 +61,9 @@ class NodeStats:
 
     STAGES = ("decode", "preprocess", "inference", "crf", "postprocess", "publish", "age")
 
-    def __init__(self, rate_window_s: float = 5.0, latency_samples: int = 200, clock=time.monotonic):
+    def __init__(
+        self, rate_window_s: float = 5.0, latency_samples: int = 200, clock=time.monotonic
+    ):
         self._lock = threading.Lock()
         self._clock = clock
         self._input = RateMeter(rate_window_s)
@@ -103,7 +106,10 @@ class NodeStats:
         """Rates (Hz), counters, bad frames since the last snapshot and {stage: (p50, p95)} in ms."""
         with self._lock:
             now = self._clock()
-            bad_recent, self._bad_at_last_snapshot = self.bad - self._bad_at_last_snapshot, self.bad
+            bad_recent, self._bad_at_last_snapshot = (
+                self.bad - self._bad_at_last_snapshot,
+                self.bad,
+            )
             return {
                 "input_rate": self._input.rate(now),
                 "output_rate": self._output.rate(now),
@@ -113,6 +119,9 @@ class NodeStats:
                 "published": self.published,
                 "skipped": self.skipped,
                 "bad_recent": bad_recent,
-                "latency_ms": {name: window.percentiles(50, 95)
-                               for name, window in self._stages.items() if len(window)},
+                "latency_ms": {
+                    name: window.percentiles(50, 95)
+                    for name, window in self._stages.items()
+                    if len(window)
+                },
             }

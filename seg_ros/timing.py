@@ -1,4 +1,5 @@
 """The one timing loop behind `seg_ros benchmark` and the model cards' latency figures."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """Colour masks and overlays for RViz (pure numpy / OpenCV)."""
+
 from __future__ import annotations
 
 import cv2

@@ -1,4 +1,5 @@
 """Shared test fixtures: where CamVid lives, and a private ROS domain per test session."""
+
 from __future__ import annotations
 
 import os
@@ -26,5 +27,8 @@ def _private_ros_domain():
     """Keep this session's DDS traffic away from anything else running on the machine."""
     os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
     # Cached ONNX files and engines go to a throw-away folder, not the user's cache.
-    os.environ.setdefault("SEG_ROS_CACHE", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"seg_ros_test_cache_{os.getuid()}"))
+    os.environ.setdefault(
+        "SEG_ROS_CACHE",
+        str(Path(os.environ.get("TMPDIR", "/tmp")) / f"seg_ros_test_cache_{os.getuid()}"),
+    )
     yield

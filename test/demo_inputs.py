@@ -3,6 +3,7 @@
 The model is seeded, so every test that writes it gets the same bytes, hence
 the same weights hash and one shared ONNX export in the test cache.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,15 @@ def write_tiny_checkpoint(folder: Path) -> Path:
 
     torch.manual_seed(0)
     module = build_model("segnet", 11, backbone="basic").eval()
-    spec = ModelSpec(name="segnet_basic_test", family="segnet", options=resolve_options("segnet", backbone="basic"),
-                     num_classes=11, class_table="camvid", input_height=64, input_width=96)
+    spec = ModelSpec(
+        name="segnet_basic_test",
+        family="segnet",
+        options=resolve_options("segnet", backbone="basic"),
+        num_classes=11,
+        class_table="camvid",
+        input_height=64,
+        input_width=96,
+    )
     return save_checkpoint(folder / "segnet_basic_test.safetensors", module, spec)
 
 
@@ -35,5 +43,7 @@ def two_images(folder: Path) -> list[Path]:
     if not sources:
         rng = np.random.default_rng(5)
         for i in range(2):
-            cv2.imwrite(str(folder / f"scene_{i}.png"), rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
+            cv2.imwrite(
+                str(folder / f"scene_{i}.png"), rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+            )
     return sorted(folder.iterdir())

@@ -5,6 +5,7 @@ bundled) at 64x96 to keep the suite fast on a 2-core machine. They are seeded,
 so every test (and test_benchmark) finds the same exported ONNX file in the
 session's cache instead of exporting again; the cache's own tests use a tiny net.
 """
+
 from __future__ import annotations
 
 import sys
@@ -17,7 +18,12 @@ import torch
 from seg_ros.backends import BackendError, create_backend
 from seg_ros.backends.base import head_io
 from seg_ros.backends.devices import cuda_available, tensorrt_importable
-from seg_ros.backends.onnx_cache import cached_onnx, export_key, prepare_onnx_for_tensorrt, weights_fingerprint
+from seg_ros.backends.onnx_cache import (
+    cached_onnx,
+    export_key,
+    prepare_onnx_for_tensorrt,
+    weights_fingerprint,
+)
 from seg_ros.models import LoadedModel, ModelSpec, load_model
 from seg_ros.pipeline import SegmentationPipeline
 
@@ -30,7 +36,9 @@ SMALL = {
 
 
 def small_model(family: str) -> LoadedModel:
-    torch.manual_seed(0)  # the same parameters every time: one export per family, reused from the cache
+    torch.manual_seed(
+        0
+    )  # the same parameters every time: one export per family, reused from the cache
     return load_model(family, **SMALL[family])
 
 
@@ -53,13 +61,16 @@ def frame() -> np.ndarray:
     if files:
         return cv2.cvtColor(cv2.imread(str(files[0])), cv2.COLOR_BGR2RGB)
     rng = np.random.default_rng(1)
-    return cv2.resize(rng.integers(0, 256, (9, 12, 3), dtype=np.uint8), (480, 360), interpolation=cv2.INTER_CUBIC)
+    return cv2.resize(
+        rng.integers(0, 256, (9, 12, 3), dtype=np.uint8), (480, 360), interpolation=cv2.INTER_CUBIC
+    )
 
 
 def _batch(loaded, image) -> np.ndarray:
     spec = loaded.spec
-    return SegmentationPipeline(None, num_classes=spec.num_classes, input_size=(H, W), mean=spec.mean,
-                                std=spec.std).preprocess(image)[1]
+    return SegmentationPipeline(
+        None, num_classes=spec.num_classes, input_size=(H, W), mean=spec.mean, std=spec.std
+    ).preprocess(image)[1]
 
 
 # --- the same answers from every backend -------------------------------------------------------
@@ -70,8 +81,10 @@ def test_onnxruntime_and_torch_agree(models, frame, family):
     loaded = models[family]
     batch = _batch(loaded, frame)
     everything = ("label", "confidence", "probabilities")
-    with create_backend("onnxruntime", loaded, height=H, width=W) as ort, \
-            create_backend("torch", loaded, height=H, width=W) as eager:
+    with (
+        create_backend("onnxruntime", loaded, height=H, width=W) as ort,
+        create_backend("torch", loaded, height=H, width=W) as eager,
+    ):
         assert ort.name == "onnxruntime:CPUExecutionProvider" and eager.name == "torch:cpu"
         a, b = ort.infer(batch, everything), eager.infer(batch, everything)
     expected = head_io(loaded.spec.num_classes, H, W)
@@ -102,7 +115,9 @@ def test_only_the_requested_outputs(deeplab, frame):
 def test_infer_rejects_bad_batches_and_outputs(deeplab, kind):
     with create_backend(kind, deeplab, height=H, width=W) as backend:
         good = np.zeros((1, 3, H, W), np.float32)
-        with pytest.raises(ValueError, match=r"built for input \(1, 3, 64, 96\).*\(1, 3, 32, 96\)"):
+        with pytest.raises(
+            ValueError, match=r"built for input \(1, 3, 64, 96\).*\(1, 3, 32, 96\)"
+        ):
             backend.infer(np.zeros((1, 3, 32, 96), np.float32))
         with pytest.raises(ValueError, match="float32"):
             backend.infer(good.astype(np.float64))
@@ -152,20 +167,26 @@ def test_unsupported_precisions_and_devices_are_backend_errors(deeplab):
         create_backend("onnxruntime", deeplab, height=H, width=W, options={"device": "cuda"})
 
 
-@pytest.mark.skipif(tensorrt_importable(), reason="checks the message shown where TensorRT is missing")
+@pytest.mark.skipif(
+    tensorrt_importable(), reason="checks the message shown where TensorRT is missing"
+)
 def test_tensorrt_requested_without_tensorrt_says_so(deeplab):
     with pytest.raises(BackendError, match="TensorRT is not installed.*--backend onnxruntime"):
         create_backend("tensorrt", deeplab, height=H, width=W, precision="fp16")
     with pytest.raises(BackendError, match="a DLA core runs fp16 or int8 only"):
         create_backend("tensorrt", deeplab, height=H, width=W, options={"dla_core": 0})
-    with pytest.raises(BackendError, match="INT8 calibration: .*exactly one of calibration_images"):
+    with pytest.raises(
+        BackendError, match="INT8 calibration: .*exactly one of calibration_images"
+    ):
         create_backend("tensorrt", deeplab, height=H, width=W, precision="int8")
 
 
 # --- auto ---------------------------------------------------------------------------------------
 
-needs_cpu_only = pytest.mark.skipif(tensorrt_importable() or cuda_available(),
-                                    reason="the auto choice checked here is the one for a machine without a GPU")
+needs_cpu_only = pytest.mark.skipif(
+    tensorrt_importable() or cuda_available(),
+    reason="the auto choice checked here is the one for a machine without a GPU",
+)
 
 
 @needs_cpu_only
@@ -187,7 +208,9 @@ def test_auto_runs_fp32_where_fp16_is_unavailable(deeplab):
 
 @needs_cpu_only
 def test_auto_without_onnxruntime_uses_torch(deeplab, monkeypatch):
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now fails, as when not installed
+    monkeypatch.setitem(
+        sys.modules, "onnxruntime", None
+    )  # `import onnxruntime` now fails, as when not installed
     with create_backend("auto", deeplab, height=H, width=W) as backend:
         assert backend.name == "torch:cpu"
         assert "ONNX Runtime is not installed" in backend.reason
@@ -195,8 +218,11 @@ def test_auto_without_onnxruntime_uses_torch(deeplab, monkeypatch):
 
 @needs_cpu_only
 def test_auto_reports_every_failure_when_nothing_starts(deeplab):
-    with pytest.raises(BackendError, match=r"no backend could start: onnxruntime: .*CUDAExecutionProvider.*; "
-                                           r"torch: .*no CUDA GPU"):
+    with pytest.raises(
+        BackendError,
+        match=r"no backend could start: onnxruntime: .*CUDAExecutionProvider.*; "
+        r"torch: .*no CUDA GPU",
+    ):
         create_backend("auto", deeplab, height=H, width=W, options={"device": "cuda"})
 
 
@@ -241,20 +267,26 @@ def test_onnx_cache_reuses_only_matching_files(tmp_path, export_calls):
     assert cached_onnx(tiny, 16, 24, cache_root=tmp_path) == first
     assert len(export_calls) == 2
 
-    foreign = onnx.load_from_string(intact)  # a valid ONNX file whose stored key is another model's
+    foreign = onnx.load_from_string(
+        intact
+    )  # a valid ONNX file whose stored key is another model's
     for prop in foreign.metadata_props:
         prop.value = prop.value.replace("parameters-sha256:", "parameters-sha256:0")
     onnx.save(foreign, str(first))
     assert cached_onnx(tiny, 16, 24, cache_root=tmp_path) == first
     assert len(export_calls) == 3
-    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".onnx"]  # no temporary files left behind
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [
+        ".onnx"
+    ]  # no temporary files left behind
 
 
 def test_weights_fingerprint(deeplab, tmp_path):
     from dataclasses import replace
 
     # Weights not from a file (random initialisation): the parameters in memory are hashed.
-    in_memory = LoadedModel(deeplab.module, replace(deeplab.spec, weights_sha256="", weights_path=""))
+    in_memory = LoadedModel(
+        deeplab.module, replace(deeplab.spec, weights_sha256="", weights_path="")
+    )
     assert weights_fingerprint(in_memory) == weights_fingerprint(in_memory)
     changed = LoadedModel(__import__("copy").deepcopy(deeplab.module), in_memory.spec)
     with torch.no_grad():
@@ -286,8 +318,12 @@ class _Unpooling(torch.nn.Module):
 
 
 def test_graphs_tensorrt_cannot_parse_are_refused(tmp_path):
-    loaded = LoadedModel(_Unpooling().eval(), ModelSpec(name="unpooling", family="segnet", num_classes=2))
-    with pytest.raises(BackendError, match=r"does not support.*MaxPool \(indices output\)|MaxUnpool"):
+    loaded = LoadedModel(
+        _Unpooling().eval(), ModelSpec(name="unpooling", family="segnet", num_classes=2)
+    )
+    with pytest.raises(
+        BackendError, match=r"does not support.*MaxPool \(indices output\)|MaxUnpool"
+    ):
         prepare_onnx_for_tensorrt(loaded, 16, 16, cache_root=tmp_path)
 
 
@@ -298,8 +334,16 @@ def test_build_pipeline_with_onnxruntime_on_a_real_frame(frame):
     from seg_ros.pipeline import PipelineConfig, build_pipeline
 
     torch.manual_seed(0)  # the deeplab fixture's parameters: its exported ONNX is reused
-    built = build_pipeline(PipelineConfig(model="deeplab", model_options={"backbone": "mobilenet_v3_large"},
-                                          backend="onnxruntime", input_height=H, input_width=W, threads=1))
+    built = build_pipeline(
+        PipelineConfig(
+            model="deeplab",
+            model_options={"backbone": "mobilenet_v3_large"},
+            backend="onnxruntime",
+            input_height=H,
+            input_width=W,
+            threads=1,
+        )
+    )
     assert built.backend_name == "onnxruntime:CPUExecutionProvider"
     result = built.pipeline.process(frame, want_probabilities=True)
     assert result.label.shape == frame.shape[:2] and result.label.dtype == np.uint8
@@ -312,17 +356,29 @@ def test_build_pipeline_with_onnxruntime_on_a_real_frame(frame):
 # --- TensorRT on a real GPU ---------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not (tensorrt_importable() and cuda_available()),
-                    reason="TensorRT is not installable on this machine (and needs a CUDA GPU)")
+@pytest.mark.skipif(
+    not (tensorrt_importable() and cuda_available()),
+    reason="TensorRT is not installable on this machine (and needs a CUDA GPU)",
+)
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_tensorrt_matches_onnxruntime(deeplab, frame, tmp_path, precision):
     batch = _batch(deeplab, frame)
     options = {"engine_cache": str(tmp_path)}
-    with create_backend("tensorrt", deeplab, height=H, width=W, precision=precision, options=options) as trt, \
-            create_backend("onnxruntime", deeplab, height=H, width=W, options={"device": "cpu"}) as ort:
+    with (
+        create_backend(
+            "tensorrt", deeplab, height=H, width=W, precision=precision, options=options
+        ) as trt,
+        create_backend(
+            "onnxruntime", deeplab, height=H, width=W, options={"device": "cpu"}
+        ) as ort,
+    ):
         assert trt.engine_built
         a, b = trt.infer(batch, ("label", "confidence")), ort.infer(batch, ("label", "confidence"))
     assert (a["label"] == b["label"]).mean() > (0.999 if precision == "fp32" else 0.98)
-    np.testing.assert_allclose(a["confidence"], b["confidence"], atol=1e-3 if precision == "fp32" else 2e-2)
-    with create_backend("tensorrt", deeplab, height=H, width=W, precision=precision, options=options) as again:
+    np.testing.assert_allclose(
+        a["confidence"], b["confidence"], atol=1e-3 if precision == "fp32" else 2e-2
+    )
+    with create_backend(
+        "tensorrt", deeplab, height=H, width=W, precision=precision, options=options
+    ) as again:
         assert not again.engine_built  # second start: from the cache

@@ -1,4 +1,5 @@
 """`seg_ros benchmark`: real runs (small sizes, few frames) write the documented JSON; timings are not asserted."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,16 @@ import torch
 
 from seg_ros.cli import build_parser, main
 
-SMALL_DEEPLAB = ["--model", "deeplab", "--backbone", "mobilenet_v3_large", "--height", "64", "--width", "96"]
+SMALL_DEEPLAB = [
+    "--model",
+    "deeplab",
+    "--backbone",
+    "mobilenet_v3_large",
+    "--height",
+    "64",
+    "--width",
+    "96",
+]
 
 
 def _check_summary(summary: dict, frames: int) -> None:
@@ -23,16 +33,39 @@ def test_help_documents_the_json_keys(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["benchmark", "--help"])
     text = capsys.readouterr().out
-    for key in ("backend.fps", "backend.latency_ms", "pipeline.fps", "pipeline.latency_ms", "--compare",
-                "--frames", "--json", "--crf"):
+    for key in (
+        "backend.fps",
+        "backend.latency_ms",
+        "pipeline.fps",
+        "pipeline.latency_ms",
+        "--compare",
+        "--frames",
+        "--json",
+        "--crf",
+    ):
         assert key in text
 
 
 def test_single_run_writes_the_documented_json(tmp_path, capsys):
     out = tmp_path / "bench" / "result.json"
     torch.manual_seed(0)  # test_backends' deeplab: its exported graph is already in the cache
-    assert main(["benchmark", *SMALL_DEEPLAB, "--backend", "onnxruntime", "--frames", "4", "--warmup", "1",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "benchmark",
+                *SMALL_DEEPLAB,
+                "--backend",
+                "onnxruntime",
+                "--frames",
+                "4",
+                "--warmup",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     _check_summary(report["backend"], 4)
     _check_summary(report["pipeline"], 4)
@@ -50,8 +83,22 @@ def test_single_run_writes_the_documented_json(tmp_path, capsys):
 def test_compare_runs_both_backends_in_one_run(tmp_path, capsys):
     out = tmp_path / "compare.json"
     torch.manual_seed(0)
-    assert main(["benchmark", "--compare", *SMALL_DEEPLAB, "--frames", "2", "--warmup", "1",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "benchmark",
+                "--compare",
+                *SMALL_DEEPLAB,
+                "--frames",
+                "2",
+                "--warmup",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     kinds = [r["backend_kind"] for r in report["results"]]
     assert kinds == ["onnxruntime", "torch"]

@@ -1,4 +1,5 @@
 """Dense CRF (seg_ros.crf): distributions, agreement with pydensecrf2, edge snapping, bad input, torch paths."""
+
 from __future__ import annotations
 
 import cv2
@@ -11,15 +12,25 @@ from seg_ros.crf import dense_crf, dense_crf_tensor
 from seg_ros.crf_lattice import build_lattice_filter, sort_codes
 from seg_ros.pipeline import CrfSettings, SegmentationPipeline
 
-pydensecrf = pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf2 (the reference) is not installed")
+pydensecrf = pytest.importorskip(
+    "pydensecrf.densecrf", reason="pydensecrf2 (the reference) is not installed"
+)
 from pydensecrf.utils import unary_from_softmax  # noqa: E402
 
 # The model parameters pydensecrf shares with us (the grid factor is ours alone).
 DEFAULTS = {k: v for k, v in CrfSettings().kwargs().items() if k != "downsample"}
 
 
-def reference(image, probabilities, iterations=5, gaussian_sxy=3.0, gaussian_weight=3.0,
-              bilateral_sxy=80.0, bilateral_srgb=13.0, bilateral_weight=10.0):
+def reference(
+    image,
+    probabilities,
+    iterations=5,
+    gaussian_sxy=3.0,
+    gaussian_weight=3.0,
+    bilateral_sxy=80.0,
+    bilateral_srgb=13.0,
+    bilateral_weight=10.0,
+):
     """Krähenbühl's permutohedral dense CRF with the same model."""
     classes, height, width = probabilities.shape
     model = pydensecrf.DenseCRF2D(width, height, classes)
@@ -27,8 +38,12 @@ def reference(image, probabilities, iterations=5, gaussian_sxy=3.0, gaussian_wei
     if gaussian_weight:
         model.addPairwiseGaussian(sxy=gaussian_sxy, compat=gaussian_weight)
     if bilateral_weight:
-        model.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.ascontiguousarray(image),
-                                   compat=bilateral_weight)
+        model.addPairwiseBilateral(
+            sxy=bilateral_sxy,
+            srgb=bilateral_srgb,
+            rgbim=np.ascontiguousarray(image),
+            compat=bilateral_weight,
+        )
     return np.asarray(model.inference(iterations), np.float32).reshape(classes, height, width)
 
 
@@ -39,13 +54,15 @@ def textured_image(rng, height=48, width=64):
 
 
 def random_probabilities(rng, classes, height, width):
-    return np.ascontiguousarray(rng.dirichlet(np.ones(classes), size=(height, width)).transpose(2, 0, 1),
-                                dtype=np.float32)
+    return np.ascontiguousarray(
+        rng.dirichlet(np.ones(classes), size=(height, width)).transpose(2, 0, 1), dtype=np.float32
+    )
 
 
 def two_regions(height=64, width=96, edge=48, offset=5, seed=0):
     """A red | blue image split at column `edge`, and probabilities whose soft boundary sits `offset`
-    pixels to the right of it (a network that blurred and misplaced the edge), with a third class of noise."""
+    pixels to the right of it (a network that blurred and misplaced the edge), with a third class of noise.
+    """
     rng = np.random.default_rng(seed)
     image = np.zeros((height, width, 3), np.float32)
     image[:, :edge] = (200, 40, 40)
@@ -65,6 +82,7 @@ def two_regions(height=64, width=96, edge=48, offset=5, seed=0):
 
 
 # --- distributions -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("downsample", [1, 2, 0])
 def test_output_is_a_distribution_per_pixel(downsample):
@@ -87,8 +105,11 @@ def test_zero_iterations_or_weights_return_the_clipped_normalised_input():
     clipped = np.clip(probabilities, 1e-5, 1.0)
     expected = clipped / clipped.sum(0)
     np.testing.assert_allclose(dense_crf(image, probabilities, iterations=0), expected, atol=1e-6)
-    np.testing.assert_allclose(dense_crf(image, probabilities, gaussian_weight=0.0, bilateral_weight=0.0),
-                               expected, atol=1e-6)
+    np.testing.assert_allclose(
+        dense_crf(image, probabilities, gaussian_weight=0.0, bilateral_weight=0.0),
+        expected,
+        atol=1e-6,
+    )
 
 
 def test_uniform_image_and_distribution_stays_uniform():
@@ -109,11 +130,15 @@ def test_accepts_the_pipelines_crf_settings_and_read_only_arrays():
 
 # --- agreement with the reference ----------------------------------------------------------------
 
-@pytest.mark.parametrize("kernels", [
-    {},  # the defaults: both kernels
-    {"gaussian_weight": 0.0, "bilateral_sxy": 10.0, "bilateral_srgb": 20.0},  # bilateral alone
-    {"bilateral_weight": 0.0, "gaussian_sxy": 2.0},  # Gaussian alone
-])
+
+@pytest.mark.parametrize(
+    "kernels",
+    [
+        {},  # the defaults: both kernels
+        {"gaussian_weight": 0.0, "bilateral_sxy": 10.0, "bilateral_srgb": 20.0},  # bilateral alone
+        {"bilateral_weight": 0.0, "gaussian_sxy": 2.0},  # Gaussian alone
+    ],
+)
 def test_full_resolution_matches_pydensecrf2(kernels):
     rng = np.random.default_rng(4)
     image = textured_image(rng)
@@ -149,7 +174,9 @@ def test_repairs_real_camvid_frame_at_least_as_well_as_the_reference(camvid):
 
     name = sorted((camvid / "val").iterdir())[10].name
     image = cv2.resize(read_rgb(camvid / "val" / name), (240, 180), interpolation=cv2.INTER_AREA)
-    label = cv2.resize(read_label(camvid / "valannot" / name, 11, 11), (240, 180), interpolation=cv2.INTER_NEAREST)
+    label = cv2.resize(
+        read_label(camvid / "valannot" / name, 11, 11), (240, 180), interpolation=cv2.INTER_NEAREST
+    )
     rng = np.random.default_rng(6)  # a network-like output: soft boundaries, smooth confusions
     onehot = np.eye(12, dtype=np.float32)[np.minimum(label, 11)][..., :11]
     onehot[label == 255] = 1.0 / 11
@@ -157,7 +184,9 @@ def test_repairs_real_camvid_frame_at_least_as_well_as_the_reference(camvid):
     smooth = cv2.GaussianBlur(rng.normal(size=logits.shape).astype(np.float32), (0, 0), 6.0)
     logits += smooth * (1.5 / smooth.std())
     probabilities = np.exp(3 * (logits - logits.max(-1, keepdims=True)))
-    probabilities = np.ascontiguousarray((probabilities / probabilities.sum(-1, keepdims=True)).transpose(2, 0, 1))
+    probabilities = np.ascontiguousarray(
+        (probabilities / probabilities.sum(-1, keepdims=True)).transpose(2, 0, 1)
+    )
     valid = label != 255
 
     def accuracy(p):
@@ -171,12 +200,15 @@ def test_repairs_real_camvid_frame_at_least_as_well_as_the_reference(camvid):
 
 # --- edges -----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("downsample", [1, 2, 4])
 def test_labels_snap_to_the_image_edge(downsample):
     image, probabilities, truth = two_regions()
     band = np.abs(np.arange(96) - 48) <= 8  # columns near the true edge
     before = (probabilities.argmax(0) == truth)[:, band].mean()
-    after = (dense_crf(image, probabilities, downsample=downsample).argmax(0) == truth)[:, band].mean()
+    after = (dense_crf(image, probabilities, downsample=downsample).argmax(0) == truth)[
+        :, band
+    ].mean()
     assert before < 0.75
     assert after > 0.97
 
@@ -191,45 +223,55 @@ def test_smoothness_kernel_alone_does_not_find_the_edge():
 
 # --- bad input -------------------------------------------------------------------------------------
 
+
 def _good():
     rng = np.random.default_rng(7)
     return textured_image(rng, 16, 24), random_probabilities(rng, 3, 16, 24)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda i, p: (i, p[:, :8]), "must match"),
-    (lambda i, p: (i[:8], p), "must match"),
-    (lambda i, p: (i, p.astype(np.float64)), "float32"),
-    (lambda i, p: (i.astype(np.float32), p), "uint8"),
-    (lambda i, p: (i[..., :1], p), "H×W×3"),
-    (lambda i, p: (i, p[0]), "C×H×W"),
-    (lambda i, p: (i, np.where(np.arange(24) == 3, np.nan, p).astype(np.float32)), "NaN"),
-    (lambda i, p: (i, np.where(np.arange(24) == 3, np.inf, p).astype(np.float32)), "NaN or infinite"),
-    (lambda i, p: (i, p * 3.0), "sum to 1"),
-    (lambda i, p: (i, p - 0.2), "negative"),
-    (lambda i, p: (i.tolist(), p), "numpy array"),
-    (lambda i, p: (i, p.tolist()), "numpy array"),
-    (lambda i, p: (i[:0], p[:, :0]), "empty"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda i, p: (i, p[:, :8]), "must match"),
+        (lambda i, p: (i[:8], p), "must match"),
+        (lambda i, p: (i, p.astype(np.float64)), "float32"),
+        (lambda i, p: (i.astype(np.float32), p), "uint8"),
+        (lambda i, p: (i[..., :1], p), "H×W×3"),
+        (lambda i, p: (i, p[0]), "C×H×W"),
+        (lambda i, p: (i, np.where(np.arange(24) == 3, np.nan, p).astype(np.float32)), "NaN"),
+        (
+            lambda i, p: (i, np.where(np.arange(24) == 3, np.inf, p).astype(np.float32)),
+            "NaN or infinite",
+        ),
+        (lambda i, p: (i, p * 3.0), "sum to 1"),
+        (lambda i, p: (i, p - 0.2), "negative"),
+        (lambda i, p: (i.tolist(), p), "numpy array"),
+        (lambda i, p: (i, p.tolist()), "numpy array"),
+        (lambda i, p: (i[:0], p[:, :0]), "empty"),
+    ],
+)
 def test_bad_inputs_are_named(change, message):
     image, probabilities = change(*_good())
     with pytest.raises(ValueError, match=message):
         dense_crf(image, probabilities)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"iterations": -1}, "iterations"),
-    ({"iterations": 2.5}, "iterations"),
-    ({"iterations": True}, "iterations"),
-    ({"gaussian_sxy": 0.0}, "gaussian_sxy"),
-    ({"bilateral_srgb": -13.0}, "bilateral_srgb"),
-    ({"bilateral_sxy": float("nan")}, "bilateral_sxy"),
-    ({"bilateral_weight": -1.0}, "bilateral_weight"),
-    ({"gaussian_weight": float("inf")}, "gaussian_weight"),
-    ({"downsample": -1}, "downsample"),
-    ({"downsample": 9}, "too coarse"),
-    ({"downsample": 2.0}, "downsample"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"iterations": -1}, "iterations"),
+        ({"iterations": 2.5}, "iterations"),
+        ({"iterations": True}, "iterations"),
+        ({"gaussian_sxy": 0.0}, "gaussian_sxy"),
+        ({"bilateral_srgb": -13.0}, "bilateral_srgb"),
+        ({"bilateral_sxy": float("nan")}, "bilateral_sxy"),
+        ({"bilateral_weight": -1.0}, "bilateral_weight"),
+        ({"gaussian_weight": float("inf")}, "gaussian_weight"),
+        ({"downsample": -1}, "downsample"),
+        ({"downsample": 9}, "too coarse"),
+        ({"downsample": 2.0}, "downsample"),
+    ],
+)
 def test_bad_parameters_are_named(kwargs, message):
     image, probabilities = _good()
     with pytest.raises(ValueError, match=message):
@@ -244,6 +286,7 @@ def test_kernels_too_narrow_for_the_lattice_are_refused_clearly():
 
 
 # --- torch paths (the GPU runs these; no GPU here, so on the CPU) -----------------------------------
+
 
 def test_tensor_api_matches_numpy_api():
     rng = np.random.default_rng(9)
@@ -261,19 +304,34 @@ def test_gpu_code_path_equals_cpu_code_path(downsample):
     """Sorted CSR columns (cuSPARSE) and torch's convolution (no OpenCV) give the same messages."""
     rng = np.random.default_rng(10)
     image = textured_image(rng)
-    q = torch.from_numpy(random_probabilities(rng, 4, *[s // downsample for s in (48, 64)]).reshape(4, -1))
-    args = (image, downsample) + tuple(DEFAULTS[k] for k in (
-        "gaussian_sxy", "gaussian_weight", "bilateral_sxy", "bilateral_srgb", "bilateral_weight"))
+    q = torch.from_numpy(
+        random_probabilities(rng, 4, *[s // downsample for s in (48, 64)]).reshape(4, -1)
+    )
+    args = (image, downsample) + tuple(
+        DEFAULTS[k]
+        for k in (
+            "gaussian_sxy",
+            "gaussian_weight",
+            "bilateral_sxy",
+            "bilateral_srgb",
+            "bilateral_weight",
+        )
+    )
     cpu = crf._MessagePassing(crf.build_operators(*args), 3.0, 10.0, "cpu", opencv=True)
-    gpu_like = crf._MessagePassing(crf.build_operators(*args, sorted_columns=True), 3.0, 10.0, "cpu", opencv=False)
+    gpu_like = crf._MessagePassing(
+        crf.build_operators(*args, sorted_columns=True), 3.0, 10.0, "cpu", opencv=False
+    )
     np.testing.assert_allclose(gpu_like.coarse(q).numpy(), cpu.coarse(q).numpy(), atol=1e-5)
     np.testing.assert_allclose(gpu_like.full(q).numpy(), cpu.full(q).numpy(), atol=1e-5)
 
 
 def test_area_mean_opencv_equals_torch_pooling():
     planes = torch.rand(5, 48, 64)
-    np.testing.assert_allclose(crf.area_mean(planes, (12, 16)).numpy(),
-                               torch.nn.functional.adaptive_avg_pool2d(planes[None], (12, 16))[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        crf.area_mean(planes, (12, 16)).numpy(),
+        torch.nn.functional.adaptive_avg_pool2d(planes[None], (12, 16))[0].numpy(),
+        atol=1e-6,
+    )
 
 
 def test_odd_sizes_use_overlapping_cells():
@@ -285,6 +343,7 @@ def test_odd_sizes_use_overlapping_cells():
 
 
 # --- lattice internals ------------------------------------------------------------------------------
+
 
 def test_sort_codes_is_a_stable_sort_on_both_paths():
     rng = np.random.default_rng(12)
@@ -303,7 +362,10 @@ def test_lattice_matrices_are_consistent():
     weights = lattice.slice.val.reshape(200, 4)
     np.testing.assert_allclose(weights.sum(1), 1.0, atol=1e-5)  # barycentric weights
     assert weights.min() >= -1e-6
-    assert lattice.splat.shape == (lattice.num_vertices, 200) and lattice.slice.shape == (200, lattice.num_vertices)
+    assert lattice.splat.shape == (lattice.num_vertices, 200) and lattice.slice.shape == (
+        200,
+        lattice.num_vertices,
+    )
     # splat is the transpose of slice
     dense_slice = np.zeros(lattice.slice.shape, np.float32)
     np.add.at(dense_slice, (np.repeat(np.arange(200), 4), lattice.slice.col), lattice.slice.val)
@@ -317,6 +379,7 @@ def test_lattice_matrices_are_consistent():
 
 # --- the pipeline calls it ---------------------------------------------------------------------------
 
+
 class FixedProbabilities:
     """Backend stand-in returning the two-region probabilities, so the CRF wiring is what is tested."""
 
@@ -327,14 +390,19 @@ class FixedProbabilities:
         self.probabilities = probabilities
 
     def infer(self, batch, outputs):
-        full = {"probabilities": self.probabilities[None], "label": self.probabilities.argmax(0)[None],
-                "confidence": self.probabilities.max(0)[None]}
+        full = {
+            "probabilities": self.probabilities[None],
+            "label": self.probabilities.argmax(0)[None],
+            "confidence": self.probabilities.max(0)[None],
+        }
         return {k: full[k] for k in outputs}
 
 
 def test_pipeline_applies_crf_from_the_next_frame():
     image, probabilities, truth = two_regions()
-    pipeline = SegmentationPipeline(FixedProbabilities(probabilities), num_classes=3, input_size=(64, 96))
+    pipeline = SegmentationPipeline(
+        FixedProbabilities(probabilities), num_classes=3, input_size=(64, 96)
+    )
     off = pipeline.process(image)
     assert "crf" not in off.timings_ms
     pipeline.set_crf(CrfSettings(enabled=True))

@@ -1,4 +1,5 @@
 """Dataset readers, augmentation and class balancing, on generated files and (when present) real CamVid."""
+
 from __future__ import annotations
 
 import cv2
@@ -6,8 +7,17 @@ import numpy as np
 import pytest
 
 from seg_ros.datasets import (
-    IGNORE, Augmentation, SegmentationDataset, augment_pair, camvid_pairs, cityscapes_pairs, dataset_pairs,
-    folder_pairs, median_frequency_weights, parse_size, read_label,
+    IGNORE,
+    Augmentation,
+    SegmentationDataset,
+    augment_pair,
+    camvid_pairs,
+    cityscapes_pairs,
+    dataset_pairs,
+    folder_pairs,
+    median_frequency_weights,
+    parse_size,
+    read_label,
 )
 
 # Distinct colours per class, so an image "says" its label and alignment can be checked after augmentation.
@@ -85,11 +95,18 @@ def test_augmentation_keeps_image_and_label_aligned():
         assert set(np.unique(out_label)) <= {0, 1, 2, 3, IGNORE}
         valid = out_label != IGNORE
         # Away from block edges (bilinear image vs nearest label) each pixel has its class's colour.
-        distance = np.abs(out_image.astype(int) - COLOURS[np.minimum(out_label, 3)].astype(int)).max(-1)
+        distance = np.abs(
+            out_image.astype(int) - COLOURS[np.minimum(out_label, 3)].astype(int)
+        ).max(-1)
         assert (distance[valid] < 40).mean() > 0.7  # misaligned: ~0.25
     # Scaled below the crop size, the rest is padded with IGNORE.
-    small = augment_pair(image, label, (96, 128), Augmentation(crop=(40, 56), scale_range=(0.3, 0.3)),
-                         np.random.default_rng(0))[1]
+    small = augment_pair(
+        image,
+        label,
+        (96, 128),
+        Augmentation(crop=(40, 56), scale_range=(0.3, 0.3)),
+        np.random.default_rng(0),
+    )[1]
     assert (small == IGNORE).any()
 
 
@@ -98,7 +115,9 @@ def test_flip_mirrors_image_and_label_together():
     aug = Augmentation(crop=image.shape[:2], scale_range=(1, 1), jitter=0.0)
     seen = set()
     for seed in range(8):
-        out_image, out_label = augment_pair(image, label, image.shape[:2], aug, np.random.default_rng(seed))
+        out_image, out_label = augment_pair(
+            image, label, image.shape[:2], aug, np.random.default_rng(seed)
+        )
         flipped = np.array_equal(out_label, label[:, ::-1])
         assert flipped or np.array_equal(out_label, label)
         assert np.array_equal(out_image, image[:, ::-1] if flipped else image)
@@ -109,7 +128,9 @@ def test_flip_mirrors_image_and_label_together():
 def test_jitter_changes_colours_but_not_labels():
     image, label = _scene()
     aug = Augmentation(crop=image.shape[:2], scale_range=(1, 1), flip=False, jitter=0.4)
-    out_image, out_label = augment_pair(image, label, image.shape[:2], aug, np.random.default_rng(3))
+    out_image, out_label = augment_pair(
+        image, label, image.shape[:2], aug, np.random.default_rng(3)
+    )
     assert np.array_equal(out_label, label)
     assert not np.array_equal(out_image, image)
 
@@ -124,8 +145,9 @@ def test_dataset_tensors_train_and_eval(tmp_path):
     assert x.shape == (3, 24, 32) and x.dtype.is_floating_point
     assert y.shape == (48, 64)  # labels stay at their own resolution for honest metrics
     assert abs(float(x.mean())) < 3
-    training = SegmentationDataset(pairs, num_classes=11, ignore_index=11, size=(48, 64),
-                                   augment=Augmentation(crop=(16, 16)))
+    training = SegmentationDataset(
+        pairs, num_classes=11, ignore_index=11, size=(48, 64), augment=Augmentation(crop=(16, 16))
+    )
     x, y = training[0]
     assert x.shape == (3, 16, 16) and y.shape == (16, 16)
     x2, _ = training[0]
@@ -142,7 +164,9 @@ def test_median_frequency_weights_by_hand(tmp_path):
     for name, label in (("a.png", a), ("b.png", b)):
         _write(tmp_path / "train" / name, np.zeros((4, 4, 3), np.uint8))
         _write(tmp_path / "trainannot" / name, label)
-    dataset = SegmentationDataset(camvid_pairs(tmp_path, "train"), num_classes=3, ignore_index=11, size=(4, 4))
+    dataset = SegmentationDataset(
+        camvid_pairs(tmp_path, "train"), num_classes=3, ignore_index=11, size=(4, 4)
+    )
     weights = median_frequency_weights(dataset)
     f0, f1 = 28 / 32, 4 / 16  # class 1 only counts the pixels of the image it appears in
     median = np.median([f0, f1])

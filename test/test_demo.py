@@ -1,4 +1,5 @@
 """`seg_ros demo`: the real node as its own process, fed over real DDS, outputs checked pixel by pixel."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,13 @@ def _parse(*argv: str) -> argparse.Namespace:
 
 
 def _run_demo(tmp_path: Path, *argv: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "seg_ros.cli", "demo", *argv], capture_output=True, text=True,
-                          timeout=timeout, cwd=tmp_path)
+    return subprocess.run(
+        [sys.executable, "-m", "seg_ros.cli", "demo", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +49,21 @@ def frames(tmp_path_factory) -> list[Path]:
 
 
 def test_node_command_is_the_launch_files_default(tmp_path):
-    command = demo.node_command(_parse("--height", "64", "--width", "96", "--param", "crf.enabled:=false"))
+    command = demo.node_command(
+        _parse("--height", "64", "--width", "96", "--param", "crf.enabled:=false")
+    )
     assert command[1:5] == ["-m", "seg_ros.node", "--ros-args", "--params-file"]
     assert Path(command[5]) == REPO / "config" / "segmentation.yaml"
-    assert command[6:] == ["-r", f"image:={demo.INPUT_TOPIC}", "-p", "crf.enabled:=false",
-                           "-p", "input_height:=64", "-p", "input_width:=96"]
+    assert command[6:] == [
+        "-r",
+        f"image:={demo.INPUT_TOPIC}",
+        "-p",
+        "crf.enabled:=false",
+        "-p",
+        "input_height:=64",
+        "-p",
+        "input_width:=96",
+    ]
     with pytest.raises(ValueError, match="expected NAME:=VALUE"):
         demo.node_command(_parse("--param", "crf.enabled=true"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -64,9 +80,25 @@ def test_without_data_or_camvid_says_what_to_do(tmp_path, monkeypatch):
 def test_demo_end_to_end(tmp_path, frames, checkpoint):
     """The default params file and backend with a small seeded model; 4 frames cycled over 2 images at 4 Hz."""
     report_path = tmp_path / "demo.json"
-    result = _run_demo(tmp_path, "--data", str(frames[0].parent), "--frames", "4", "--rate", "4",
-                       "--output", "overlays", "--param", f"weights:={checkpoint}", "--height", "64",
-                       "--width", "96", "--json", str(report_path))
+    result = _run_demo(
+        tmp_path,
+        "--data",
+        str(frames[0].parent),
+        "--frames",
+        "4",
+        "--rate",
+        "4",
+        "--output",
+        "overlays",
+        "--param",
+        f"weights:={checkpoint}",
+        "--height",
+        "64",
+        "--width",
+        "96",
+        "--json",
+        str(report_path),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "latency (output received - input sent) p50" in result.stdout
     report = json.loads(report_path.read_text())
@@ -86,8 +118,10 @@ def test_demo_end_to_end(tmp_path, frames, checkpoint):
     inputs = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB).astype(np.int16) for p in frames]
     assert report["overlays"]
     for path in report["overlays"]:
-        overlay = cv2.cvtColor(cv2.imread(str(tmp_path / path if not Path(path).is_absolute() else path)),
-                               cv2.COLOR_BGR2RGB).astype(np.int16)
+        overlay = cv2.cvtColor(
+            cv2.imread(str(tmp_path / path if not Path(path).is_absolute() else path)),
+            cv2.COLOR_BGR2RGB,
+        ).astype(np.int16)
         best = 0.0
         for image in inputs:
             if image.shape != overlay.shape:
@@ -99,8 +133,17 @@ def test_demo_end_to_end(tmp_path, frames, checkpoint):
 
 
 def test_node_that_cannot_start_is_reported(tmp_path, frames):
-    result = _run_demo(tmp_path, "--data", str(frames[0]), "--frames", "1", "--param", "precision:=fp64",
-                       "--startup-timeout", "120")
+    result = _run_demo(
+        tmp_path,
+        "--data",
+        str(frames[0]),
+        "--frames",
+        "1",
+        "--param",
+        "precision:=fp64",
+        "--startup-timeout",
+        "120",
+    )
     assert result.returncode == 2
     assert "exited with code 1" in result.stderr
     assert "precision" in result.stderr  # the node's own reason, passed on

@@ -5,6 +5,7 @@ everything around it is tested here without it; the build flow runs against a
 recording stand-in for the ``tensorrt`` module (the only mock: the edge that
 cannot exist here), and the real build/run tests skip with the reason.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,14 +18,34 @@ import pytest
 
 from seg_ros.backends.base import BackendError, BackendOptions
 from seg_ros.backends.calibration import CalibrationSource, evenly_spaced
-from seg_ros.backends.engine_cache import (MAGIC, EngineCache, EngineFileError, engine_io, engine_key,
-                                           read_engine, read_header, write_engine)
+from seg_ros.backends.engine_cache import (
+    MAGIC,
+    EngineCache,
+    EngineFileError,
+    engine_io,
+    engine_key,
+    read_engine,
+    read_header,
+    write_engine,
+)
 from seg_ros.pipeline import SegmentationPipeline
 
+
 def _key(**changes) -> dict:
-    args = dict(precision="fp16", calibration="", tensorrt_version="10.3.0", gpu_name="Orin",
-                compute_capability="8.7", dla_core=-1)
-    network = {"model": {"weights": "sha256:aa", "family": "deeplab"}, "height": 64, "width": 96, "opset": 17}
+    args = dict(
+        precision="fp16",
+        calibration="",
+        tensorrt_version="10.3.0",
+        gpu_name="Orin",
+        compute_capability="8.7",
+        dla_core=-1,
+    )
+    network = {
+        "model": {"weights": "sha256:aa", "family": "deeplab"},
+        "height": 64,
+        "width": 96,
+        "opset": 17,
+    }
     network.update(changes.pop("network", {}))
     args.update(changes)
     return engine_key(network, **args)
@@ -45,15 +66,18 @@ def test_engine_io_is_the_export_heads_io():
     }
 
 
-@pytest.mark.parametrize("change", [
-    {"network": {"model": {"weights": "sha256:bb", "family": "deeplab"}}},
-    {"network": {"height": 128}},
-    {"precision": "fp32"},
-    {"tensorrt_version": "10.7.0"},
-    {"gpu_name": "NVIDIA GeForce RTX 4090"},
-    {"compute_capability": "8.9"},
-    {"dla_core": 0},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"network": {"model": {"weights": "sha256:bb", "family": "deeplab"}}},
+        {"network": {"height": 128}},
+        {"precision": "fp32"},
+        {"tensorrt_version": "10.7.0"},
+        {"gpu_name": "NVIDIA GeForce RTX 4090"},
+        {"compute_capability": "8.9"},
+        {"dla_core": 0},
+    ],
+)
 def test_every_validity_field_changes_the_key(change):
     assert _key() == _key()
     assert _key(**change) != _key()
@@ -87,8 +111,18 @@ def test_stale_engine_names_what_changed(tmp_path):
         read_engine(path, _key(), engine_io(19, 64, 96))
 
 
-@pytest.mark.parametrize("damage", ["truncated payload", "truncated header", "no length", "flipped byte",
-                                    "foreign file", "garbage header", "empty"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "truncated payload",
+        "truncated header",
+        "no length",
+        "flipped byte",
+        "foreign file",
+        "garbage header",
+        "empty",
+    ],
+)
 def test_damaged_or_foreign_files_are_refused(tmp_path, damage):
     path = tmp_path / "m.engine"
     payload = np.random.default_rng(0).integers(0, 255, 5000, dtype=np.uint8).tobytes()
@@ -97,9 +131,9 @@ def test_damaged_or_foreign_files_are_refused(tmp_path, damage):
     if damage == "truncated payload":
         data = data[:-100]
     elif damage == "truncated header":
-        data = data[:len(MAGIC) + 4 + 10]
+        data = data[: len(MAGIC) + 4 + 10]
     elif damage == "no length":
-        data = data[:len(MAGIC) + 2]
+        data = data[: len(MAGIC) + 2]
     elif damage == "flipped byte":
         data = data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:]
     elif damage == "foreign file":
@@ -154,10 +188,15 @@ def test_failed_build_leaves_no_file(tmp_path):
 
 def test_cache_paths(tmp_path, monkeypatch):
     cache = EngineCache(tmp_path)
-    names = {cache.engine_path("deeplab v3+/x", 360, 480, p, d).name
-             for p in ("fp32", "fp16", "int8") for d in (-1, 0, 1)}
+    names = {
+        cache.engine_path("deeplab v3+/x", 360, 480, p, d).name
+        for p in ("fp32", "fp16", "int8")
+        for d in (-1, 0, 1)
+    }
     assert len(names) == 9 and all("/" not in n and " " not in n for n in names)
-    assert cache.timing_cache_path("10.3.0", "Orin", "8.7") != cache.timing_cache_path("10.3.0", "Orin", "8.9")
+    assert cache.timing_cache_path("10.3.0", "Orin", "8.7") != cache.timing_cache_path(
+        "10.3.0", "Orin", "8.9"
+    )
     monkeypatch.setenv("SEG_ROS_CACHE", str(tmp_path / "c"))
     assert EngineCache("").folder == tmp_path / "c" / "engines"
 
@@ -187,7 +226,9 @@ def test_evenly_spaced():
 
 def test_image_folder_batches_match_the_pipelines_preprocessing(tmp_path):
     for i, value in enumerate([10, 60, 110, 160, 210]):
-        cv2.imwrite(str(tmp_path / f"frame_{i:02d}.png"), cv2.cvtColor(_solid(value), cv2.COLOR_RGB2BGR))
+        cv2.imwrite(
+            str(tmp_path / f"frame_{i:02d}.png"), cv2.cvtColor(_solid(value), cv2.COLOR_RGB2BGR)
+        )
     (tmp_path / "notes.txt").write_text("not an image")
     source = CalibrationSource(images=str(tmp_path), frames=3)
     source.validate()
@@ -220,8 +261,9 @@ def _write_bag(path: Path, storage: str, compressed: bool, values: list[int]) ->
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     with Writer(path, version=9, storage_plugin=plugin) as writer:
         msgtype = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
-        camera = writer.add_connection("/camera/image_raw" + ("/compressed" if compressed else ""), msgtype,
-                                       typestore=store)
+        camera = writer.add_connection(
+            "/camera/image_raw" + ("/compressed" if compressed else ""), msgtype, typestore=store
+        )
         other = writer.add_connection("/odom_count", "std_msgs/msg/UInt32", typestore=store)
         for i, value in enumerate(values):
             header = Header(stamp=Time(sec=i, nanosec=0), frame_id="camera")
@@ -231,11 +273,23 @@ def _write_bag(path: Path, storage: str, compressed: bool, values: list[int]) ->
                 msg = store.types[msgtype](header=header, format="png", data=png.reshape(-1))
             else:
                 bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-                msg = store.types[msgtype](header=header, height=30, width=40, encoding="bgr8", is_bigendian=0,
-                                           step=120, data=bgr.reshape(-1))
+                msg = store.types[msgtype](
+                    header=header,
+                    height=30,
+                    width=40,
+                    encoding="bgr8",
+                    is_bigendian=0,
+                    step=120,
+                    data=bgr.reshape(-1),
+                )
             writer.write(camera, i * 10**9, store.serialize_cdr(msg, msgtype))
-            writer.write(other, i * 10**9 + 1, store.serialize_cdr(store.types["std_msgs/msg/UInt32"](data=i),
-                                                                   "std_msgs/msg/UInt32"))
+            writer.write(
+                other,
+                i * 10**9 + 1,
+                store.serialize_cdr(
+                    store.types["std_msgs/msg/UInt32"](data=i), "std_msgs/msg/UInt32"
+                ),
+            )
 
 
 @pytest.mark.parametrize("storage,compressed", [("sqlite3", False), ("mcap", True)])
@@ -387,8 +441,13 @@ def _build(trt, tmp_path, **changes):
 
     onnx_path = tmp_path / "net.onnx"
     onnx_path.write_bytes(b"onnx")
-    args = dict(precision="fp16", workspace_mb=512, dla_core=-1, calibrator=None,
-                timing_cache=tmp_path / "timing.cache")
+    args = dict(
+        precision="fp16",
+        workspace_mb=512,
+        dla_core=-1,
+        calibrator=None,
+        timing_cache=tmp_path / "timing.cache",
+    )
     args.update(changes)
     return build_serialized_engine(trt, onnx_path, **args)
 
@@ -402,7 +461,9 @@ def test_build_settings_reach_the_builder(tmp_path):
     assert (tmp_path / "timing.cache").read_bytes() == b"+new timings"
     _build(trt, tmp_path, precision="fp32", workspace_mb=0)
     assert trt.builds[1].flags == set() and trt.builds[1].pools == {}
-    assert trt.builds[1].timing_cache.blob == b"+new timings"  # the saved timings are used next time
+    assert (
+        trt.builds[1].timing_cache.blob == b"+new timings"
+    )  # the saved timings are used next time
 
 
 def test_int8_and_dla_settings(tmp_path):
@@ -435,11 +496,15 @@ class _TinyNet:
         from seg_ros.models import LoadedModel, ModelSpec
 
         torch.manual_seed(0)
-        return LoadedModel(torch.nn.Conv2d(3, 4, 3, padding=1).eval(),
-                           ModelSpec(name="tiny", family="deeplab", num_classes=4))
+        return LoadedModel(
+            torch.nn.Conv2d(3, 4, 3, padding=1).eval(),
+            ModelSpec(name="tiny", family="deeplab", num_classes=4),
+        )
 
 
-def test_prepare_engine_builds_caches_and_rebuilds_for_a_new_tensorrt(tmp_path, monkeypatch, caplog):
+def test_prepare_engine_builds_caches_and_rebuilds_for_a_new_tensorrt(
+    tmp_path, monkeypatch, caplog
+):
     import seg_ros.backends.tensorrt_backend as module
 
     trt = FakeTensorRT()
@@ -457,13 +522,17 @@ def test_prepare_engine_builds_caches_and_rebuilds_for_a_new_tensorrt(tmp_path, 
 
     trt.__version__ = "10.7.0"
     caplog.set_level(logging.WARNING)
-    upgraded = module.prepare_engine(loaded, height=16, width=24, precision="fp16", options=options)
+    upgraded = module.prepare_engine(
+        loaded, height=16, width=24, precision="fp16", options=options
+    )
     assert upgraded.built and len(trt.builds) == 2 and upgraded.path == first.path
     assert "tensorrt: 10.3.0 -> 10.7.0" in caplog.text
 
 
-@pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt") is not None,
-                    reason="checks the failure where TensorRT is missing")
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("tensorrt") is not None,
+    reason="checks the failure where TensorRT is missing",
+)
 def test_build_engine_command_does_everything_but_the_build(tmp_path, capsys, caplog):
     import torch
 
@@ -474,9 +543,25 @@ def test_build_engine_command_does_everything_but_the_build(tmp_path, capsys, ca
     for i in range(3):
         cv2.imwrite(str(images / f"{i}.png"), _solid(i * 50))
     torch.manual_seed(0)  # test_backends' deeplab: its exported graph is already in the cache
-    code = main(["build-engine", "--model", "deeplab", "--backbone", "mobilenet_v3_large", "--height", "64",
-                 "--width", "96", "--precision", "int8", "--calibration-images", str(images),
-                 "--engine-cache", str(tmp_path / "engines")])
+    code = main(
+        [
+            "build-engine",
+            "--model",
+            "deeplab",
+            "--backbone",
+            "mobilenet_v3_large",
+            "--height",
+            "64",
+            "--width",
+            "96",
+            "--precision",
+            "int8",
+            "--calibration-images",
+            str(images),
+            "--engine-cache",
+            str(tmp_path / "engines"),
+        ]
+    )
     out = capsys.readouterr()
     assert code == 2
     assert "every operator supported by TensorRT" in out.out

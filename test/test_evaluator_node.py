@@ -7,6 +7,7 @@
    the evaluator; its confusion matrix must equal `seg_ros evaluate` on the
    same bag with the same weights.
 """
+
 from __future__ import annotations
 
 import array
@@ -34,7 +35,9 @@ from seg_ros.evaluation.sources import BagSource  # noqa: E402
 from seg_ros.image_codec import decode_image, encode_fields  # noqa: E402
 
 pytestmark = pytest.mark.ros
-RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
+RELIABLE = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE
+)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -44,7 +47,11 @@ def to_rclpy(bag_msg) -> Image:
     msg.header.stamp.sec = int(bag_msg.header.stamp.sec)
     msg.header.stamp.nanosec = int(bag_msg.header.stamp.nanosec)
     msg.header.frame_id = str(bag_msg.header.frame_id)
-    msg.height, msg.width, msg.encoding = int(bag_msg.height), int(bag_msg.width), str(bag_msg.encoding)
+    msg.height, msg.width, msg.encoding = (
+        int(bag_msg.height),
+        int(bag_msg.width),
+        str(bag_msg.encoding),
+    )
     msg.is_bigendian, msg.step = int(bag_msg.is_bigendian), int(bag_msg.step)
     msg.data = array.array("B", bytes(bag_msg.data))
     return msg
@@ -66,8 +73,13 @@ class Process:
     def __init__(self, module: str, ros_args: list[str], log: Path):
         self.log = log
         self._file = open(log, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", module, "--ros-args", *ros_args], cwd=REPO,
-                                     stdout=self._file, stderr=subprocess.STDOUT, env=dict(os.environ))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, "--ros-args", *ros_args],
+            cwd=REPO,
+            stdout=self._file,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ),
+        )
 
     def stop(self, timeout: float = 20.0) -> int:
         if self.proc.poll() is None:
@@ -103,7 +115,9 @@ def wait_for(node, condition, timeout: float, what: str, processes=()):
     while not condition():
         for p in processes:
             if p.proc.poll() is not None:
-                raise AssertionError(f"{p.log.name} exited while waiting for {what}:\n{p.output()[-3000:]}")
+                raise AssertionError(
+                    f"{p.log.name} exited while waiting for {what}:\n{p.output()[-3000:]}"
+                )
         if time.monotonic() > deadline:
             logs = "\n".join(p.output()[-2000:] for p in processes)
             raise AssertionError(f"timed out waiting for {what}\n{logs}")
@@ -112,10 +126,21 @@ def wait_for(node, condition, timeout: float, what: str, processes=()):
 
 def start_evaluator(tmp_path, label_topic: str, extra=()) -> tuple[Process, Path]:
     json_path = tmp_path / "live.json"
-    proc = Process("seg_ros.evaluator_node",
-                   ["-r", f"label:={label_topic}", "-r", "ground_truth:=/cam/labels",
-                    "-p", f"json_path:={json_path}", "-p", "publish_period:=0.2", *extra],
-                   tmp_path / "evaluator.log")
+    proc = Process(
+        "seg_ros.evaluator_node",
+        [
+            "-r",
+            f"label:={label_topic}",
+            "-r",
+            "ground_truth:=/cam/labels",
+            "-p",
+            f"json_path:={json_path}",
+            "-p",
+            "publish_period:=0.2",
+            *extra,
+        ],
+        tmp_path / "evaluator.log",
+    )
     return proc, json_path
 
 
@@ -123,19 +148,39 @@ def test_live_evaluator_matches_offline_on_known_predictions(ros_node, tmp_path)
     bag = tmp_path / "drive"
     write_bag(bag)
     offline = Evaluation(NAMES, IGNORE)
-    evaluate_frames(RedChannelPipeline(), BagSource(bag, "/cam/image_raw", "/cam/labels"), offline, progress=False)
+    evaluate_frames(
+        RedChannelPipeline(),
+        BagSource(bag, "/cam/image_raw", "/cam/labels"),
+        offline,
+        progress=False,
+    )
 
-    evaluator, json_path = start_evaluator(tmp_path, "/test/prediction",
-                                           ["-p", "class_table:=''", "-p", f"num_classes:={NUM_CLASSES}",
-                                            "-p", f"ignore_index:={IGNORE}"])
+    evaluator, json_path = start_evaluator(
+        tmp_path,
+        "/test/prediction",
+        [
+            "-p",
+            "class_table:=''",
+            "-p",
+            f"num_classes:={NUM_CLASSES}",
+            "-p",
+            f"ignore_index:={IGNORE}",
+        ],
+    )
     summaries = []
-    ros_node.create_subscription(String, "/evaluator_node/metrics", lambda m: summaries.append(json.loads(m.data)),
-                                 10)
+    ros_node.create_subscription(
+        String, "/evaluator_node/metrics", lambda m: summaries.append(json.loads(m.data)), 10
+    )
     truth_pub = ros_node.create_publisher(Image, "/cam/labels", RELIABLE)
     pred_pub = ros_node.create_publisher(Image, "/test/prediction", RELIABLE)
     try:
-        wait_for(ros_node, lambda: truth_pub.get_subscription_count() and pred_pub.get_subscription_count(),
-                 60, "the evaluator to subscribe", [evaluator])
+        wait_for(
+            ros_node,
+            lambda: truth_pub.get_subscription_count() and pred_pub.get_subscription_count(),
+            60,
+            "the evaluator to subscribe",
+            [evaluator],
+        )
         for topic, msg in bag_messages(bag):
             if topic == "/cam/labels":
                 truth_pub.publish(to_rclpy(msg))
@@ -147,16 +192,24 @@ def test_live_evaluator_matches_offline_on_known_predictions(ros_node, tmp_path)
                 out.data = array.array("B", fields["data"].tobytes())
                 pred_pub.publish(out)
         # 4 scored + 1 size mismatch are settled; frame 3's label and the orphan truth wait until shutdown
-        wait_for(ros_node, lambda: summaries and summaries[-1]["frames"]["total"] == 5, 60,
-                 "5 settled frames on ~/metrics", [evaluator])
+        wait_for(
+            ros_node,
+            lambda: summaries and summaries[-1]["frames"]["total"] == 5,
+            60,
+            "5 settled frames on ~/metrics",
+            [evaluator],
+        )
     finally:
         assert evaluator.stop() == 0, evaluator.output()
     live = json.loads(json_path.read_text())
     assert live["confusion_matrix"] == offline.confusion.counts.tolist()
     assert live["miou"] == pytest.approx(offline.to_dict()["miou"])
     assert live["boundary_f1"] == pytest.approx(offline.to_dict()["boundary_f1"])
-    assert live["frames"] == {"used": 4, "skipped": {"dropped": 1, "label_without_ground_truth": 1,
-                                                     "size_mismatch": 1}, "total": 7}
+    assert live["frames"] == {
+        "used": 4,
+        "skipped": {"dropped": 1, "label_without_ground_truth": 1, "size_mismatch": 1},
+        "total": 7,
+    }
     assert live["dropped_frames"] == 1
     # the ground truth was sent late; latency exists only for frames whose truth still arrived first
     assert live["latency_ms"].get("end_to_end", {"count": 0})["count"] <= 4
@@ -175,45 +228,120 @@ def run_offline_cli(argv: list[str]) -> int:
 
 
 @pytest.mark.slow
-def test_segmentation_node_and_evaluator_agree_with_offline_evaluate(ros_node, tmp_path, tiny_weights):
+def test_segmentation_node_and_evaluator_agree_with_offline_evaluate(
+    ros_node, tmp_path, tiny_weights
+):
     bag = tmp_path / "drive"
     write_bag(bag)
-    model_args = ["--weights", str(tiny_weights), "--backend", "torch", "--threads", "1",
-                  "--height", "48", "--width", "64", "--ignore-index", str(IGNORE)]
+    model_args = [
+        "--weights",
+        str(tiny_weights),
+        "--backend",
+        "torch",
+        "--threads",
+        "1",
+        "--height",
+        "48",
+        "--width",
+        "64",
+        "--ignore-index",
+        str(IGNORE),
+    ]
     offline_json = tmp_path / "offline.json"
-    assert run_offline_cli(["--bag", str(bag), "--image-topic", "/cam/image_raw", "--label-topic", "/cam/labels",
-                            "--json", str(offline_json), "--no-progress", *model_args]) == 0
+    assert (
+        run_offline_cli(
+            [
+                "--bag",
+                str(bag),
+                "--image-topic",
+                "/cam/image_raw",
+                "--label-topic",
+                "/cam/labels",
+                "--json",
+                str(offline_json),
+                "--no-progress",
+                *model_args,
+            ]
+        )
+        == 0
+    )
     offline = json.loads(offline_json.read_text())
 
-    node = Process("seg_ros.node", ["-r", "image:=/cam/image_raw", "-p", f"weights:={tiny_weights}",
-                                    "-p", "backend:=torch", "-p", "threads:=1", "-p", "input_height:=48",
-                                    "-p", "input_width:=64", "-p", "qos.reliability:=reliable",
-                                    "-p", "qos.depth:=10"], tmp_path / "segmentation.log")
-    evaluator, json_path = start_evaluator(tmp_path, "/segmentation_node/label",
-                                           ["-p", "class_table:=''", "-p", f"num_classes:={NUM_CLASSES}",
-                                            "-p", f"ignore_index:={IGNORE}"])
+    node = Process(
+        "seg_ros.node",
+        [
+            "-r",
+            "image:=/cam/image_raw",
+            "-p",
+            f"weights:={tiny_weights}",
+            "-p",
+            "backend:=torch",
+            "-p",
+            "threads:=1",
+            "-p",
+            "input_height:=48",
+            "-p",
+            "input_width:=64",
+            "-p",
+            "qos.reliability:=reliable",
+            "-p",
+            "qos.depth:=10",
+        ],
+        tmp_path / "segmentation.log",
+    )
+    evaluator, json_path = start_evaluator(
+        tmp_path,
+        "/segmentation_node/label",
+        [
+            "-p",
+            "class_table:=''",
+            "-p",
+            f"num_classes:={NUM_CLASSES}",
+            "-p",
+            f"ignore_index:={IGNORE}",
+        ],
+    )
     seen = set()
     ros_node.create_subscription(
-        Image, "/segmentation_node/label",
-        lambda m: seen.add((m.header.stamp.sec, m.header.stamp.nanosec)), RELIABLE)
+        Image,
+        "/segmentation_node/label",
+        lambda m: seen.add((m.header.stamp.sec, m.header.stamp.nanosec)),
+        RELIABLE,
+    )
     image_pub = ros_node.create_publisher(Image, "/cam/image_raw", RELIABLE)
     truth_pub = ros_node.create_publisher(Image, "/cam/labels", RELIABLE)
     try:
-        wait_for(ros_node, lambda: image_pub.get_subscription_count() and truth_pub.get_subscription_count()
-                 and ros_node.count_publishers("/segmentation_node/label"), 120,
-                 "the nodes to connect", [node, evaluator])
+        wait_for(
+            ros_node,
+            lambda: (
+                image_pub.get_subscription_count()
+                and truth_pub.get_subscription_count()
+                and ros_node.count_publishers("/segmentation_node/label")
+            ),
+            120,
+            "the nodes to connect",
+            [node, evaluator],
+        )
         time.sleep(1.0)  # let the evaluator's label subscription match the node's publisher too
         messages = list(bag_messages(bag))
-        truth = {(m.header.stamp.sec, m.header.stamp.nanosec): m for t, m in messages if t == "/cam/labels"}
+        truth = {
+            (m.header.stamp.sec, m.header.stamp.nanosec): m
+            for t, m in messages
+            if t == "/cam/labels"
+        }
         for topic, msg in messages:
             if topic == "/cam/labels":
                 continue
             stamp = (int(msg.header.stamp.sec), int(msg.header.stamp.nanosec))
-            if stamp in truth:  # like a player replaying a bag whose labels were recorded with the images
+            if (
+                stamp in truth
+            ):  # like a player replaying a bag whose labels were recorded with the images
                 truth_pub.publish(to_rclpy(truth.pop(stamp)))
             image_pub.publish(to_rclpy(msg))
             # one frame at a time: the node keeps only the newest frame, and this test wants every one
-            wait_for(ros_node, lambda: stamp in seen, 60, f"the label of {stamp}", [node, evaluator])
+            wait_for(
+                ros_node, lambda: stamp in seen, 60, f"the label of {stamp}", [node, evaluator]
+            )
         for msg in truth.values():  # the label without an image
             truth_pub.publish(to_rclpy(msg))
         time.sleep(1.0)
@@ -227,4 +355,8 @@ def test_segmentation_node_and_evaluator_agree_with_offline_evaluate(ros_node, t
     assert live["boundary_f1"] == pytest.approx(offline["boundary_f1"])
     # truth is sent before each image, so it normally arrives before the label (DDS does not promise it)
     assert 1 <= live["latency_ms"]["end_to_end"]["count"] <= 4
-    assert live["frames"]["skipped"] == {"dropped": 1, "label_without_ground_truth": 1, "size_mismatch": 1}
+    assert live["frames"]["skipped"] == {
+        "dropped": 1,
+        "label_without_ground_truth": 1,
+        "size_mismatch": 1,
+    }

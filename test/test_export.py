@@ -1,4 +1,5 @@
 """ONNX export: ONNX Runtime equals PyTorch for every family, TensorRT's operator set, SegNet's unpooling."""
+
 from __future__ import annotations
 
 import argparse
@@ -31,6 +32,7 @@ def _session(path) -> ort.InferenceSession:
 
 
 # ---------------------------------------------------------------- SegNet's unpooling
+
 
 @pytest.mark.parametrize("values", ["ties", "zeros", "float"])
 def test_unpool_like_max_equals_max_unpool2d_exactly(values):
@@ -69,12 +71,16 @@ def test_segnet_tensorrt_friendly_unpooling_gives_identical_outputs(backbone, si
 
 # ---------------------------------------------------------------- every family through ONNX Runtime
 
+
 # SegNet goes through ONNX Runtime in the export-command test below (head graph); each export
 # costs several seconds of the dynamo exporter, so every family is exported once.
-@pytest.mark.parametrize("family, options", [
-    ("deeplab", {"version": "v3plus", "backbone": "mobilenet_v3_large"}),
-    ("refinenet", {"light_weight": True, "backbone": "mobilenet_v2"}),
-])
+@pytest.mark.parametrize(
+    "family, options",
+    [
+        ("deeplab", {"version": "v3plus", "backbone": "mobilenet_v3_large"}),
+        ("refinenet", {"light_weight": True, "backbone": "mobilenet_v2"}),
+    ],
+)
 def test_logits_export_matches_pytorch_in_onnxruntime(tmp_path, family, options):
     torch.manual_seed(0)
     model = build_model(family, 11, **options).eval()
@@ -98,13 +104,29 @@ def test_export_command_writes_the_head_graph(tmp_path, capsys):
     """`seg_ros export` from a checkpoint: label/confidence/probabilities with the node's dtypes."""
     torch.manual_seed(0)
     model = build_model("segnet", 11, backbone="basic").eval()
-    weights = save_checkpoint(tmp_path / "segnet.safetensors", model,
-                              ModelSpec(name="t", family="segnet", options={"backbone": "basic"}, num_classes=11))
+    weights = save_checkpoint(
+        tmp_path / "segnet.safetensors",
+        model,
+        ModelSpec(name="t", family="segnet", options={"backbone": "basic"}, num_classes=11),
+    )
     parser = argparse.ArgumentParser()
     export_command.register(parser.add_subparsers())
     out = tmp_path / "segnet_head.onnx"
-    args = parser.parse_args(["export", "--model", "segnet", "--weights", str(weights), "--height", str(HEIGHT),
-                              "--width", str(WIDTH), "--onnx", str(out)])
+    args = parser.parse_args(
+        [
+            "export",
+            "--model",
+            "segnet",
+            "--weights",
+            str(weights),
+            "--height",
+            str(HEIGHT),
+            "--width",
+            str(WIDTH),
+            "--onnx",
+            str(out),
+        ]
+    )
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert "all operators supported" in printed and "label agreement" in printed
@@ -127,8 +149,17 @@ def test_export_command_writes_the_head_graph(tmp_path, capsys):
 def test_export_command_reports_missing_weights(tmp_path):
     parser = argparse.ArgumentParser()
     export_command.register(parser.add_subparsers())
-    args = parser.parse_args(["export", "--model", "segnet", "--weights", str(tmp_path / "none.safetensors"),
-                              "--onnx", str(tmp_path / "x.onnx")])
+    args = parser.parse_args(
+        [
+            "export",
+            "--model",
+            "segnet",
+            "--weights",
+            str(tmp_path / "none.safetensors"),
+            "--onnx",
+            str(tmp_path / "x.onnx"),
+        ]
+    )
     with pytest.raises(FileNotFoundError, match="none.safetensors"):
         args.func(args)
 
@@ -143,11 +174,14 @@ def test_export_rejects_bad_arguments(tmp_path):
 
 # ---------------------------------------------------------------- the TensorRT operator check
 
+
 def _model_with(nodes, outputs) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
     outs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs]
     graph = helper.make_graph(nodes, "g", [x], outs)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("custom", 1)])
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("custom", 1)]
+    )
 
 
 def test_operator_check_flags_what_tensorrt_cannot_parse(tmp_path):
@@ -159,17 +193,24 @@ def test_operator_check_flags_what_tensorrt_cannot_parse(tmp_path):
         helper.make_node("Relu", ["x"], ["z"]),
     ]
     model = _model_with(nodes, ["y", "z"])
-    model.graph.initializer.append(helper.make_tensor("sizes", TensorProto.INT64, [4], [1, 1, 8, 8]))
+    model.graph.initializer.append(
+        helper.make_tensor("sizes", TensorProto.INT64, [4], [1, 1, 8, 8])
+    )
     path = tmp_path / "bad.onnx"
     onnx.save(model, path)
     assert unsupported_tensorrt_ops(path) == [
-        "MaxPool (indices output)", "MaxUnpool", "Resize (cubic, half_pixel)", "custom::Foo",
+        "MaxPool (indices output)",
+        "MaxUnpool",
+        "Resize (cubic, half_pixel)",
+        "custom::Foo",
     ]
 
 
 def test_operator_check_passes_plain_maxpool_and_relu(tmp_path):
-    nodes = [helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
-             helper.make_node("Relu", ["p"], ["y"])]
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Relu", ["p"], ["y"]),
+    ]
     path = tmp_path / "good.onnx"
     onnx.save(_model_with(nodes, ["y"]), path)
     assert unsupported_tensorrt_ops(path) == []
@@ -177,12 +218,15 @@ def test_operator_check_passes_plain_maxpool_and_relu(tmp_path):
 
 def test_operator_check_looks_inside_local_functions(tmp_path):
     body = [helper.make_node("MaxUnpool", ["a", "b"], ["c"], kernel_shape=[2, 2])]
-    function = helper.make_function("local", "Unpool", ["a", "b"], ["c"], body,
-                                    opset_imports=[helper.make_opsetid("", 18)])
+    function = helper.make_function(
+        "local", "Unpool", ["a", "b"], ["c"], body, opset_imports=[helper.make_opsetid("", 18)]
+    )
     nodes = [helper.make_node("Unpool", ["x", "x"], ["y"], domain="local")]
     model = _model_with(nodes, ["y"])
     model.opset_import.append(helper.make_opsetid("local", 1))
     model.functions.append(function)
     path = tmp_path / "function.onnx"
     onnx.save(model, path)
-    assert unsupported_tensorrt_ops(path) == ["MaxUnpool"]  # the call itself is fine: the parser inlines it
+    assert unsupported_tensorrt_ops(path) == [
+        "MaxUnpool"
+    ]  # the call itself is fine: the parser inlines it

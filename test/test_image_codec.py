@@ -1,4 +1,5 @@
 """image_codec: every encoding against an independent or OpenCV reference, and the malformed cases."""
+
 from __future__ import annotations
 
 import array
@@ -28,9 +29,14 @@ def make_msg(pixels: np.ndarray, encoding: str, *, pad: int = 0, big_endian: boo
     rows = np.ascontiguousarray(pixels, dtype=dtype).reshape(height, -1).view(np.uint8)
     if pad:
         rows = np.concatenate([rows, np.full((height, pad), 0xAB, np.uint8)], axis=1)
-    return types.SimpleNamespace(height=height, width=width, encoding=encoding,
-                                 is_bigendian=int(big_endian), step=rows.shape[1],
-                                 data=rows.tobytes())
+    return types.SimpleNamespace(
+        height=height,
+        width=width,
+        encoding=encoding,
+        is_bigendian=int(big_endian),
+        step=rows.shape[1],
+        data=rows.tobytes(),
+    )
 
 
 def rgb_image(height=H, width=W):
@@ -38,15 +44,26 @@ def rgb_image(height=H, width=W):
 
 
 @pytest.mark.parametrize("pad", [0, 3])
-@pytest.mark.parametrize("encoding,make,expected", [
-    ("rgb8", lambda rgb: rgb, lambda rgb: rgb),
-    ("bgr8", lambda rgb: rgb[..., ::-1], lambda rgb: rgb),
-    ("8UC3", lambda rgb: rgb[..., ::-1], lambda rgb: rgb),  # cv_bridge reads 8UC3 as bgr8
-    ("rgba8", lambda rgb: np.dstack([rgb, np.full(rgb.shape[:2], 9, np.uint8)]), lambda rgb: rgb),
-    ("bgra8", lambda rgb: np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 9, np.uint8)]), lambda rgb: rgb),
-    ("mono8", lambda rgb: rgb[..., 0], lambda rgb: rgb[..., 0]),
-    ("8UC1", lambda rgb: rgb[..., 1], lambda rgb: rgb[..., 1]),
-])
+@pytest.mark.parametrize(
+    "encoding,make,expected",
+    [
+        ("rgb8", lambda rgb: rgb, lambda rgb: rgb),
+        ("bgr8", lambda rgb: rgb[..., ::-1], lambda rgb: rgb),
+        ("8UC3", lambda rgb: rgb[..., ::-1], lambda rgb: rgb),  # cv_bridge reads 8UC3 as bgr8
+        (
+            "rgba8",
+            lambda rgb: np.dstack([rgb, np.full(rgb.shape[:2], 9, np.uint8)]),
+            lambda rgb: rgb,
+        ),
+        (
+            "bgra8",
+            lambda rgb: np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 9, np.uint8)]),
+            lambda rgb: rgb,
+        ),
+        ("mono8", lambda rgb: rgb[..., 0], lambda rgb: rgb[..., 0]),
+        ("8UC1", lambda rgb: rgb[..., 1], lambda rgb: rgb[..., 1]),
+    ],
+)
 def test_direct_encodings(encoding, make, expected, pad):
     rgb = rgb_image()
     out = decode_image(make_msg(np.ascontiguousarray(make(rgb)), encoding, pad=pad))
@@ -64,7 +81,9 @@ def test_mono16_scaled_like_cv_bridge(big_endian, pad):
     np.testing.assert_array_equal(message_to_array(msg), values)
     out = decode_image(msg)
     assert out.dtype == np.uint8 and out.shape == (H, W)
-    np.testing.assert_array_equal(out, np.rint(values / 257.0).astype(np.uint8))  # 255/65535 == 1/257
+    np.testing.assert_array_equal(
+        out, np.rint(values / 257.0).astype(np.uint8)
+    )  # 255/65535 == 1/257
     assert tuple(out[0, :4]) == (0, 255, 1, 0)
 
 
@@ -77,9 +96,15 @@ def _yuv_from_rgb(rgb):
     return [np.clip(np.rint(c), 0, 255).astype(np.uint8) for c in (y, u, v)]
 
 
-@pytest.mark.parametrize("encoding,order", [
-    ("yuv422", "UYVY"), ("uyvy", "UYVY"), ("yuyv", "YUYV"), ("yuv422_yuy2", "YUYV"),
-])
+@pytest.mark.parametrize(
+    "encoding,order",
+    [
+        ("yuv422", "UYVY"),
+        ("uyvy", "UYVY"),
+        ("yuyv", "YUYV"),
+        ("yuv422_yuy2", "YUYV"),
+    ],
+)
 def test_yuv422(encoding, order):
     # Pixel pairs share chroma, so make every pair one colour: then decoding must give it back.
     rgb = np.repeat(RNG.integers(40, 216, (H, W // 2, 3), dtype=np.uint8), 2, axis=1)
@@ -153,13 +178,19 @@ def test_numpy_data_like_rosbags():
     np.testing.assert_array_equal(decode_image(msg), rgb[..., ::-1])
 
 
-@pytest.mark.parametrize("change,pattern", [
-    (dict(data=b"\0" * (H * W * 3 - 1)), r"data has 143 bytes, expected step x height = 24 x 6 = 144"),
-    (dict(step=W * 3 - 1), r"step 23 is smaller than one row \(8 pixels x 3 bytes = 24\)"),
-    (dict(width=0), r"empty rgb8 image: 0x6"),
-    (dict(height=0), r"empty rgb8 image: 8x0"),
-    (dict(encoding="rgb32"), r"unsupported image encoding 'rgb32'"),
-])
+@pytest.mark.parametrize(
+    "change,pattern",
+    [
+        (
+            dict(data=b"\0" * (H * W * 3 - 1)),
+            r"data has 143 bytes, expected step x height = 24 x 6 = 144",
+        ),
+        (dict(step=W * 3 - 1), r"step 23 is smaller than one row \(8 pixels x 3 bytes = 24\)"),
+        (dict(width=0), r"empty rgb8 image: 0x6"),
+        (dict(height=0), r"empty rgb8 image: 8x0"),
+        (dict(encoding="rgb32"), r"unsupported image encoding 'rgb32'"),
+    ],
+)
 def test_malformed_messages(change, pattern):
     msg = make_msg(rgb_image(), "rgb8")
     for key, value in change.items():
@@ -174,7 +205,9 @@ def test_decode_error_is_a_value_error():
 
 def test_raw_only_encodings_are_refused_for_the_network():
     msg = types.SimpleNamespace(**encode_fields(np.zeros((2, 2), np.float32), "32FC1"))
-    with pytest.raises(ImageDecodeError, match="unsupported image encoding '32FC1' for segmentation"):
+    with pytest.raises(
+        ImageDecodeError, match="unsupported image encoding '32FC1' for segmentation"
+    ):
         decode_image(msg)
     msg.encoding = "rgb32"
     with pytest.raises(ImageDecodeError, match="unsupported image encoding 'rgb32'"):
@@ -197,19 +230,24 @@ def test_compressed_round_trip(ext):
 
 
 def test_compressed_garbage_and_empty():
-    with pytest.raises(ImageDecodeError, match=r"cannot decode compressed image \(jpeg, 5 bytes\)"):
+    with pytest.raises(
+        ImageDecodeError, match=r"cannot decode compressed image \(jpeg, 5 bytes\)"
+    ):
         decode_compressed(types.SimpleNamespace(format="jpeg", data=b"\xff\xd8abc"))
     with pytest.raises(ImageDecodeError, match="no data"):
         decode_compressed(types.SimpleNamespace(format="png", data=b""))
 
 
-@pytest.mark.parametrize("encoding,array_", [
-    ("mono8", RNG.integers(0, 256, (H, W), dtype=np.uint8)),
-    ("mono16", RNG.integers(0, 65536, (H, W), dtype=np.uint16)),
-    ("32FC1", RNG.random((H, W), dtype=np.float32)),
-    ("32FC3", RNG.random((H, W, 3), dtype=np.float32)),
-    ("rgb8", RNG.integers(0, 256, (H, W, 3), dtype=np.uint8)),
-])
+@pytest.mark.parametrize(
+    "encoding,array_",
+    [
+        ("mono8", RNG.integers(0, 256, (H, W), dtype=np.uint8)),
+        ("mono16", RNG.integers(0, 65536, (H, W), dtype=np.uint16)),
+        ("32FC1", RNG.random((H, W), dtype=np.float32)),
+        ("32FC3", RNG.random((H, W, 3), dtype=np.float32)),
+        ("rgb8", RNG.integers(0, 256, (H, W, 3), dtype=np.uint8)),
+    ],
+)
 def test_encode_fields_round_trip(encoding, array_):
     fields = encode_fields(array_, encoding)
     itemsize = array_.dtype.itemsize * (array_.shape[2] if array_.ndim == 3 else 1)
@@ -220,7 +258,9 @@ def test_encode_fields_round_trip(encoding, array_):
 
 
 def test_encode_fields_rejects_mismatches():
-    with pytest.raises(ValueError, match=r"mono8 needs a H×W uint8 array, got shape \(2, 2\) dtype uint16"):
+    with pytest.raises(
+        ValueError, match=r"mono8 needs a H×W uint8 array, got shape \(2, 2\) dtype uint16"
+    ):
         encode_fields(np.zeros((2, 2), np.uint16), "mono8")
     with pytest.raises(ValueError, match="32FC4 needs a H×W×4 float32 array"):
         encode_fields(np.zeros((2, 2, 3), np.float32), "32FC4")
@@ -231,7 +271,9 @@ def test_encode_fields_rejects_mismatches():
 
 
 def test_rclpy_message_survives_serialisation():
-    sensor_msgs = pytest.importorskip("sensor_msgs.msg", reason="rclpy message packages not installed")
+    sensor_msgs = pytest.importorskip(
+        "sensor_msgs.msg", reason="rclpy message packages not installed"
+    )
     serialization = pytest.importorskip("rclpy.serialization")
     std_msgs = pytest.importorskip("std_msgs.msg")
     header = std_msgs.Header(frame_id="camera")
@@ -239,12 +281,16 @@ def test_rclpy_message_survives_serialisation():
     confidence = RNG.random((H, W), dtype=np.float32)
     msg = to_ros_image(confidence, "32FC1", header, sensor_msgs.Image)
     assert isinstance(msg.data, array.array) and msg.header.frame_id == "camera"
-    back = serialization.deserialize_message(serialization.serialize_message(msg), sensor_msgs.Image)
+    back = serialization.deserialize_message(
+        serialization.serialize_message(msg), sensor_msgs.Image
+    )
     assert (back.header.stamp.sec, back.header.stamp.nanosec) == (12, 345)
     np.testing.assert_array_equal(message_to_array(back), confidence)
     rgb = rgb_image()
     back = serialization.deserialize_message(
-        serialization.serialize_message(to_ros_image(rgb[..., ::-1].copy(), "bgr8", header, sensor_msgs.Image)),
+        serialization.serialize_message(
+            to_ros_image(rgb[..., ::-1].copy(), "bgr8", header, sensor_msgs.Image)
+        ),
         sensor_msgs.Image,
     )
     np.testing.assert_array_equal(decode_image(back), rgb)
@@ -257,7 +303,9 @@ def test_rosbags_message_survives_cdr():
     Header = typestore.types["std_msgs/msg/Header"]
     Time = typestore.types["builtin_interfaces/msg/Time"]
     labels = RNG.integers(0, 11, (H, W), dtype=np.uint8)
-    msg = to_ros_image(labels, "mono8", Header(stamp=Time(sec=3, nanosec=4), frame_id="cam"), Image)
+    msg = to_ros_image(
+        labels, "mono8", Header(stamp=Time(sec=3, nanosec=4), frame_id="cam"), Image
+    )
     raw = typestore.serialize_cdr(msg, "sensor_msgs/msg/Image")
     back = typestore.deserialize_cdr(raw, "sensor_msgs/msg/Image")
     assert back.header.frame_id == "cam"

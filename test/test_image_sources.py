@@ -1,4 +1,5 @@
 """image_sources: real image files, a real video written by OpenCV and real rosbag2 files written by rosbags."""
+
 from __future__ import annotations
 
 import cv2
@@ -21,21 +22,33 @@ def write_bag(path, frames, *, topic="/camera/image_raw", compressed_topic="", s
     from rosbags.typesys import Stores, get_typestore
 
     store = get_typestore(Stores.ROS2_HUMBLE)
-    Image, CompressedImage = store.types["sensor_msgs/msg/Image"], store.types["sensor_msgs/msg/CompressedImage"]
+    Image, CompressedImage = (
+        store.types["sensor_msgs/msg/Image"],
+        store.types["sensor_msgs/msg/CompressedImage"],
+    )
     Header, Time = store.types["std_msgs/msg/Header"], store.types["builtin_interfaces/msg/Time"]
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     with Writer(path, version=9, storage_plugin=plugin) as writer:
         raw = writer.add_connection(topic, Image.__msgtype__, typestore=store)
-        packed = writer.add_connection(compressed_topic, CompressedImage.__msgtype__, typestore=store) \
-            if compressed_topic else None
+        packed = (
+            writer.add_connection(compressed_topic, CompressedImage.__msgtype__, typestore=store)
+            if compressed_topic
+            else None
+        )
         for i, rgb in enumerate(frames):
             header = Header(stamp=Time(sec=100 + i, nanosec=5), frame_id="camera")
-            msg = Image(header=header, **encode_fields(np.ascontiguousarray(rgb[..., ::-1]), "bgr8"))
+            msg = Image(
+                header=header, **encode_fields(np.ascontiguousarray(rgb[..., ::-1]), "bgr8")
+            )
             writer.write(raw, (100 + i) * 10**9, store.serialize_cdr(msg, Image.__msgtype__))
             if packed:
                 png = cv2.imencode(".png", rgb[..., ::-1])[1].reshape(-1)
                 cmsg = CompressedImage(header=header, format="png", data=png)
-                writer.write(packed, (100 + i) * 10**9, store.serialize_cdr(cmsg, CompressedImage.__msgtype__))
+                writer.write(
+                    packed,
+                    (100 + i) * 10**9,
+                    store.serialize_cdr(cmsg, CompressedImage.__msgtype__),
+                )
     return path
 
 
@@ -75,13 +88,17 @@ def test_video(tmp_path):
     assert [f.name for f in frames] == ["frame_000000", "frame_000001", "frame_000002"]
     for frame, rgb in zip(frames, colours):
         assert frame.image.shape == (24, 32, 3)
-        assert np.abs(frame.image.reshape(-1, 3).mean(axis=0) - rgb).max() < 12  # RGB order, not BGR
+        assert (
+            np.abs(frame.image.reshape(-1, 3).mean(axis=0) - rgb).max() < 12
+        )  # RGB order, not BGR
 
 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
 def test_rosbag_raw_and_compressed_topics(tmp_path, storage):
     frames = _images(3)
-    bag = write_bag(tmp_path / "bag", frames, compressed_topic="/camera/image_raw/compressed", storage=storage)
+    bag = write_bag(
+        tmp_path / "bag", frames, compressed_topic="/camera/image_raw/compressed", storage=storage
+    )
     with pytest.raises(ValueError, match="several image topics"):
         open_image_source(bag)
     for topic in ("/camera/image_raw", "/camera/image_raw/compressed"):

@@ -5,6 +5,7 @@ statically and the parameters it passes are exercised by test_node_parameters
 and, through ``--params-file``, by test_node. With launch_pytest installed (a
 ROS install on a robot), the launch file is really launched.
 """
+
 from __future__ import annotations
 
 import ast
@@ -25,14 +26,27 @@ RVIZ_FILE = REPO / "config" / "segmentation.rviz"
 def _launch_arguments() -> dict:
     tree = ast.parse(LAUNCH_FILE.read_text())
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "ARGUMENTS" for t in node.targets):
-            return {ast.literal_eval(key): value for key, value in zip(node.value.keys, node.value.values)}
+        if isinstance(node, ast.Assign) and any(
+            getattr(t, "id", "") == "ARGUMENTS" for t in node.targets
+        ):
+            return {
+                ast.literal_eval(key): value
+                for key, value in zip(node.value.keys, node.value.values)
+            }
     raise AssertionError("launch file has no ARGUMENTS table")
 
 
 def test_launch_file_declares_the_documented_arguments():
-    assert set(_launch_arguments()) == {"model", "backend", "precision", "use_crf", "image", "namespace",
-                                        "params_file", "rviz"}
+    assert set(_launch_arguments()) == {
+        "model",
+        "backend",
+        "precision",
+        "use_crf",
+        "image",
+        "namespace",
+        "params_file",
+        "rviz",
+    }
     source = LAUNCH_FILE.read_text()
     assert "launch_parameters(" in source and '"segmentation.rviz"' in source
     assert 'executable="segmentation_node"' in source
@@ -40,7 +54,11 @@ def test_launch_file_declares_the_documented_arguments():
 
 def test_setup_installs_the_launch_file_and_configs():
     setup = (REPO / "setup.py").read_text()
-    assert 'glob("launch/*.py")' in setup and 'glob("config/*.rviz")' in setup and 'glob("config/*.yaml")' in setup
+    assert (
+        'glob("launch/*.py")' in setup
+        and 'glob("config/*.rviz")' in setup
+        and 'glob("config/*.yaml")' in setup
+    )
 
 
 def test_rviz_config_shows_the_nodes_overlay_and_colour_mask():
@@ -54,7 +72,8 @@ def test_rviz_config_shows_the_nodes_overlay_and_colour_mask():
 _HAVE_LAUNCH = all(importlib.util.find_spec(name) for name in ("launch_pytest", "launch_ros"))
 skip_without_launch = pytest.mark.skipif(
     not _HAVE_LAUNCH,
-    reason="launch_pytest/launch_ros are not installed (they come with a ROS install, not from PyPI)")
+    reason="launch_pytest/launch_ros are not installed (they come with a ROS install, not from PyPI)",
+)
 
 if _HAVE_LAUNCH:
     import launch_pytest
@@ -66,7 +85,11 @@ if _HAVE_LAUNCH:
     def segmentation_launch():
         include = IncludeLaunchDescription(
             PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
-            launch_arguments={"backend": "torch", "image": "/launch_test/image", "namespace": "launch_test"}.items(),
+            launch_arguments={
+                "backend": "torch",
+                "image": "/launch_test/image",
+                "namespace": "launch_test",
+            }.items(),
         )
         return LaunchDescription([include, launch_pytest.actions.ReadyToTest()])
 
@@ -80,9 +103,13 @@ if _HAVE_LAUNCH:
         try:
             probe = rclpy.create_node("launch_probe")
             seen = []
-            probe.create_subscription(DiagnosticArray, "/diagnostics", lambda m: seen.extend(m.status), 10)
+            probe.create_subscription(
+                DiagnosticArray, "/diagnostics", lambda m: seen.extend(m.status), 10
+            )
             deadline = time.monotonic() + 120.0
-            while time.monotonic() < deadline and not any("/launch_test/segmentation_node" in s.name for s in seen):
+            while time.monotonic() < deadline and not any(
+                "/launch_test/segmentation_node" in s.name for s in seen
+            ):
                 rclpy.spin_once(probe, timeout_sec=0.5)
             mine = [s for s in seen if "/launch_test/segmentation_node" in s.name]
             assert mine, "the launched node published no diagnostics within 120 s"
@@ -93,6 +120,7 @@ if _HAVE_LAUNCH:
         finally:
             rclpy.try_shutdown()
 else:
+
     @skip_without_launch
     def test_launched_node_reports_diagnostics():
         """Placeholder so the skip (and its reason) shows in the report."""

@@ -1,4 +1,5 @@
 """Metrics against hand-computed cases: perfect, all wrong, ignored labels, absent classes, BF score."""
+
 from __future__ import annotations
 
 import json
@@ -71,7 +72,9 @@ def test_unlabelled_prediction_counts_as_wrong():
     cm.update(gt, pred)
     assert cm.counts.tolist() == [[1, 0, 1], [0, 2, 0]]
     s = cm.summary()
-    assert s["iou"] == pytest.approx([1 / 2, 1.0])  # the 255 pixel is a miss for class 0, a false hit for nobody
+    assert s["iou"] == pytest.approx(
+        [1 / 2, 1.0]
+    )  # the 255 pixel is a miss for class 0, a false hit for nobody
     assert s["pixel_accuracy"] == pytest.approx(3 / 4)
 
 
@@ -86,7 +89,7 @@ def test_foreign_ground_truth_and_size_mismatch_are_errors():
 
 def _halves(size=100):
     gt = np.zeros((size, size), np.uint8)
-    gt[:, size // 2:] = 1
+    gt[:, size // 2 :] = 1
     return gt
 
 
@@ -128,7 +131,9 @@ def test_boundary_f1_dataset_mean_over_images():
     gt = _halves()
     bf.update(gt, gt)
     bf.update(gt, np.zeros_like(gt))
-    bf.update(np.full((4, 4), 255, np.uint8), np.zeros((4, 4), np.uint8))  # nothing scored: left out
+    bf.update(
+        np.full((4, 4), 255, np.uint8), np.zeros((4, 4), np.uint8)
+    )  # nothing scored: left out
     assert bf.image_scores == [1.0, 0.0]
     assert bf.score == 0.5
     assert bf.per_class.tolist() == [0.5, 0.5]
@@ -155,12 +160,23 @@ def test_evaluation_json_keys_and_skips():
     ev.skip("no_ground_truth")
     ev.skip("no_ground_truth")
     out = json.loads(json.dumps(ev.to_dict()))
-    for key in ("miou", "per_class_iou", "pixel_accuracy", "mean_class_accuracy", "boundary_f1",
-                "latency_ms", "frames"):
+    for key in (
+        "miou",
+        "per_class_iou",
+        "pixel_accuracy",
+        "mean_class_accuracy",
+        "boundary_f1",
+        "latency_ms",
+        "frames",
+    ):
         assert key in out
     assert out["miou"] == pytest.approx(7 / 12)
     assert out["per_class_iou"] == {"road": 0.5, "car": pytest.approx(2 / 3), "sky": None}
-    assert out["frames"] == {"used": 1, "skipped": {"no_ground_truth": 2, "size_mismatch": 1}, "total": 4}
+    assert out["frames"] == {
+        "used": 1,
+        "skipped": {"no_ground_truth": 2, "size_mismatch": 1},
+        "total": 4,
+    }
     assert out["latency_ms"]["inference"]["p50"] == 3.0
     assert all(0.0 <= v <= 1.0 for v in (out["miou"], out["pixel_accuracy"], out["boundary_f1"]))
 
@@ -190,7 +206,9 @@ def _brute_force_bf(gt, pred, num_classes, ignore, tolerance=0.0075):
         dist = np.sqrt(((g[:, None, :] - p[None, :, :]) ** 2).sum(-1))
         precision = (dist.min(axis=0) <= theta).mean()
         recall = (dist.min(axis=1) <= theta).mean()
-        scores[c] = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+        scores[c] = (
+            0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+        )
     return scores
 
 
@@ -198,7 +216,9 @@ def _brute_force_bf(gt, pred, num_classes, ignore, tolerance=0.0075):
 def test_boundary_f1_equals_the_definition_on_random_scenes(seed):
     rng = np.random.default_rng(seed)
     h, w = 40, 56  # tolerance 0.0075 * 68.9 = 0.52 px: only exact hits count
-    gt = (rng.random((h // 8, w // 8)) * 4).astype(np.uint8).repeat(8, 0).repeat(8, 1)  # 3 classes + void (3)
+    gt = (
+        (rng.random((h // 8, w // 8)) * 4).astype(np.uint8).repeat(8, 0).repeat(8, 1)
+    )  # 3 classes + void (3)
     pred = gt.copy()
     noise = rng.random((h, w)) < 0.05
     pred[noise] = rng.integers(0, 3, size=noise.sum())

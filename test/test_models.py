@@ -1,4 +1,5 @@
 """Model zoo: the papers' architectures and sizes, torchvision compatibility, shapes, checkpoints."""
+
 from __future__ import annotations
 
 import logging
@@ -21,7 +22,12 @@ from seg_ros.models import (
 )
 from seg_ros.models import checkpoint as checkpoint_module
 from seg_ros.models.backbones import IMAGENET_PREFIX, TAPS, feature_extractor
-from seg_ros.models.refinenet import ChainedResidualPooling, LightRefineLevel, RefineBlock, ResidualConvUnit
+from seg_ros.models.refinenet import (
+    ChainedResidualPooling,
+    LightRefineLevel,
+    RefineBlock,
+    ResidualConvUnit,
+)
 
 SMALL_VARIANTS = [
     ("segnet", {"backbone": "basic"}),
@@ -55,15 +61,33 @@ def on_meta(family: str, num_classes: int, **options) -> nn.Module:
 
 # ---------------------------------------------------------------- sizes against the papers
 
-@pytest.mark.parametrize("family, options, classes, expected, tolerance", [
-    ("segnet", {"backbone": "vgg16_bn"}, 11, 29.4e6, 0.005),  # SegNet paper: 29.4M (117 MB fp32)
-    ("refinenet", {"light_weight": True, "backbone": "resnet50"}, 21, 27e6, 0.02),  # LW-RefineNet paper
-    ("refinenet", {"light_weight": True, "backbone": "resnet101"}, 21, 46e6, 0.02),
-    ("refinenet", {"light_weight": True, "backbone": "mobilenet_v2"}, 21, 3.3e6, 0.02),
-])
+
+@pytest.mark.parametrize(
+    "family, options, classes, expected, tolerance",
+    [
+        (
+            "segnet",
+            {"backbone": "vgg16_bn"},
+            11,
+            29.4e6,
+            0.005,
+        ),  # SegNet paper: 29.4M (117 MB fp32)
+        (
+            "refinenet",
+            {"light_weight": True, "backbone": "resnet50"},
+            21,
+            27e6,
+            0.02,
+        ),  # LW-RefineNet paper
+        ("refinenet", {"light_weight": True, "backbone": "resnet101"}, 21, 46e6, 0.02),
+        ("refinenet", {"light_weight": True, "backbone": "mobilenet_v2"}, 21, 3.3e6, 0.02),
+    ],
+)
 def test_parameter_counts_match_the_papers(family, options, classes, expected, tolerance):
     count = n_params(on_meta(family, classes, **options))
-    assert abs(count - expected) <= tolerance * expected, f"{count / 1e6:.2f}M, paper {expected / 1e6:.1f}M"
+    assert abs(count - expected) <= tolerance * expected, (
+        f"{count / 1e6:.2f}M, paper {expected / 1e6:.1f}M"
+    )
 
 
 def test_segnet_encoder_is_vgg16_bn_with_14_7m_parameters():
@@ -72,7 +96,9 @@ def test_segnet_encoder_is_vgg16_bn_with_14_7m_parameters():
     assert len(convs) == 13 and all(c.kernel_size == (3, 3) for c in convs)
     assert sum(isinstance(m, nn.MaxPool2d) for m in model.features) == 5
     assert abs(n_params(model.features) - 14.7e6) < 0.01e6 * 14.7
-    decoder_convs = [m for m in model.decoder.modules() if isinstance(m, nn.Conv2d)] + [model.classifier]
+    decoder_convs = [m for m in model.decoder.modules() if isinstance(m, nn.Conv2d)] + [
+        model.classifier
+    ]
     assert len(decoder_convs) == 13  # mirrored: 13 convs, the last one classifies
     # Mirrored widths: the decoder undoes the encoder's channel changes in reverse order.
     assert [c.in_channels for c in decoder_convs[::-1]] == [c.out_channels for c in convs]
@@ -84,7 +110,9 @@ def test_segnet_basic_layout():
     dec = [m for m in model.decoder.modules() if isinstance(m, nn.Conv2d)]
     assert len(enc) == 4 and len(dec) == 4
     assert all(c.kernel_size == (7, 7) and c.out_channels == 64 for c in enc + dec)
-    assert not any(isinstance(m, nn.ReLU) for m in model.decoder.modules())  # the paper's linear decoder
+    assert not any(
+        isinstance(m, nn.ReLU) for m in model.decoder.modules()
+    )  # the paper's linear decoder
     assert model.num_pools == 4
 
 
@@ -96,6 +124,7 @@ def test_bundled_deeplab_variant_fits_a_20mb_fp16_file():
 
 
 # ---------------------------------------------------------------- architecture details
+
 
 @pytest.mark.parametrize("output_stride, rates", [(16, (6, 12, 18)), (8, (12, 24, 36))])
 def test_aspp_rates_follow_the_output_stride(output_stride, rates):
@@ -128,9 +157,14 @@ def test_refinenet_is_a_four_cascade_with_rcus_fusion_and_chained_pooling():
     model = on_meta("refinenet", 21, light_weight=False, backbone="resnet101")
     assert len(model.levels) == 4 and all(isinstance(b, RefineBlock) for b in model.levels)
     for i, block in enumerate(model.levels):
-        assert all(len(path) == 2 and all(isinstance(u, ResidualConvUnit) for u in path) for path in block.paths)
+        assert all(
+            len(path) == 2 and all(isinstance(u, ResidualConvUnit) for u in path)
+            for path in block.paths
+        )
         assert isinstance(block.pool, ChainedResidualPooling)
-        assert (block.fuse is None) == (i == 0)  # RefineNet-4 has one input; the others fuse two resolutions
+        assert (block.fuse is None) == (
+            i == 0
+        )  # RefineNet-4 has one input; the others fuse two resolutions
     assert model.levels[0].out_channels == 512 and model.levels[-1].out_channels == 256
     assert sum(isinstance(m, ResidualConvUnit) for m in model.head) == 2
 
@@ -141,28 +175,41 @@ def test_light_weight_refinenet_uses_1x1_convs_and_four_pooling_blocks():
     for level in model.levels:
         assert len(level.pool.convs) == 4
         assert all(c.kernel_size == (1, 1) for c in level.modules() if isinstance(c, nn.Conv2d))
-    assert [len(level.reduce) for level in model.levels] == [2, 2, 1, 1]  # MobileNetV2 taps per stride
+    assert [len(level.reduce) for level in model.levels] == [
+        2,
+        2,
+        1,
+        1,
+    ]  # MobileNetV2 taps per stride
 
 
 # ---------------------------------------------------------------- torchvision compatibility
 
-@pytest.mark.parametrize("builder, backbone, output_stride", [
-    (tvseg.deeplabv3_resnet50, "resnet50", 8),
-    (tvseg.deeplabv3_resnet101, "resnet101", 8),
-    (tvseg.deeplabv3_mobilenet_v3_large, "mobilenet_v3_large", 16),
-])
+
+@pytest.mark.parametrize(
+    "builder, backbone, output_stride",
+    [
+        (tvseg.deeplabv3_resnet50, "resnet50", 8),
+        (tvseg.deeplabv3_resnet101, "resnet101", 8),
+        (tvseg.deeplabv3_mobilenet_v3_large, "mobilenet_v3_large", 16),
+    ],
+)
 def test_torchvision_deeplabv3_state_dict_loads_strictly(builder, backbone, output_stride):
     with torch.device("meta"):
         reference = builder(weights=None, weights_backbone=None, num_classes=21, aux_loss=False)
     ours = on_meta("deeplab", 21, version="v3", backbone=backbone, output_stride=output_stride)
     state = reference.state_dict()
-    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == {k: tuple(v.shape) for k, v in state.items()}
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in state.items()
+    }
     ours.load_state_dict(state, strict=True)
 
 
 def test_v3_resnet50_at_output_stride_8_computes_what_torchvision_computes():
     torch.manual_seed(0)
-    reference = tvseg.deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=5, aux_loss=False).eval()
+    reference = tvseg.deeplabv3_resnet50(
+        weights=None, weights_backbone=None, num_classes=5, aux_loss=False
+    ).eval()
     ours = build_model("deeplab", 5, version="v3", backbone="resnet50", output_stride=8).eval()
     ours.load_state_dict(reference.state_dict(), strict=True)
     x = torch.randn(1, 3, 33, 47)
@@ -180,13 +227,16 @@ def test_mobilenet_v3_backbone_equals_torchvision_dilated():
         assert torch.equal(ours(x)["out"], reference(x))
 
 
-@pytest.mark.parametrize("family, options, classifier", [
-    ("segnet", {"backbone": "vgg16_bn"}, tvm.vgg16_bn),
-    ("deeplab", {"backbone": "resnet101"}, tvm.resnet101),
-    ("deeplab", {"backbone": "resnet50", "version": "v3"}, tvm.resnet50),
-    ("deeplab", {"backbone": "mobilenet_v3_large"}, tvm.mobilenet_v3_large),
-    ("refinenet", {"backbone": "mobilenet_v2"}, tvm.mobilenet_v2),
-])
+@pytest.mark.parametrize(
+    "family, options, classifier",
+    [
+        ("segnet", {"backbone": "vgg16_bn"}, tvm.vgg16_bn),
+        ("deeplab", {"backbone": "resnet101"}, tvm.resnet101),
+        ("deeplab", {"backbone": "resnet50", "version": "v3"}, tvm.resnet50),
+        ("deeplab", {"backbone": "mobilenet_v3_large"}, tvm.mobilenet_v3_large),
+        ("refinenet", {"backbone": "mobilenet_v2"}, tvm.mobilenet_v2),
+    ],
+)
 def test_imagenet_checkpoint_keys_cover_the_backbone(family, options, classifier):
     model = on_meta(family, 11, **options)
     body = model.features if family == "segnet" else model.backbone
@@ -222,6 +272,7 @@ def test_pretrained_backbone_rejects_wrong_or_unsafe_files(tmp_path):
 
 # ---------------------------------------------------------------- shapes at any size
 
+
 @pytest.mark.parametrize("family, options", SMALL_VARIANTS)
 def test_small_variants_give_logits_at_odd_input_sizes(family, options):
     model = build_model(family, 11, **options).eval()
@@ -253,22 +304,32 @@ def test_segnet_unpooling_places_one_value_per_window():
 
 # ---------------------------------------------------------------- options
 
+
 def test_defaults_are_the_bundled_variants_and_the_papers():
     assert resolve_options("segnet") == {"backbone": "vgg16_bn"}
-    assert resolve_options("deeplab") == {"version": "v3plus", "backbone": "mobilenet_v3_large",
-                                          "output_stride": 16, "separable": True}
-    assert resolve_options("deeplab", version="v3")["separable"] is False  # torchvision's DeepLabV3
+    assert resolve_options("deeplab") == {
+        "version": "v3plus",
+        "backbone": "mobilenet_v3_large",
+        "output_stride": 16,
+        "separable": True,
+    }
+    assert (
+        resolve_options("deeplab", version="v3")["separable"] is False
+    )  # torchvision's DeepLabV3
     assert resolve_options("refinenet") == {"light_weight": True, "backbone": "mobilenet_v2"}
     assert resolve_options("refinenet", light_weight=False)["backbone"] == "resnet101"
     assert resolve_options("deeplab", output_stride="8", separable="false")["output_stride"] == 8
 
 
-@pytest.mark.parametrize("family, options, message", [
-    ("unet", {}, "unknown model family"),
-    ("segnet", {"version": "v3"}, "segnet has no option 'version'"),
-    ("deeplab", {"backbone": "vgg16_bn"}, "backbone='vgg16_bn' is not one of"),
-    ("deeplab", {"output_stride": 32}, "output_stride=32"),
-])
+@pytest.mark.parametrize(
+    "family, options, message",
+    [
+        ("unet", {}, "unknown model family"),
+        ("segnet", {"version": "v3"}, "segnet has no option 'version'"),
+        ("deeplab", {"backbone": "vgg16_bn"}, "backbone='vgg16_bn' is not one of"),
+        ("deeplab", {"output_stride": 32}, "output_stride=32"),
+    ],
+)
 def test_bad_options_are_named(family, options, message):
     with pytest.raises(ValueError, match=message):
         build_model(family, 11, **options)
@@ -276,15 +337,23 @@ def test_bad_options_are_named(family, options, message):
 
 # ---------------------------------------------------------------- checkpoints
 
+
 def _spec(family="segnet", options=None, **kw) -> ModelSpec:
-    return ModelSpec(name=kw.pop("name", "test"), family=family,
-                     options={"backbone": "basic"} if options is None else options,
-                     num_classes=kw.pop("num_classes", 11), class_table="camvid", **kw)
+    return ModelSpec(
+        name=kw.pop("name", "test"),
+        family=family,
+        options={"backbone": "basic"} if options is None else options,
+        num_classes=kw.pop("num_classes", 11),
+        class_table="camvid",
+        **kw,
+    )
 
 
 def test_checkpoint_round_trip_is_exact_and_self_describing(tmp_path):
     model = build_model("segnet", 11, backbone="basic").eval()
-    path = save_checkpoint(tmp_path / "segnet.safetensors", model, _spec(metrics={"val_miou": 0.5}))
+    path = save_checkpoint(
+        tmp_path / "segnet.safetensors", model, _spec(metrics={"val_miou": 0.5})
+    )
     loaded = load_model(weights=str(path))
     assert loaded.spec.family == "segnet" and loaded.spec.options == {"backbone": "basic"}
     assert loaded.spec.metrics == {"val_miou": 0.5} and loaded.spec.class_table == "camvid"
@@ -301,9 +370,14 @@ def test_half_checkpoint_is_half_the_size_and_loads_as_float32(tmp_path):
     half = save_checkpoint(tmp_path / "half.safetensors", model, _spec("refinenet", {}), half=True)
     assert half.stat().st_size < 0.55 * full.stat().st_size
     loaded = load_model("refinenet", weights=str(half))
-    assert loaded.spec.options == {"light_weight": True, "backbone": "mobilenet_v2"}  # filled in on save
+    assert loaded.spec.options == {
+        "light_weight": True,
+        "backbone": "mobilenet_v2",
+    }  # filled in on save
     weight = loaded.module.classifier.weight
-    assert weight.dtype == torch.float32 and torch.equal(weight, model.classifier.weight.half().float())
+    assert weight.dtype == torch.float32 and torch.equal(
+        weight, model.classifier.weight.half().float()
+    )
 
 
 def test_load_model_rejects_missing_corrupt_and_mismatched_files(tmp_path):
@@ -335,8 +409,9 @@ def test_load_model_rejects_missing_corrupt_and_mismatched_files(tmp_path):
 
 def test_torchvision_checkpoint_loads_with_aux_head_dropped(tmp_path):
     torch.manual_seed(2)
-    reference = tvseg.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5,
-                                                   aux_loss=True).eval()
+    reference = tvseg.deeplabv3_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=5, aux_loss=True
+    ).eval()
     path = tmp_path / "deeplabv3_mobilenet_v3_large_coco.pth"
     torch.save(reference.state_dict(), path)
     loaded = load_model("deeplab", weights=str(path), version="v3", backbone="mobilenet_v3_large")
@@ -359,10 +434,18 @@ def models_folder(tmp_path, monkeypatch):
 
 
 def test_bundled_models_are_found_and_the_best_is_the_default(models_folder, caplog):
-    save_checkpoint(models_folder / "segnet_basic.safetensors", build_model("segnet", 11, backbone="basic"),
-                    _spec(name="segnet_basic_camvid", metrics={"val_miou": 0.40}), half=True)
-    save_checkpoint(models_folder / "lw_refinenet.safetensors", build_model("refinenet", 11),
-                    _spec("refinenet", {}, name="lw_refinenet_camvid", metrics={"val_miou": 0.50}), half=True)
+    save_checkpoint(
+        models_folder / "segnet_basic.safetensors",
+        build_model("segnet", 11, backbone="basic"),
+        _spec(name="segnet_basic_camvid", metrics={"val_miou": 0.40}),
+        half=True,
+    )
+    save_checkpoint(
+        models_folder / "lw_refinenet.safetensors",
+        build_model("refinenet", 11),
+        _spec("refinenet", {}, name="lw_refinenet_camvid", metrics={"val_miou": 0.50}),
+        half=True,
+    )
     (models_folder / "junk.safetensors").write_bytes(b"not a checkpoint")
     with caplog.at_level(logging.WARNING):
         specs = bundled_models()
@@ -371,15 +454,25 @@ def test_bundled_models_are_found_and_the_best_is_the_default(models_folder, cap
 
     assert load_model().spec.name == "lw_refinenet_camvid"  # best val_miou
     segnet = load_model("segnet")  # the bundled SegNet-Basic, not the unbundled VGG16 default
-    assert segnet.spec.name == "segnet_basic_camvid" and segnet.spec.options == {"backbone": "basic"}
-    assert load_model(weights="segnet_basic").spec.name == "segnet_basic_camvid"  # a bundled file by its stem
+    assert segnet.spec.name == "segnet_basic_camvid" and segnet.spec.options == {
+        "backbone": "basic"
+    }
+    assert (
+        load_model(weights="segnet_basic").spec.name == "segnet_basic_camvid"
+    )  # a bundled file by its stem
 
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         random = load_model("deeplab")
-    assert random.spec.weights_path == "" and random.spec.num_classes == 11 and random.spec.class_table == "camvid"
+    assert (
+        random.spec.weights_path == ""
+        and random.spec.num_classes == 11
+        and random.spec.class_table == "camvid"
+    )
     assert "NO TRAINED WEIGHTS" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        assert load_model("refinenet", num_classes=21).spec.weights_path == ""  # nothing bundled for 21 classes
+        assert (
+            load_model("refinenet", num_classes=21).spec.weights_path == ""
+        )  # nothing bundled for 21 classes
     assert "NO TRAINED WEIGHTS" in caplog.text

@@ -5,6 +5,7 @@ one takes compressed images with the default best-effort QoS; start-up failures
 each get a short-lived process. Frames are small (120×160) except one real
 CamVid frame; the network runs at 64×96 so a forward pass stays cheap.
 """
+
 from __future__ import annotations
 
 import array
@@ -56,18 +57,34 @@ COMPACT = ("label", "confidence", "color", "overlay")
 
 # --- harness --------------------------------------------------------------------------------
 
+
 class NodeProcess:
     """``python -m seg_ros.node`` with a params file; its console output goes to a log file."""
 
     def __init__(self, tmp_path: Path, namespace: str, parameters: dict):
         self.params_file = tmp_path / f"{namespace}.yaml"
-        self.params_file.write_text(yaml.safe_dump({f"/**/{NODE_NAME}": {"ros__parameters": parameters}}))
+        self.params_file.write_text(
+            yaml.safe_dump({f"/**/{NODE_NAME}": {"ros__parameters": parameters}})
+        )
         self.log_file = tmp_path / f"{namespace}.log"
         with self.log_file.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "seg_ros.node", "--ros-args", "--params-file", str(self.params_file),
-                 "-r", f"__ns:=/{namespace}", "-r", f"image:=/{namespace}/camera/image"],
-                stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                [
+                    sys.executable,
+                    "-m",
+                    "seg_ros.node",
+                    "--ros-args",
+                    "--params-file",
+                    str(self.params_file),
+                    "-r",
+                    f"__ns:=/{namespace}",
+                    "-r",
+                    f"image:=/{namespace}/camera/image",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            )
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace")
@@ -82,8 +99,14 @@ class NodeProcess:
         return self.process.wait(timeout=10)
 
 
-def image_msg(array: np.ndarray, encoding: str, stamp: int, frame_id: str = "camera",
-              step: int | None = None, big_endian: bool = False) -> Image:
+def image_msg(
+    array: np.ndarray,
+    encoding: str,
+    stamp: int,
+    frame_id: str = "camera",
+    step: int | None = None,
+    big_endian: bool = False,
+) -> Image:
     """An Image with ``stamp`` seconds; rows padded to ``step`` bytes when given."""
     height, width = array.shape[:2]
     contiguous = np.ascontiguousarray(array)
@@ -91,9 +114,11 @@ def image_msg(array: np.ndarray, encoding: str, stamp: int, frame_id: str = "cam
     step = step or rows.shape[1]
     if step > rows.shape[1]:
         padded = np.zeros((height, step), np.uint8)
-        padded[:, :rows.shape[1]] = rows
+        padded[:, : rows.shape[1]] = rows
         rows = padded
-    msg = Image(height=height, width=width, encoding=encoding, is_bigendian=int(big_endian), step=step)
+    msg = Image(
+        height=height, width=width, encoding=encoding, is_bigendian=int(big_endian), step=step
+    )
     msg.data = byte_array(rows.tobytes())
     msg.header.stamp.sec = stamp
     msg.header.stamp.nanosec = 123
@@ -102,7 +127,7 @@ def image_msg(array: np.ndarray, encoding: str, stamp: int, frame_id: str = "cam
 
 
 def byte_array(data: bytes) -> array.array:
-    """rclpy takes uint8[] fields as array.array('B') without checking every byte."""
+    """Rclpy takes uint8[] fields as array.array('B') without checking every byte."""
     out = array.array("B")
     out.frombytes(data)
     return out
@@ -115,7 +140,7 @@ def scene(height: int, width: int, seed: int = 0) -> np.ndarray:
     image = np.stack([255 * x / width, 255 * y / height, np.full_like(x, 128)], axis=-1)
     for _ in range(4):
         top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
-        image[top:top + height // 3, left:left + width // 3] = rng.integers(0, 256, 3)
+        image[top : top + height // 3, left : left + width // 3] = rng.integers(0, 256, 3)
     return image.astype(np.uint8)
 
 
@@ -134,14 +159,25 @@ class Probe:
         self.diagnostics: list[dict] = []
         base = f"/{namespace}/{NODE_NAME}"
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        self.subscriptions = {name: self.node.create_subscription(Image, f"{base}/{name}", self._collector(name),
-                                                                  reliable) for name in OUTPUTS}
+        self.subscriptions = {
+            name: self.node.create_subscription(
+                Image, f"{base}/{name}", self._collector(name), reliable
+            )
+            for name in OUTPUTS
+        }
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         topic = f"/{namespace}/camera/image" + ("/compressed" if compressed else "")
-        self.publisher = self.node.create_publisher(CompressedImage if compressed else Image, topic, reliable)
-        self.clients = {name: self.node.create_client(srv, f"{base}/{name}") for name, srv in (
-            ("get_parameters", GetParameters), ("set_parameters", SetParameters),
-            ("describe_parameters", DescribeParameters))}
+        self.publisher = self.node.create_publisher(
+            CompressedImage if compressed else Image, topic, reliable
+        )
+        self.clients = {
+            name: self.node.create_client(srv, f"{base}/{name}")
+            for name, srv in (
+                ("get_parameters", GetParameters),
+                ("set_parameters", SetParameters),
+                ("describe_parameters", DescribeParameters),
+            )
+        }
         threading.Thread(target=self.executor.spin, daemon=True).start()
 
     def close(self) -> None:
@@ -154,6 +190,7 @@ class Probe:
             with self._cond:
                 self.outputs[(msg.header.stamp.sec, msg.header.stamp.nanosec)][name] = msg
                 self._cond.notify_all()
+
         return collect
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
@@ -171,7 +208,9 @@ class Probe:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.process.poll() is not None:
-                raise AssertionError(f"node exited with {process.process.returncode}:\n{process.log()}")
+                raise AssertionError(
+                    f"node exited with {process.process.returncode}:\n{process.log()}"
+                )
             if self.publisher.get_subscription_count() > 0 and self.diagnostics:
                 return
             time.sleep(0.2)
@@ -186,7 +225,9 @@ class Probe:
             outputs = self.wait_for(key, wanted, min(2.0, deadline - time.monotonic()))
             if outputs:
                 return outputs
-        raise AssertionError(f"no {wanted} for stamp {key} within {timeout} s; got {sorted(self.outputs[key])}")
+        raise AssertionError(
+            f"no {wanted} for stamp {key} within {timeout} s; got {sorted(self.outputs[key])}"
+        )
 
     def wait_for(self, key: tuple[int, int], wanted=COMPACT, timeout: float = 30.0) -> dict | None:
         """The outputs for stamp ``key`` once all ``wanted`` ones arrived; None after ``timeout``."""
@@ -225,7 +266,9 @@ class Probe:
         elif isinstance(value, float):
             pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
         elif isinstance(value, list):
-            pv = ParameterValue(type=ParameterType.PARAMETER_STRING_ARRAY, string_array_value=value)
+            pv = ParameterValue(
+                type=ParameterType.PARAMETER_STRING_ARRAY, string_array_value=value
+            )
         else:
             pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
         request = SetParameters.Request(parameters=[Parameter(name=name, value=pv)])
@@ -236,7 +279,11 @@ class Probe:
         return list(self._call("get_parameters", GetParameters.Request(names=list(names))).values)
 
     def describe(self, *names: str):
-        return list(self._call("describe_parameters", DescribeParameters.Request(names=list(names))).descriptors)
+        return list(
+            self._call(
+                "describe_parameters", DescribeParameters.Request(names=list(names))
+            ).descriptors
+        )
 
 
 _stamps = iter(range(1000, 10**6))
@@ -247,6 +294,7 @@ def next_stamp() -> int:
 
 
 # --- the main node ------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def early_processes(tmp_path_factory):
@@ -262,8 +310,10 @@ def early_processes(tmp_path_factory):
     }
     processes = {
         "jpeg": NodeProcess(tmp, "seg_jpeg", {**TEST_PARAMETERS, "image_transport": "compressed"}),
-        "failures": {words: NodeProcess(tmp, f"seg_fail{i}", {**TEST_PARAMETERS, **parameters})
-                     for i, (words, parameters) in enumerate(failures.items())},
+        "failures": {
+            words: NodeProcess(tmp, f"seg_fail{i}", {**TEST_PARAMETERS, **parameters})
+            for i, (words, parameters) in enumerate(failures.items())
+        },
     }
     yield processes
     for process in [processes["jpeg"], *processes["failures"].values()]:
@@ -286,7 +336,9 @@ def raw(tmp_path_factory, early_processes):
         assert code == 0, f"node exited with {code} on SIGINT:\n{process.log()}"
 
 
-def _check_compact_outputs(outputs: dict, image: np.ndarray, header, alpha: float = 0.5) -> np.ndarray:
+def _check_compact_outputs(
+    outputs: dict, image: np.ndarray, header, alpha: float = 0.5
+) -> np.ndarray:
     """Header, size, encoding and value checks shared by the tests; returns the label image."""
     height, width = image.shape[:2]
     expected = {"label": "mono8", "confidence": "32FC1", "color": "rgb8", "overlay": "rgb8"}
@@ -330,20 +382,29 @@ def test_class_table_is_exposed_as_read_only_parameters(raw):
 def test_descriptors_carry_ranges(raw):
     probe, _ = raw
     alpha, iterations, model = probe.describe("overlay_alpha", "crf.iterations", "model")
-    assert (alpha.floating_point_range[0].from_value, alpha.floating_point_range[0].to_value) == (0.0, 1.0)
-    assert (iterations.integer_range[0].from_value, iterations.integer_range[0].to_value) == (1, 50)
+    assert (alpha.floating_point_range[0].from_value, alpha.floating_point_range[0].to_value) == (
+        0.0,
+        1.0,
+    )
+    assert (iterations.integer_range[0].from_value, iterations.integer_range[0].to_value) == (
+        1,
+        50,
+    )
     assert "restart" in model.description and "'deeplab'" in model.additional_constraints
 
 
-@pytest.mark.parametrize("name, value, words", [
-    ("overlay_alpha", 1.5, "out of range"),
-    ("crf.iterations", 0, "out of range"),
-    ("overlay_alpha", "opaque", "type"),
-    ("model", "segnet", "restart"),
-    ("backend", "onnxruntime", "restart"),
-    ("input_height", 128, "restart"),
-    ("image_transport", "compressed", "restart"),
-])
+@pytest.mark.parametrize(
+    "name, value, words",
+    [
+        ("overlay_alpha", 1.5, "out of range"),
+        ("crf.iterations", 0, "out of range"),
+        ("overlay_alpha", "opaque", "type"),
+        ("model", "segnet", "restart"),
+        ("backend", "onnxruntime", "restart"),
+        ("input_height", 128, "restart"),
+        ("image_transport", "compressed", "restart"),
+    ],
+)
 def test_bad_or_expensive_changes_are_refused_with_the_reason(raw, name, value, words):
     probe, _ = raw
     ok, reason = probe.set_parameter(name, value)
@@ -362,7 +423,9 @@ def test_crf_switch_is_refused_until_the_crf_module_exists_else_applied(raw):
     try:
         assert probe.set_parameter("crf.iterations", 2) == (True, "")
         image = scene(*NETWORK_SIZE, seed=5)
-        outputs = probe.send(image_msg(image, "rgb8", next_stamp()), timeout=90.0)  # the first CRF call imports it
+        outputs = probe.send(
+            image_msg(image, "rgb8", next_stamp()), timeout=90.0
+        )  # the first CRF call imports it
         _check_compact_outputs(outputs, image, outputs["label"].header)
     finally:
         assert probe.set_parameter("crf.enabled", False)[0]
@@ -379,13 +442,18 @@ def test_probabilities_switched_on_at_run_time_agree_with_label_and_confidence(r
     finally:
         assert probe.set_parameter("publish.probabilities", False)[0]
     prob_msg = outputs["probabilities"]
-    assert prob_msg.encoding == f"32FC{CAMVID.num_classes}" and prob_msg.header.stamp == msg.header.stamp
+    assert (
+        prob_msg.encoding == f"32FC{CAMVID.num_classes}"
+        and prob_msg.header.stamp == msg.header.stamp
+    )
     probabilities = message_to_array(prob_msg)
     assert probabilities.shape == (*NETWORK_SIZE, CAMVID.num_classes)
     np.testing.assert_allclose(probabilities.sum(axis=2), 1.0, atol=1e-4)
     label = message_to_array(outputs["label"])
     np.testing.assert_array_equal(probabilities.argmax(axis=2), label)
-    np.testing.assert_allclose(probabilities.max(axis=2), message_to_array(outputs["confidence"]), atol=1e-6)
+    np.testing.assert_allclose(
+        probabilities.max(axis=2), message_to_array(outputs["confidence"]), atol=1e-6
+    )
 
 
 def test_overlay_alpha_changes_at_run_time(raw):
@@ -418,11 +486,15 @@ def test_encodings_padding_and_endianness_give_the_same_segmentation(raw):
     rgba = np.dstack([rgb, np.full(FRAME_SIZE, 7, np.uint8)])
     np.testing.assert_array_equal(_label_for(probe, rgba, "rgba8"), reference)
     np.testing.assert_array_equal(_label_for(probe, rgba[:, :, [2, 1, 0, 3]], "bgra8"), reference)
-    np.testing.assert_array_equal(_label_for(probe, rgb, "rgb8", step=FRAME_SIZE[1] * 3 + 13), reference)
+    np.testing.assert_array_equal(
+        _label_for(probe, rgb, "rgb8", step=FRAME_SIZE[1] * 3 + 13), reference
+    )
 
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     grey_label = _label_for(probe, grey, "mono8")
-    np.testing.assert_array_equal(_label_for(probe, grey.astype(np.uint16) * 257, "mono16"), grey_label)
+    np.testing.assert_array_equal(
+        _label_for(probe, grey.astype(np.uint16) * 257, "mono16"), grey_label
+    )
     big = (grey.astype(np.uint16) * 257).astype(">u2")
     np.testing.assert_array_equal(_label_for(probe, big, "mono16", big_endian=True), grey_label)
 
@@ -430,7 +502,9 @@ def test_encodings_padding_and_endianness_give_the_same_segmentation(raw):
     bayer[0::2, 0::2], bayer[0::2, 1::2] = rgb[0::2, 0::2, 0], rgb[0::2, 1::2, 1]
     bayer[1::2, 0::2], bayer[1::2, 1::2] = rgb[1::2, 0::2, 1], rgb[1::2, 1::2, 2]
     _label_for(probe, bayer, "bayer_rggb8")
-    uyvy = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV)[:, :, [1, 0]].copy()  # U/V interleaved with Y: size check only
+    uyvy = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV)[
+        :, :, [1, 0]
+    ].copy()  # U/V interleaved with Y: size check only
     _label_for(probe, uyvy, "yuv422")
 
 
@@ -451,7 +525,9 @@ def test_bad_frames_are_skipped_with_a_warning_and_the_next_good_frame_is_served
     bad = [
         image_msg(rgb, "bogus8", next_stamp()),  # unsupported encoding
         image_msg(rgb[:0], "rgb8", next_stamp()),  # zero-sized
-        image_msg(rgb, "rgb8", next_stamp(), step=FRAME_SIZE[1] * 3 - 1),  # odd step, smaller than a row
+        image_msg(
+            rgb, "rgb8", next_stamp(), step=FRAME_SIZE[1] * 3 - 1
+        ),  # odd step, smaller than a row
         image_msg(rgb[:, :159], "yuv422", next_stamp()),  # 4:2:2 needs an even width
     ]
     short = image_msg(rgb, "rgb8", next_stamp())
@@ -480,13 +556,17 @@ def test_newest_frame_wins_under_a_burst_and_drops_are_counted(raw):
     burst = [image_msg(image, "rgb8", next_stamp()) for _ in range(20)]
     for msg in burst:
         probe.publisher.publish(msg)
-    assert probe.wait_for((burst[-1].header.stamp.sec, 123)), "the newest frame of the burst was not served"
+    assert probe.wait_for((burst[-1].header.stamp.sec, 123)), (
+        "the newest frame of the burst was not served"
+    )
     time.sleep(1.0)
     count = len(probe.diagnostics)
     after = probe.diagnostics_after(count)
     served = sum(1 for msg in burst if (msg.header.stamp.sec, 123) in probe.outputs)
-    delta = {key: int(after[key]) - int(before[key])
-             for key in ("frames_received", "frames_published", "frames_dropped", "frames_bad")}
+    delta = {
+        key: int(after[key]) - int(before[key])
+        for key in ("frames_received", "frames_published", "frames_dropped", "frames_bad")
+    }
     assert delta["frames_bad"] == 0
     assert delta["frames_published"] == served
     # Every frame that reached the node was either served or dropped as stale.
@@ -528,13 +608,15 @@ def test_no_work_without_subscribers(raw):
     deadline = time.monotonic() + 20.0
     after = before
     while time.monotonic() < deadline and int(after["frames_skipped_no_subscriber"]) <= int(
-            before["frames_skipped_no_subscriber"]):
+        before["frames_skipped_no_subscriber"]
+    ):
         probe.publisher.publish(image_msg(scene(*FRAME_SIZE), "rgb8", next_stamp()))
         after = probe.diagnostics_after(len(probe.diagnostics))
     assert int(after["frames_skipped_no_subscriber"]) > int(before["frames_skipped_no_subscriber"])
 
 
 # --- compressed input, default (best-effort) QoS -----------------------------------------------------
+
 
 def test_compressed_input(early_processes):
     process = early_processes["jpeg"]
@@ -543,28 +625,38 @@ def test_compressed_input(early_processes):
         probe.wait_until_ready(process)
         image = scene(*FRAME_SIZE, seed=6)
         for fmt, ext in (("jpeg", ".jpg"), ("png", ".png")):
-            msg = CompressedImage(format=fmt, data=byte_array(cv2.imencode(ext, image[:, :, ::-1])[1].tobytes()))
+            msg = CompressedImage(
+                format=fmt, data=byte_array(cv2.imencode(ext, image[:, :, ::-1])[1].tobytes())
+            )
             msg.header.stamp.sec, msg.header.frame_id = next_stamp(), "jpeg_camera"
             outputs = probe.send(msg)
-            decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_COLOR),
-                                   cv2.COLOR_BGR2RGB)
+            decoded = cv2.cvtColor(
+                cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_COLOR),
+                cv2.COLOR_BGR2RGB,
+            )
             _check_compact_outputs(outputs, decoded, msg.header)
         corrupt = CompressedImage(format="jpeg", data=byte_array(b"\xff\xd8 not really a jpeg"))
         corrupt.header.stamp.sec = next_stamp()
         probe.publisher.publish(corrupt)
         time.sleep(0.5)
-        msg = CompressedImage(format="jpeg", data=byte_array(cv2.imencode(".jpg", image)[1].tobytes()))
+        msg = CompressedImage(
+            format="jpeg", data=byte_array(cv2.imencode(".jpg", image)[1].tobytes())
+        )
         msg.header.stamp.sec = next_stamp()
         probe.send(msg)
         assert "not a valid jpeg" in process.log()
         values = probe.diagnostics_after(len(probe.diagnostics))
-        assert values["input_topic"] == "/seg_jpeg/camera/image/compressed" and int(values["frames_bad"]) >= 1
+        assert (
+            values["input_topic"] == "/seg_jpeg/camera/image/compressed"
+            and int(values["frames_bad"]) >= 1
+        )
     finally:
         probe.close()
         assert process.stop() == 0, process.log()
 
 
 # --- start-up failures ---------------------------------------------------------------------------------
+
 
 def test_start_up_errors_exit_non_zero_with_one_clear_message(early_processes):
     """Bad parameter values, missing weights, corrupt weights: exit code 1 and one line naming the problem."""

@@ -1,4 +1,5 @@
 """The node's parameter table, its YAML file, the launch helper and the statistics (all ROS-free)."""
+
 from __future__ import annotations
 
 import math
@@ -23,25 +24,28 @@ def test_every_default_passes_its_own_check():
         assert spec.check(spec.default) is None, spec.name
 
 
-@pytest.mark.parametrize("name, value, words", [
-    ("model", "unet", "one of"),
-    ("backend", "cuda", "one of"),
-    ("precision", "fp8", "one of"),
-    ("image_transport", "theora", "one of"),
-    ("qos.reliability", "sometimes", "one of"),
-    ("overlay_alpha", 1.5, "[0, 1]"),
-    ("overlay_alpha", -0.1, "[0, 1]"),
-    ("overlay_alpha", float("nan"), "finite"),
-    ("overlay_alpha", "half", "must be of type float"),
-    ("crf.iterations", 0, "[1, 50]"),
-    ("crf.iterations", 2.0, "must be of type int"),
-    ("output_stride", 12, "multiple of 8"),
-    ("output_stride", 32, "[0, 16]"),
-    ("qos.depth", 0, "[1, 100]"),
-    ("tensorrt.dla_core", -2, "[-1, 7]"),
-    ("publish.label", 1, "must be of type bool"),
-    ("input_height", -1, "[0, 4096]"),
-])
+@pytest.mark.parametrize(
+    "name, value, words",
+    [
+        ("model", "unet", "one of"),
+        ("backend", "cuda", "one of"),
+        ("precision", "fp8", "one of"),
+        ("image_transport", "theora", "one of"),
+        ("qos.reliability", "sometimes", "one of"),
+        ("overlay_alpha", 1.5, "[0, 1]"),
+        ("overlay_alpha", -0.1, "[0, 1]"),
+        ("overlay_alpha", float("nan"), "finite"),
+        ("overlay_alpha", "half", "must be of type float"),
+        ("crf.iterations", 0, "[1, 50]"),
+        ("crf.iterations", 2.0, "must be of type int"),
+        ("output_stride", 12, "multiple of 8"),
+        ("output_stride", 32, "[0, 16]"),
+        ("qos.depth", 0, "[1, 100]"),
+        ("tensorrt.dla_core", -2, "[-1, 7]"),
+        ("publish.label", 1, "must be of type bool"),
+        ("input_height", -1, "[0, 4096]"),
+    ],
+)
 def test_bad_values_are_rejected_with_the_reason(name, value, words):
     reason = p.SPECS[name].check(value)
     assert reason is not None and name in reason and words in reason
@@ -77,31 +81,63 @@ def test_pipeline_config_passes_only_the_variant_options_that_are_set():
     assert config.model_options == {} and config.backend_options == {}
     assert not config.crf.enabled
 
-    values = p.validate({
-        "model": "deeplab", "backbone": "mobilenet_v3_large", "version": "v3plus", "output_stride": 8,
-        "input_height": 64, "input_width": 96, "threads": 2, "backend": "tensorrt", "precision": "int8",
-        "tensorrt.engine_cache": "/tmp/engines", "tensorrt.workspace_mb": 512, "tensorrt.dla_core": 0,
-        "tensorrt.calibration_images": "/data/calib", "crf.enabled": True, "crf.iterations": 3,
-        "crf.bilateral_srgb": 20.0,
-    })
+    values = p.validate(
+        {
+            "model": "deeplab",
+            "backbone": "mobilenet_v3_large",
+            "version": "v3plus",
+            "output_stride": 8,
+            "input_height": 64,
+            "input_width": 96,
+            "threads": 2,
+            "backend": "tensorrt",
+            "precision": "int8",
+            "tensorrt.engine_cache": "/tmp/engines",
+            "tensorrt.workspace_mb": 512,
+            "tensorrt.dla_core": 0,
+            "tensorrt.calibration_images": "/data/calib",
+            "crf.enabled": True,
+            "crf.iterations": 3,
+            "crf.bilateral_srgb": 20.0,
+        }
+    )
     config = p.pipeline_config(values)
-    assert config.model_options == {"backbone": "mobilenet_v3_large", "version": "v3plus", "output_stride": 8}
-    assert config.backend_options == {"engine_cache": "/tmp/engines", "workspace_mb": 512, "dla_core": 0,
-                                      "calibration_images": "/data/calib"}
+    assert config.model_options == {
+        "backbone": "mobilenet_v3_large",
+        "version": "v3plus",
+        "output_stride": 8,
+    }
+    assert config.backend_options == {
+        "engine_cache": "/tmp/engines",
+        "workspace_mb": 512,
+        "dla_core": 0,
+        "calibration_images": "/data/calib",
+    }
     assert (config.input_height, config.input_width, config.threads) == (64, 96, 2)
     assert config.crf.enabled and config.crf.iterations == 3 and config.crf.bilateral_srgb == 20.0
-    assert p.pipeline_config(p.validate({"model": "refinenet", "light_weight": True})).model_options == {
-        "light_weight": True}
+    assert p.pipeline_config(
+        p.validate({"model": "refinenet", "light_weight": True})
+    ).model_options == {"light_weight": True}
 
 
 def test_read_params_file_merges_wildcard_and_node_sections(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({
-        "/**": {"ros__parameters": {"threads": 2, "crf": {"iterations": 3}}},
-        "/robot/segmentation_node": {"ros__parameters": {"publish": {"probabilities": True}}},
-        "other_node": {"ros__parameters": {"threads": 7}},
-    }))
-    assert p.read_params_file(path) == {"threads": 2, "crf.iterations": 3, "publish.probabilities": True}
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "/**": {"ros__parameters": {"threads": 2, "crf": {"iterations": 3}}},
+                "/robot/segmentation_node": {
+                    "ros__parameters": {"publish": {"probabilities": True}}
+                },
+                "other_node": {"ros__parameters": {"threads": 7}},
+            }
+        )
+    )
+    assert p.read_params_file(path) == {
+        "threads": 2,
+        "crf.iterations": 3,
+        "publish.probabilities": True,
+    }
 
 
 def test_read_params_file_reports_missing_and_malformed_files(tmp_path):
@@ -116,8 +152,12 @@ def test_read_params_file_reports_missing_and_malformed_files(tmp_path):
 def test_launch_parameters_put_arguments_after_the_file():
     default = str(REPO / "config" / "segmentation.yaml")
     assert p.launch_parameters() == [default]
-    assert p.launch_parameters(model="deeplab", backend="onnxruntime", precision="fp16", use_crf="false") == [
-        default, {"model": "deeplab", "backend": "onnxruntime", "precision": "fp16", "crf.enabled": False}]
+    assert p.launch_parameters(
+        model="deeplab", backend="onnxruntime", precision="fp16", use_crf="false"
+    ) == [
+        default,
+        {"model": "deeplab", "backend": "onnxruntime", "precision": "fp16", "crf.enabled": False},
+    ]
 
 
 def test_launch_parameters_reject_bad_arguments_before_anything_starts(tmp_path):
@@ -170,7 +210,13 @@ def test_node_stats_snapshot_counts_and_stages():
         now[0] = 5.0 + i
         stats.frame_published({"inference": 10.0 * (i + 1), "age": 20.0, "unknown_stage": 1.0})
     snap = stats.snapshot()
-    assert (snap["received"], snap["dropped"], snap["bad"], snap["skipped"], snap["published"]) == (10, 1, 1, 1, 4)
+    assert (
+        snap["received"],
+        snap["dropped"],
+        snap["bad"],
+        snap["skipped"],
+        snap["published"],
+    ) == (10, 1, 1, 1, 4)
     assert snap["bad_recent"] == 1 and stats.snapshot()["bad_recent"] == 0
     assert snap["latency_ms"]["inference"] == pytest.approx((25.0, 38.5))
     assert snap["latency_ms"]["age"] == (20.0, 20.0)

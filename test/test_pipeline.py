@@ -1,4 +1,5 @@
 """The ROS-free pipeline: sizes, dtypes and label/confidence consistency around a backend."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,8 @@ from seg_ros.pipeline import CrfSettings, SegmentationPipeline
 
 class ColourRuleBackend:
     """A deterministic backend: class = the dominant colour channel, probabilities a softmax of the
-    normalised channels. It lets the pipeline's resizing and head logic be checked exactly."""
+    normalised channels. It lets the pipeline's resizing and head logic be checked exactly.
+    """
 
     name = "colour-rule"
     precision = "fp32"
@@ -38,8 +40,14 @@ def _image(h, w):
 
 
 def _pipeline(backend, size=(32, 48), crf=None):
-    return SegmentationPipeline(backend, num_classes=3, input_size=size, mean=(0.5, 0.5, 0.5),
-                                std=(0.25, 0.25, 0.25), crf=crf)
+    return SegmentationPipeline(
+        backend,
+        num_classes=3,
+        input_size=size,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        crf=crf,
+    )
 
 
 @pytest.mark.parametrize("shape", [(120, 160), (32, 48), (33, 97)])
@@ -51,7 +59,9 @@ def test_outputs_at_input_resolution(shape):
     assert result.probabilities is None
     assert backend.calls == [("label", "confidence")]  # compact head when nothing else is needed
     h, w = shape
-    assert (result.label[:, : w // 2 - 2] == 0).all() and (result.label[:, w // 2 + 2 :] == 2).all()
+    assert (result.label[:, : w // 2 - 2] == 0).all() and (
+        result.label[:, w // 2 + 2 :] == 2
+    ).all()
     assert 0.0 <= result.confidence.min() and result.confidence.max() <= 1.0
     assert set(result.timings_ms) >= {"preprocess", "inference", "postprocess"}
 
@@ -71,8 +81,14 @@ def test_mono_input_is_accepted():
     assert result.label.shape == (20, 30)
 
 
-@pytest.mark.parametrize("bad", [np.zeros((0, 10, 3), np.uint8), np.zeros((10, 10, 3), np.float32),
-                                 np.zeros((10, 10, 4), np.uint8)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((0, 10, 3), np.uint8),
+        np.zeros((10, 10, 3), np.float32),
+        np.zeros((10, 10, 4), np.uint8),
+    ],
+)
 def test_bad_images_are_rejected_clearly(bad):
     with pytest.raises(ValueError):
         _pipeline(ColourRuleBackend()).process(bad)

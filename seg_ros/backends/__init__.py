@@ -6,35 +6,75 @@ TensorRT when it is importable and a GPU is present, else ONNX Runtime (CUDA,
 then CPU), else PyTorch; it logs the choice and why, and moves on to the next
 candidate (with a warning) when one fails to start.
 """
+
 from __future__ import annotations
 
 import logging
 
-from seg_ros.backends.base import (INPUT_NAME, KINDS, OUTPUT_NAMES, PRECISIONS, Backend, BackendError,
-                                   BackendOptions)
+from seg_ros.backends.base import (
+    INPUT_NAME,
+    KINDS,
+    OUTPUT_NAMES,
+    PRECISIONS,
+    Backend,
+    BackendError,
+    BackendOptions,
+)
 
-__all__ = ["Backend", "BackendError", "BackendOptions", "KINDS", "PRECISIONS", "OUTPUT_NAMES", "INPUT_NAME",
-           "create_backend", "auto_candidates"]
+__all__ = [
+    "Backend",
+    "BackendError",
+    "BackendOptions",
+    "KINDS",
+    "PRECISIONS",
+    "OUTPUT_NAMES",
+    "INPUT_NAME",
+    "create_backend",
+    "auto_candidates",
+]
 
 LOG = logging.getLogger(__name__)
 
 
-def _start(kind: str, loaded, *, height: int, width: int, precision: str, threads: int,
-           options: BackendOptions) -> Backend:
+def _start(
+    kind: str,
+    loaded,
+    *,
+    height: int,
+    width: int,
+    precision: str,
+    threads: int,
+    options: BackendOptions,
+) -> Backend:
     if kind == "tensorrt":
         from seg_ros.backends.tensorrt_backend import TensorRTBackend
 
-        return TensorRTBackend(loaded, height=height, width=width, precision=precision, options=options)
+        return TensorRTBackend(
+            loaded, height=height, width=width, precision=precision, options=options
+        )
     if kind == "onnxruntime":
         from seg_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(loaded, height=height, width=width, precision=precision, threads=threads,
-                                  device=options.device, engine_cache=options.engine_cache,
-                                  workspace_mb=options.workspace_mb)
+        return OnnxRuntimeBackend(
+            loaded,
+            height=height,
+            width=width,
+            precision=precision,
+            threads=threads,
+            device=options.device,
+            engine_cache=options.engine_cache,
+            workspace_mb=options.workspace_mb,
+        )
     from seg_ros.backends.torch_backend import TorchBackend
 
-    return TorchBackend(loaded, height=height, width=width, precision=precision, threads=threads,
-                        device=options.device)
+    return TorchBackend(
+        loaded,
+        height=height,
+        width=width,
+        precision=precision,
+        threads=threads,
+        device=options.device,
+    )
 
 
 def auto_candidates(precision: str) -> list[tuple[str, str, str]]:
@@ -45,7 +85,9 @@ def auto_candidates(precision: str) -> list[tuple[str, str, str]]:
     trt = tensorrt_importable()
     candidates = []
     if trt and gpu:
-        candidates.append(("tensorrt", precision, "TensorRT is importable and a CUDA GPU is present"))
+        candidates.append(
+            ("tensorrt", precision, "TensorRT is importable and a CUDA GPU is present")
+        )
         why_not_trt = ""
     else:
         why_not_trt = "TensorRT is not importable; " if not trt else "no CUDA GPU for TensorRT; "
@@ -61,18 +103,30 @@ def auto_candidates(precision: str) -> list[tuple[str, str, str]]:
         ort_cuda = None  # onnxruntime is not installed
     if ort_cuda is not None:
         where = "its CUDA provider" if ort_cuda else "the CPU (no CUDA provider or GPU)"
-        candidates.append(("onnxruntime", "fp32", f"{why_not_trt}ONNX Runtime on {where}{fallback('fp32')}"))
+        candidates.append(
+            ("onnxruntime", "fp32", f"{why_not_trt}ONNX Runtime on {where}{fallback('fp32')}")
+        )
         why_not_ort = ""
     else:
         why_not_ort = "ONNX Runtime is not installed; "
     run = precision if precision == "fp32" or (precision == "fp16" and gpu) else "fp32"
     where = "CUDA" if gpu else "the CPU"
-    candidates.append(("torch", run, f"{why_not_trt}{why_not_ort}PyTorch on {where}{fallback(run)}"))
+    candidates.append(
+        ("torch", run, f"{why_not_trt}{why_not_ort}PyTorch on {where}{fallback(run)}")
+    )
     return candidates
 
 
-def create_backend(kind: str, loaded, *, height: int, width: int, precision: str = "fp32", threads: int = 0,
-                   options: dict | None = None) -> Backend:
+def create_backend(
+    kind: str,
+    loaded,
+    *,
+    height: int,
+    width: int,
+    precision: str = "fp32",
+    threads: int = 0,
+    options: dict | None = None,
+) -> Backend:
     """Start a backend for ``loaded`` (seg_ros.models.LoadedModel) at a fixed 1×3×height×width input.
 
     ValueError for bad arguments; BackendError (a RuntimeError) with the reason
@@ -102,6 +156,11 @@ def create_backend(kind: str, loaded, *, height: int, width: int, precision: str
             failures.append(f"{candidate}: {exc}")
             continue
         backend.reason = why if not failures else f"{why} (failed first: {'; '.join(failures)})"
-        LOG.info("backend auto: using %s (%s) because %s", backend.name, backend.precision, backend.reason)
+        LOG.info(
+            "backend auto: using %s (%s) because %s",
+            backend.name,
+            backend.precision,
+            backend.reason,
+        )
         return backend
     raise BackendError("no backend could start: " + "; ".join(failures))

@@ -5,6 +5,7 @@ names, shapes and dtypes of the outputs are those of the exported ONNX head
 (seg_ros.export): ``label`` 1×H×W int32, ``confidence`` 1×H×W float32,
 ``probabilities`` 1×C×H×W float32.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -30,13 +31,17 @@ class BackendOptions:
     """
 
     engine_cache: str = ""  # folder for TensorRT engines; "" = seg_ros.paths.cache_dir()/engines
-    workspace_mb: int = 0  # TensorRT builder workspace limit; 0 = TensorRT's default (all device memory)
+    workspace_mb: int = (
+        0  # TensorRT builder workspace limit; 0 = TensorRT's default (all device memory)
+    )
     dla_core: int = -1  # Jetson DLA core for TensorRT; -1 = GPU only
     calibration_images: str = ""  # INT8: folder of images
     calibration_bag: str = ""  # INT8: rosbag2 (folder or .mcap/.db3) ...
     calibration_topic: str = ""  # ... and its image topic
     calibration_frames: int = 100  # INT8: frames drawn evenly from the source
-    build_only: bool = False  # TensorRT: build/verify the engine, do not start an execution context
+    build_only: bool = (
+        False  # TensorRT: build/verify the engine, do not start an execution context
+    )
     device: str = ""  # torch: cpu|cuda; onnxruntime: cpu|cuda|tensorrt (execution provider); "" = best available
 
     @classmethod
@@ -45,13 +50,19 @@ class BackendOptions:
         values = {}
         for key, value in (options or {}).items():
             if key not in known:
-                raise ValueError(f"unknown backend option {key!r}: expected one of {sorted(known)}")
+                raise ValueError(
+                    f"unknown backend option {key!r}: expected one of {sorted(known)}"
+                )
             if value is None:
                 continue
             default = known[key].default
             try:
                 if isinstance(default, bool):
-                    value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+                    value = (
+                        value
+                        if isinstance(value, bool)
+                        else str(value).lower() in ("1", "true", "yes")
+                    )
                 else:
                     value = type(default)(value)
             except (TypeError, ValueError) as exc:
@@ -59,28 +70,45 @@ class BackendOptions:
             values[key] = value
         result = cls(**values)
         if result.workspace_mb < 0:
-            raise ValueError(f"backend option 'workspace_mb' must be >= 0, got {result.workspace_mb}")
+            raise ValueError(
+                f"backend option 'workspace_mb' must be >= 0, got {result.workspace_mb}"
+            )
         if result.dla_core < -1:
-            raise ValueError(f"backend option 'dla_core' must be -1 (GPU) or a DLA core index, got {result.dla_core}")
+            raise ValueError(
+                f"backend option 'dla_core' must be -1 (GPU) or a DLA core index, got {result.dla_core}"
+            )
         if result.calibration_frames <= 0:
-            raise ValueError(f"backend option 'calibration_frames' must be positive, got {result.calibration_frames}")
+            raise ValueError(
+                f"backend option 'calibration_frames' must be positive, got {result.calibration_frames}"
+            )
         if result.device not in DEVICES:
-            raise ValueError(f"backend option 'device' must be one of {DEVICES[1:]} or empty, got {result.device!r}")
+            raise ValueError(
+                f"backend option 'device' must be one of {DEVICES[1:]} or empty, got {result.device!r}"
+            )
         return result
 
 
 class Backend:
     """Runs the network on one 1×3×H×W float32 batch; subclasses implement ``_run``."""
 
-    def __init__(self, *, name: str, precision: str, input_shape: tuple[int, int, int, int],
-                 num_classes: int, reason: str = ""):
+    def __init__(
+        self,
+        *,
+        name: str,
+        precision: str,
+        input_shape: tuple[int, int, int, int],
+        num_classes: int,
+        reason: str = "",
+    ):
         self.name = name
         self.precision = precision
         self.input_shape = tuple(int(v) for v in input_shape)
         self.num_classes = int(num_classes)
         self.reason = reason
 
-    def infer(self, batch: np.ndarray, outputs: tuple[str, ...] = ("label", "confidence")) -> dict[str, np.ndarray]:
+    def infer(
+        self, batch: np.ndarray, outputs: tuple[str, ...] = ("label", "confidence")
+    ) -> dict[str, np.ndarray]:
         """Return the requested subset of label / confidence / probabilities for ``batch``."""
         outputs = tuple(outputs)
         if not outputs:
@@ -89,10 +117,14 @@ class Backend:
         if unknown:
             raise ValueError(f"unknown output(s) {unknown}: a backend produces {OUTPUT_NAMES}")
         if not isinstance(batch, np.ndarray) or batch.dtype != np.float32:
-            raise ValueError(f"the batch must be a float32 numpy array, got {type(batch).__name__} "
-                             f"{getattr(batch, 'dtype', '')}")
+            raise ValueError(
+                f"the batch must be a float32 numpy array, got {type(batch).__name__} "
+                f"{getattr(batch, 'dtype', '')}"
+            )
         if batch.shape != self.input_shape:
-            raise ValueError(f"{self.name} was built for input {self.input_shape}, got a batch of shape {batch.shape}")
+            raise ValueError(
+                f"{self.name} was built for input {self.input_shape}, got a batch of shape {batch.shape}"
+            )
         return self._run(np.ascontiguousarray(batch), outputs)
 
     def _run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:

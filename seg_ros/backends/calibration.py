@@ -7,6 +7,7 @@ source so a long drive is not calibrated on its first seconds only. The
 fingerprint (file names and sizes, topic, frame count) goes into the engine
 and calibration-cache keys, so new data means a new calibration.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,33 +44,47 @@ class CalibrationSource:
     @classmethod
     def from_options(cls, options) -> CalibrationSource:
         """From BackendOptions; ValueError/FileNotFoundError with the reason when unusable."""
-        source = cls(options.calibration_images, options.calibration_bag, options.calibration_topic,
-                     options.calibration_frames)
+        source = cls(
+            options.calibration_images,
+            options.calibration_bag,
+            options.calibration_topic,
+            options.calibration_frames,
+        )
         source.validate()
         return source
 
     def validate(self) -> None:
         if bool(self.images) == bool(self.bag):
-            raise ValueError("INT8 needs calibration data: set exactly one of calibration_images (a folder) "
-                             "or calibration_bag (with calibration_topic)")
+            raise ValueError(
+                "INT8 needs calibration data: set exactly one of calibration_images (a folder) "
+                "or calibration_bag (with calibration_topic)"
+            )
         if self.frames <= 0:
             raise ValueError(f"calibration_frames must be positive, got {self.frames}")
         if self.images:
             if not Path(self.images).is_dir():
                 raise FileNotFoundError(f"calibration image folder {self.images} does not exist")
             if not self.image_files():
-                raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in calibration folder {self.images}")
+                raise ValueError(
+                    f"no images ({', '.join(IMAGE_SUFFIXES)}) in calibration folder {self.images}"
+                )
         else:
             if not Path(self.bag).exists():
                 raise FileNotFoundError(f"calibration bag {self.bag} does not exist")
             if not self.topic:
-                raise ValueError(f"calibration_bag {self.bag} needs calibration_topic (the image topic to read)")
+                raise ValueError(
+                    f"calibration_bag {self.bag} needs calibration_topic (the image topic to read)"
+                )
 
     def describe(self) -> str:
         return f"images in {self.images}" if self.images else f"{self.topic} in bag {self.bag}"
 
     def image_files(self) -> list[Path]:
-        return sorted(p for p in Path(self.images).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        return sorted(
+            p
+            for p in Path(self.images).rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
 
     def fingerprint(self) -> dict:
         """What identifies the data: names and sizes of the files, topic, frame count."""
@@ -81,9 +96,16 @@ class CalibrationSource:
             root = Path(self.bag)
             files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
         for path in files:
-            hasher.update(f"{path.relative_to(root) if path != root else path.name}:{path.stat().st_size}\n".encode())
-        return {"kind": "images" if self.images else "bag", "topic": self.topic, "frames": self.frames,
-                "files": len(files), "sha256": hasher.hexdigest()}
+            hasher.update(
+                f"{path.relative_to(root) if path != root else path.name}:{path.stat().st_size}\n".encode()
+            )
+        return {
+            "kind": "images" if self.images else "bag",
+            "topic": self.topic,
+            "frames": self.frames,
+            "files": len(files),
+            "sha256": hasher.hexdigest(),
+        }
 
     def count(self) -> int:
         """How many frames ``images()`` will yield."""
@@ -112,14 +134,20 @@ class CalibrationSource:
                 if index not in wanted:
                     continue
                 msg = reader.deserialize(raw, connection.msgtype)
-                yield decode_compressed(msg) if connection.msgtype.endswith("CompressedImage") else decode_image(msg)
+                yield (
+                    decode_compressed(msg)
+                    if connection.msgtype.endswith("CompressedImage")
+                    else decode_image(msg)
+                )
 
     def batches(self, height: int, width: int, mean, std) -> Iterator[np.ndarray]:
         """1×3×height×width float32 network inputs, normalised as the pipeline does."""
         from seg_ros.pipeline import SegmentationPipeline
 
         # The pipeline's own preprocess (resize + normalise) so calibration sees what inference will see.
-        preprocessor = SegmentationPipeline(None, num_classes=1, input_size=(height, width), mean=mean, std=std)
+        preprocessor = SegmentationPipeline(
+            None, num_classes=1, input_size=(height, width), mean=mean, std=std
+        )
         for image in self.images_rgb():
             yield preprocessor.preprocess(image)[1]
 
@@ -136,5 +164,7 @@ class CalibrationSource:
             raise ValueError(f"topic {self.topic!r} is not in bag {self.bag}; it has {topics}")
         wrong = [c.msgtype for c in connections if c.msgtype not in _IMAGE_TYPES]
         if wrong:
-            raise ValueError(f"topic {self.topic!r} in {self.bag} carries {wrong[0]}, not an image type {_IMAGE_TYPES}")
+            raise ValueError(
+                f"topic {self.topic!r} in {self.bag} carries {wrong[0]}, not an image type {_IMAGE_TYPES}"
+            )
         return connections

@@ -1,4 +1,5 @@
 """What this machine offers: a CUDA GPU (via torch), TensorRT; used by the auto choice and the engine keys."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -8,9 +9,11 @@ from seg_ros.backends.base import BackendError
 
 LOG = logging.getLogger(__name__)
 
-TENSORRT_MISSING = ("TensorRT is not installed (import tensorrt failed: {error}). It comes with JetPack on "
-                    "a Jetson; on an x86 desktop install TensorRT 10 from NVIDIA's package index "
-                    "(pip install tensorrt). Until then use --backend onnxruntime (backend: onnxruntime).")
+TENSORRT_MISSING = (
+    "TensorRT is not installed (import tensorrt failed: {error}). It comes with JetPack on "
+    "a Jetson; on an x86 desktop install TensorRT 10 from NVIDIA's package index "
+    "(pip install tensorrt). Until then use --backend onnxruntime (backend: onnxruntime)."
+)
 
 
 def cuda_available() -> bool:
@@ -24,7 +27,9 @@ def cuda_available() -> bool:
 def gpu_identity(device: int = 0) -> tuple[str, str]:
     """(GPU name, compute capability 'major.minor') of the CUDA device; BackendError without one."""
     if not cuda_available():
-        raise BackendError("TensorRT needs a CUDA GPU, and torch sees none (torch.cuda.is_available() is False)")
+        raise BackendError(
+            "TensorRT needs a CUDA GPU, and torch sees none (torch.cuda.is_available() is False)"
+        )
     import torch
 
     major, minor = torch.cuda.get_device_capability(device)

@@ -10,6 +10,7 @@ payload's sha256 in a small JSON header ahead of the serialized engine::
 so a truncated, corrupted, foreign or stale file is recognised before
 TensorRT ever sees it, and rebuilt (the log says which field changed).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,25 +35,39 @@ class EngineFileError(ValueError):
     """A cached engine file that must not be loaded (truncated, corrupt, foreign or built for something else)."""
 
 
-def engine_key(export_key: dict, *, precision: str, calibration: str, tensorrt_version: str,
-               gpu_name: str, compute_capability: str, dla_core: int) -> dict:
+def engine_key(
+    export_key: dict,
+    *,
+    precision: str,
+    calibration: str,
+    tensorrt_version: str,
+    gpu_name: str,
+    compute_capability: str,
+    dla_core: int,
+) -> dict:
     """The key an engine is valid for; ``export_key`` (onnx_cache.export_key) pins network, weights and shape."""
-    return normalised({
-        "format": FORMAT,
-        "network": export_key,
-        "precision": precision,
-        "calibration": calibration if precision == "int8" else "",
-        "tensorrt": tensorrt_version,
-        "gpu": gpu_name,
-        "compute_capability": compute_capability,
-        "dla_core": int(dla_core),
-    })
+    return normalised(
+        {
+            "format": FORMAT,
+            "network": export_key,
+            "precision": precision,
+            "calibration": calibration if precision == "int8" else "",
+            "tensorrt": tensorrt_version,
+            "gpu": gpu_name,
+            "compute_capability": compute_capability,
+            "dla_core": int(dla_core),
+        }
+    )
 
 
 def engine_io(num_classes: int, height: int, width: int) -> dict:
     """Name -> {shape, dtype} the engine must expose (the exported head's I/O)."""
-    return normalised({name: {"shape": list(shape), "dtype": dtype}
-                       for name, (shape, dtype) in head_io(num_classes, height, width).items()})
+    return normalised(
+        {
+            name: {"shape": list(shape), "dtype": dtype}
+            for name, (shape, dtype) in head_io(num_classes, height, width).items()
+        }
+    )
 
 
 def _flatten(value, prefix: str = "") -> dict:
@@ -67,8 +82,11 @@ def _flatten(value, prefix: str = "") -> dict:
 def describe_difference(stored: dict, expected: dict, limit: int = 4) -> str:
     """'tensorrt: 10.3.0 -> 10.7.0, precision: fp32 -> fp16' for the fields that differ."""
     old, new = _flatten(stored), _flatten(expected)
-    changes = [f"{name}: {old.get(name, '(none)')} -> {new.get(name, '(none)')}"
-               for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
+    changes = [
+        f"{name}: {old.get(name, '(none)')} -> {new.get(name, '(none)')}"
+        for name in sorted(set(old) | set(new))
+        if old.get(name) != new.get(name)
+    ]
     more = f" (+{len(changes) - limit} more)" if len(changes) > limit else ""
     return ", ".join(changes[:limit]) + more
 
@@ -76,14 +94,17 @@ def describe_difference(stored: dict, expected: dict, limit: int = 4) -> str:
 def write_engine(path: Path, payload: bytes, key: dict, io: dict, **info) -> None:
     """Write header + payload atomically; ``info`` (build time, ...) is stored for humans."""
     payload = bytes(payload)
-    header = json.dumps({
-        "key": key,
-        "key_sha256": digest(key),
-        "io": io,
-        "payload_size": len(payload),
-        "payload_sha256": hashlib.sha256(payload).hexdigest(),
-        "info": info,
-    }, sort_keys=True).encode()
+    header = json.dumps(
+        {
+            "key": key,
+            "key_sha256": digest(key),
+            "io": io,
+            "payload_size": len(payload),
+            "payload_sha256": hashlib.sha256(payload).hexdigest(),
+            "info": info,
+        },
+        sort_keys=True,
+    ).encode()
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
@@ -114,7 +135,9 @@ def read_header(path: Path) -> tuple[dict, int]:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EngineFileError(f"{path} has a damaged header ({exc})") from exc
-    if not isinstance(header, dict) or not {"key", "io", "payload_size", "payload_sha256"} <= set(header):
+    if not isinstance(header, dict) or not {"key", "io", "payload_size", "payload_sha256"} <= set(
+        header
+    ):
         raise EngineFileError(f"{path} has an incomplete header")
     return header, len(MAGIC) + 4 + length
 
@@ -128,13 +151,19 @@ def read_engine(path: Path, key: dict, io: dict) -> bytes:
     path = Path(path)
     header, offset = read_header(path)
     if header["key"] != key:
-        raise EngineFileError(f"{path} was built for another configuration "
-                              f"({describe_difference(header['key'], key)})")
+        raise EngineFileError(
+            f"{path} was built for another configuration "
+            f"({describe_difference(header['key'], key)})"
+        )
     if header["io"] != io:
-        raise EngineFileError(f"{path} has other input/output shapes ({describe_difference(header['io'], io)})")
+        raise EngineFileError(
+            f"{path} has other input/output shapes ({describe_difference(header['io'], io)})"
+        )
     payload = path.read_bytes()[offset:]
     if len(payload) != header["payload_size"]:
-        raise EngineFileError(f"{path} is truncated ({len(payload)} of {header['payload_size']} engine bytes)")
+        raise EngineFileError(
+            f"{path} is truncated ({len(payload)} of {header['payload_size']} engine bytes)"
+        )
     if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
         raise EngineFileError(f"{path} is corrupt (engine checksum mismatch)")
     return payload
@@ -151,21 +180,31 @@ class EngineCache:
 
             self.folder = cache_dir() / "engines"
 
-    def engine_path(self, model_name: str, height: int, width: int, precision: str, dla_core: int = -1) -> Path:
+    def engine_path(
+        self, model_name: str, height: int, width: int, precision: str, dla_core: int = -1
+    ) -> Path:
         """One file per model, size, precision and DLA core; its header says what exactly it holds."""
         dla = f"-dla{dla_core}" if dla_core >= 0 else ""
         return self.folder / f"{safe_name(model_name)}-{height}x{width}-{precision}{dla}.engine"
 
-    def timing_cache_path(self, tensorrt_version: str, gpu_name: str, compute_capability: str) -> Path:
+    def timing_cache_path(
+        self, tensorrt_version: str, gpu_name: str, compute_capability: str
+    ) -> Path:
         """Tactic timings are per TensorRT version and GPU, shared by every model built there."""
         tag = safe_name(f"trt{tensorrt_version}-{gpu_name}-sm{compute_capability}")
         return self.folder / f"timing-{tag}.cache"
 
-    def calibration_cache_path(self, model_name: str, height: int, width: int, calibration_key: dict) -> Path:
-        return self.folder / f"{safe_name(model_name)}-{height}x{width}-int8-{digest(calibration_key)[:16]}.calib"
+    def calibration_cache_path(
+        self, model_name: str, height: int, width: int, calibration_key: dict
+    ) -> Path:
+        return (
+            self.folder
+            / f"{safe_name(model_name)}-{height}x{width}-int8-{digest(calibration_key)[:16]}.calib"
+        )
 
-    def load_or_build(self, path: Path, key: dict, io: dict, build: Callable[[], bytes], *,
-                      force: bool = False) -> tuple[bytes, bool]:
+    def load_or_build(
+        self, path: Path, key: dict, io: dict, build: Callable[[], bytes], *, force: bool = False
+    ) -> tuple[bytes, bool]:
         """(engine bytes, whether it was built now): the cached file if valid, else ``build()`` and store it."""
         if not force:
             try:
@@ -182,7 +221,13 @@ class EngineCache:
         if not payload:
             raise BackendError(f"building {path.name} produced no engine")
         seconds = time.monotonic() - started
-        write_engine(path, payload, key, io, build_seconds=round(seconds, 1),
-                     built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        write_engine(
+            path,
+            payload,
+            key,
+            io,
+            build_seconds=round(seconds, 1),
+            built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
         LOG.info("built %s in %.0f s (%.1f MB)", path, seconds, len(payload) / 1e6)
         return bytes(payload), True

@@ -7,6 +7,7 @@ file from an older seg_ros — is exported again. Files are written atomically.
 Also the TensorRT-side preparation: the exported graph must have a static
 1×3×H×W input, the head's outputs and only operators TensorRT's parser knows.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -98,17 +99,19 @@ def export_key(loaded, height: int, width: int, *, head: bool = True, opset: int
 
     from seg_ros import __version__
 
-    return normalised({
-        "format": EXPORT_FORMAT,
-        "model": model_key(loaded),
-        "height": int(height),
-        "width": int(width),
-        "head": bool(head),
-        "opset": int(opset or DEFAULT_OPSET),
-        "seg_ros": __version__,
-        "code": _code_fingerprint(),
-        "torch": torch.__version__,
-    })
+    return normalised(
+        {
+            "format": EXPORT_FORMAT,
+            "model": model_key(loaded),
+            "height": int(height),
+            "width": int(width),
+            "head": bool(head),
+            "opset": int(opset or DEFAULT_OPSET),
+            "seg_ros": __version__,
+            "code": _code_fingerprint(),
+            "torch": torch.__version__,
+        }
+    )
 
 
 def onnx_cache_dir() -> Path:
@@ -134,8 +137,15 @@ def _stored_key(path: Path) -> dict | None:
     return None
 
 
-def cached_onnx(loaded, height: int, width: int, *, head: bool = True, opset: int = 0,
-                cache_root: Path | None = None) -> Path:
+def cached_onnx(
+    loaded,
+    height: int,
+    width: int,
+    *,
+    head: bool = True,
+    opset: int = 0,
+    cache_root: Path | None = None,
+) -> Path:
     """Path of an ONNX file for ``loaded`` at height×width, exported now unless a matching one is cached."""
     key = export_key(loaded, height, width, head=head, opset=opset)
     folder = Path(cache_root) if cache_root else onnx_cache_dir()
@@ -153,7 +163,12 @@ def cached_onnx(loaded, height: int, width: int, *, head: bool = True, opset: in
     from seg_ros.export import export_onnx
 
     def write(tmp: Path) -> None:
-        LOG.info("exporting %s to ONNX at %dx%d (cached for the next start)", loaded.spec.name, width, height)
+        LOG.info(
+            "exporting %s to ONNX at %dx%d (cached for the next start)",
+            loaded.spec.name,
+            width,
+            height,
+        )
         export_onnx(loaded.module, tmp, height, width, head=head, opset=key["opset"])
         model = onnx.load(str(tmp))
         entry = model.metadata_props.add()
@@ -172,22 +187,36 @@ def check_onnx_for_tensorrt(path: Path, height: int, width: int) -> None:
     from seg_ros.export import unsupported_tensorrt_ops
 
     model = onnx.load(str(path), load_external_data=False)
-    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    inputs = [
+        i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}
+    ]
     if [i.name for i in inputs] != [INPUT_NAME]:
-        raise BackendError(f"{path}: expected one input named {INPUT_NAME!r}, found {[i.name for i in inputs]}")
-    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in inputs[0].type.tensor_type.shape.dim]
+        raise BackendError(
+            f"{path}: expected one input named {INPUT_NAME!r}, found {[i.name for i in inputs]}"
+        )
+    dims = [
+        d.dim_value if d.HasField("dim_value") else d.dim_param
+        for d in inputs[0].type.tensor_type.shape.dim
+    ]
     if dims != [1, 3, height, width]:
-        raise BackendError(f"{path}: input {INPUT_NAME!r} must be static [1, 3, {height}, {width}], got {dims}")
+        raise BackendError(
+            f"{path}: input {INPUT_NAME!r} must be static [1, 3, {height}, {width}], got {dims}"
+        )
     outputs = [o.name for o in model.graph.output]
     if sorted(outputs) != sorted(OUTPUT_NAMES):
-        raise BackendError(f"{path}: expected outputs {list(OUTPUT_NAMES)} (export with head=True), got {outputs}")
+        raise BackendError(
+            f"{path}: expected outputs {list(OUTPUT_NAMES)} (export with head=True), got {outputs}"
+        )
     unsupported = unsupported_tensorrt_ops(path)
     if unsupported:
-        raise BackendError(f"{path}: TensorRT's ONNX parser does not support {sorted(set(unsupported))}")
+        raise BackendError(
+            f"{path}: TensorRT's ONNX parser does not support {sorted(set(unsupported))}"
+        )
 
 
-def prepare_onnx_for_tensorrt(loaded, height: int, width: int, *, opset: int = 0,
-                              cache_root: Path | None = None) -> Path:
+def prepare_onnx_for_tensorrt(
+    loaded, height: int, width: int, *, opset: int = 0, cache_root: Path | None = None
+) -> Path:
     """Export (or reuse) the head graph and check that TensorRT can parse it."""
     path = cached_onnx(loaded, height, width, head=True, opset=opset, cache_root=cache_root)
     check_onnx_for_tensorrt(path, height, width)

@@ -3,6 +3,7 @@
 CPU provider with a configurable thread count, and the CUDA or TensorRT
 execution providers where the installed onnxruntime build has them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,8 +25,10 @@ def import_onnxruntime():
     try:
         import onnxruntime
     except ImportError as exc:
-        raise BackendError(f"ONNX Runtime is not installed ({exc}): pip install onnxruntime "
-                           "(or onnxruntime-gpu for CUDA)") from exc
+        raise BackendError(
+            f"ONNX Runtime is not installed ({exc}): pip install onnxruntime "
+            "(or onnxruntime-gpu for CUDA)"
+        ) from exc
     return onnxruntime
 
 
@@ -40,8 +43,18 @@ def cuda_provider_usable() -> bool:
 
 
 class OnnxRuntimeBackend(Backend):
-    def __init__(self, loaded, *, height: int, width: int, precision: str = "fp32", threads: int = 0,
-                 device: str = "", engine_cache: str = "", workspace_mb: int = 0):
+    def __init__(
+        self,
+        loaded,
+        *,
+        height: int,
+        width: int,
+        precision: str = "fp32",
+        threads: int = 0,
+        device: str = "",
+        engine_cache: str = "",
+        workspace_mb: int = 0,
+    ):
         ort = import_onnxruntime()
         available = ort.get_available_providers()
         device = device or ("cuda" if cuda_provider_usable() else "cpu")
@@ -49,11 +62,15 @@ class OnnxRuntimeBackend(Backend):
         if wanted is None:
             raise BackendError(f"onnxruntime runs on {sorted(_PROVIDERS)}, not {device!r}")
         if wanted not in available:
-            raise BackendError(f"this onnxruntime build has no {wanted} (it has {available}); "
-                               f"install onnxruntime-gpu for CUDA/TensorRT or use device 'cpu'")
+            raise BackendError(
+                f"this onnxruntime build has no {wanted} (it has {available}); "
+                f"install onnxruntime-gpu for CUDA/TensorRT or use device 'cpu'"
+            )
         if precision == "int8" or (precision == "fp16" and device != "tensorrt"):
-            raise BackendError(f"onnxruntime with {wanted} runs fp32 here; use precision fp32, or the "
-                               "tensorrt backend for fp16/int8")
+            raise BackendError(
+                f"onnxruntime with {wanted} runs fp32 here; use precision fp32, or the "
+                "tensorrt backend for fp16/int8"
+            )
 
         providers: list = []
         if device == "tensorrt":
@@ -87,20 +104,33 @@ class OnnxRuntimeBackend(Backend):
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            self._session = ort.InferenceSession(
+                str(path), sess_options=options, providers=providers
+            )
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BackendError(f"ONNX Runtime could not load {path}: {exc}") from exc
         active = self._session.get_providers()
         if active[0] != wanted:
-            raise BackendError(f"ONNX Runtime fell back to {active[0]} instead of {wanted} "
-                               "(see its log above for the missing library)")
+            raise BackendError(
+                f"ONNX Runtime fell back to {active[0]} instead of {wanted} "
+                "(see its log above for the missing library)"
+            )
         inputs = self._session.get_inputs()
         outputs = {o.name for o in self._session.get_outputs()}
-        if [i.name for i in inputs] != [INPUT_NAME] or list(inputs[0].shape) != [1, 3, height, width] \
-                or not set(OUTPUT_NAMES) <= outputs:
-            raise BackendError(f"{path} does not have the head's I/O (image 1x3x{height}x{width} -> {OUTPUT_NAMES})")
-        super().__init__(name=f"onnxruntime:{active[0]}", precision=precision,
-                         input_shape=(1, 3, height, width), num_classes=loaded.spec.num_classes)
+        if (
+            [i.name for i in inputs] != [INPUT_NAME]
+            or list(inputs[0].shape) != [1, 3, height, width]
+            or not set(OUTPUT_NAMES) <= outputs
+        ):
+            raise BackendError(
+                f"{path} does not have the head's I/O (image 1x3x{height}x{width} -> {OUTPUT_NAMES})"
+            )
+        super().__init__(
+            name=f"onnxruntime:{active[0]}",
+            precision=precision,
+            input_shape=(1, 3, height, width),
+            num_classes=loaded.spec.num_classes,
+        )
         self.onnx_path = path
 
     def _run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -8,6 +8,7 @@ everything that makes an engine valid. Inference binds torch CUDA tensors as
 I/O (set_tensor_address) and runs execute_async_v3 on a torch CUDA stream;
 no pycuda. ``tensorrt`` is imported only when this backend is used.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,7 +40,9 @@ class EngineArtifact:
 def check_engine_request(precision: str, options: BackendOptions) -> CalibrationSource | None:
     """Settings TensorRT would reject, caught before any work; the INT8 calibration source if any."""
     if options.dla_core >= 0 and precision == "fp32":
-        raise BackendError("a DLA core runs fp16 or int8 only: set precision fp16 (or int8), or dla_core -1")
+        raise BackendError(
+            "a DLA core runs fp16 or int8 only: set precision fp16 (or int8), or dla_core -1"
+        )
     if precision != "int8":
         return None
     try:
@@ -48,18 +51,34 @@ def check_engine_request(precision: str, options: BackendOptions) -> Calibration
         raise BackendError(f"INT8 calibration: {exc}") from exc
 
 
-def prepare_engine(loaded, *, height: int, width: int, precision: str, options: BackendOptions,
-                   force: bool = False) -> EngineArtifact:
+def prepare_engine(
+    loaded,
+    *,
+    height: int,
+    width: int,
+    precision: str,
+    options: BackendOptions,
+    force: bool = False,
+) -> EngineArtifact:
     """The engine for this model and settings: from the cache when its key matches, else built now."""
     calibration = check_engine_request(precision, options)
     trt = import_tensorrt()
     gpu_name, capability = gpu_identity()
     network_key = export_key(loaded, height, width, head=True)
-    calibration_key = {"network": network_key, "data": calibration.fingerprint() if calibration else {},
-                       "tensorrt": trt.__version__}
-    key = engine_key(network_key, precision=precision, calibration=digest(calibration_key),
-                     tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=capability,
-                     dla_core=options.dla_core)
+    calibration_key = {
+        "network": network_key,
+        "data": calibration.fingerprint() if calibration else {},
+        "tensorrt": trt.__version__,
+    }
+    key = engine_key(
+        network_key,
+        precision=precision,
+        calibration=digest(calibration_key),
+        tensorrt_version=trt.__version__,
+        gpu_name=gpu_name,
+        compute_capability=capability,
+        dla_core=options.dla_core,
+    )
     cache = EngineCache(options.engine_cache)
     name = loaded.spec.name
     path = cache.engine_path(name, height, width, precision, options.dla_core)
@@ -68,22 +87,43 @@ def prepare_engine(loaded, *, height: int, width: int, precision: str, options: 
         onnx_path = prepare_onnx_for_tensorrt(loaded, height, width)
         calibrator = None
         if calibration is not None:
-            LOG.info("INT8 calibration with up to %d frames of %s", calibration.frames, calibration.describe())
+            LOG.info(
+                "INT8 calibration with up to %d frames of %s",
+                calibration.frames,
+                calibration.describe(),
+            )
             calibrator = _entropy_calibrator(
-                trt, calibration.batches(height, width, loaded.spec.mean, loaded.spec.std), calibration.count(),
-                (1, 3, height, width), cache.calibration_cache_path(name, height, width, calibration_key))
+                trt,
+                calibration.batches(height, width, loaded.spec.mean, loaded.spec.std),
+                calibration.count(),
+                (1, 3, height, width),
+                cache.calibration_cache_path(name, height, width, calibration_key),
+            )
         return build_serialized_engine(
-            trt, onnx_path, precision=precision, workspace_mb=options.workspace_mb, dla_core=options.dla_core,
+            trt,
+            onnx_path,
+            precision=precision,
+            workspace_mb=options.workspace_mb,
+            dla_core=options.dla_core,
             calibrator=calibrator,
-            timing_cache=cache.timing_cache_path(trt.__version__, gpu_name, capability))
+            timing_cache=cache.timing_cache_path(trt.__version__, gpu_name, capability),
+        )
 
     io = engine_io(loaded.spec.num_classes, height, width)
     payload, built = cache.load_or_build(path, key, io, build, force=force)
     return EngineArtifact(path, key, payload, built, gpu_name)
 
 
-def build_serialized_engine(trt, onnx_path: Path, *, precision: str, workspace_mb: int, dla_core: int,
-                            calibrator, timing_cache: Path) -> bytes:
+def build_serialized_engine(
+    trt,
+    onnx_path: Path,
+    *,
+    precision: str,
+    workspace_mb: int,
+    dla_core: int,
+    calibrator,
+    timing_cache: Path,
+) -> bytes:
     """Parse the ONNX file and build a serialized engine with the given settings."""
     logger = _logger(trt)
     builder = trt.Builder(logger)
@@ -96,13 +136,19 @@ def build_serialized_engine(trt, onnx_path: Path, *, precision: str, workspace_m
     if workspace_mb > 0:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)  # int8 engines fall back to fp16, not fp32, where int8 is slower
+        config.set_flag(
+            trt.BuilderFlag.FP16
+        )  # int8 engines fall back to fp16, not fp32, where int8 is slower
     if precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = calibrator  # implicit quantization: deprecated in 10.1+, still supported in 10.x
+        config.int8_calibrator = (
+            calibrator  # implicit quantization: deprecated in 10.1+, still supported in 10.x
+        )
     if dla_core >= 0:
         if dla_core >= builder.num_DLA_cores:
-            raise BackendError(f"DLA core {dla_core} requested but this device has {builder.num_DLA_cores} DLA cores")
+            raise BackendError(
+                f"DLA core {dla_core} requested but this device has {builder.num_DLA_cores} DLA cores"
+            )
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = dla_core
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run go to the GPU
@@ -114,14 +160,20 @@ def build_serialized_engine(trt, onnx_path: Path, *, precision: str, workspace_m
         config.set_timing_cache(cache, ignore_mismatch=False)
     monitor = _progress_monitor(trt)
     config.progress_monitor = monitor
-    LOG.info("building a TensorRT %s engine from %s%s: this takes a few minutes on a Jetson",
-             precision, onnx_path.name, f" on DLA core {dla_core}" if dla_core >= 0 else "")
+    LOG.info(
+        "building a TensorRT %s engine from %s%s: this takes a few minutes on a Jetson",
+        precision,
+        onnx_path.name,
+        f" on DLA core {dla_core}" if dla_core >= 0 else "",
+    )
     try:
         serialized = builder.build_serialized_network(network, config)
     finally:
         monitor.close()
     if serialized is None:
-        raise BackendError(f"TensorRT failed to build an engine from {onnx_path} (its errors are logged above)")
+        raise BackendError(
+            f"TensorRT failed to build an engine from {onnx_path} (its errors are logged above)"
+        )
     timing = config.get_timing_cache()
     if timing is not None:
         atomic_write(timing_cache, lambda tmp: tmp.write_bytes(bytes(timing.serialize())))
@@ -138,15 +190,28 @@ def _dtype_name(trt, dtype) -> str:
 class TensorRTBackend(Backend):
     """Runs a cached (or freshly built) engine; with ``build_only`` it only makes sure the engine exists."""
 
-    def __init__(self, loaded, *, height: int, width: int, precision: str = "fp16",
-                 options: BackendOptions | None = None):
+    def __init__(
+        self,
+        loaded,
+        *,
+        height: int,
+        width: int,
+        precision: str = "fp16",
+        options: BackendOptions | None = None,
+    ):
         options = options or BackendOptions()
-        artifact = prepare_engine(loaded, height=height, width=width, precision=precision, options=options)
+        artifact = prepare_engine(
+            loaded, height=height, width=width, precision=precision, options=options
+        )
         self.engine_path = artifact.path
         self.engine_built = artifact.built
         dla = f" DLA{options.dla_core}" if options.dla_core >= 0 else ""
-        super().__init__(name=f"tensorrt:{artifact.gpu}{dla}", precision=precision,
-                         input_shape=(1, 3, height, width), num_classes=loaded.spec.num_classes)
+        super().__init__(
+            name=f"tensorrt:{artifact.gpu}{dla}",
+            precision=precision,
+            input_shape=(1, 3, height, width),
+            num_classes=loaded.spec.num_classes,
+        )
         self._context = None
         if options.build_only:
             return
@@ -161,19 +226,33 @@ class TensorRTBackend(Backend):
         engine = self._runtime.deserialize_cuda_engine(artifact.payload)
         if engine is None and not artifact.built:
             LOG.warning("TensorRT could not deserialize %s; rebuilding it", artifact.path)
-            artifact = prepare_engine(loaded, height=height, width=width, precision=precision, options=options,
-                                      force=True)
+            artifact = prepare_engine(
+                loaded,
+                height=height,
+                width=width,
+                precision=precision,
+                options=options,
+                force=True,
+            )
             engine = self._runtime.deserialize_cuda_engine(artifact.payload)
         if engine is None:
-            raise BackendError(f"TensorRT could not deserialize the engine it just built ({artifact.path})")
+            raise BackendError(
+                f"TensorRT could not deserialize the engine it just built ({artifact.path})"
+            )
         self._engine = engine
         io = engine_io(loaded.spec.num_classes, height, width)
         found = {}
         for index in range(engine.num_io_tensors):
             name = engine.get_tensor_name(index)
             is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            found[name] = (is_input, list(engine.get_tensor_shape(name)), _dtype_name(trt, engine.get_tensor_dtype(name)))
-        expected = {name: (name == INPUT_NAME, spec["shape"], spec["dtype"]) for name, spec in io.items()}
+            found[name] = (
+                is_input,
+                list(engine.get_tensor_shape(name)),
+                _dtype_name(trt, engine.get_tensor_dtype(name)),
+            )
+        expected = {
+            name: (name == INPUT_NAME, spec["shape"], spec["dtype"]) for name, spec in io.items()
+        }
         if found != expected:
             raise BackendError(f"engine {artifact.path} has I/O {found}, expected {expected}")
         self._context = engine.create_execution_context()
@@ -189,7 +268,9 @@ class TensorRTBackend(Backend):
 
     def _run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         if self._context is None:
-            raise RuntimeError(f"{self.name} was started with build_only (or closed): it cannot infer")
+            raise RuntimeError(
+                f"{self.name} was started with build_only (or closed): it cannot infer"
+            )
         torch = self._torch
         self._host[INPUT_NAME].numpy()[...] = batch
         with torch.cuda.stream(self._stream):
@@ -226,7 +307,7 @@ def _logger(trt):
 
 
 def _progress_monitor(trt):
-    """tqdm bars for TensorRT's build phases, nested as TensorRT nests them."""
+    """Tqdm bars for TensorRT's build phases, nested as TensorRT nests them."""
     from tqdm import tqdm
 
     class _BuildProgress(trt.IProgressMonitor):
@@ -240,8 +321,9 @@ def _progress_monitor(trt):
             with self._lock:
                 depth = self._depth.get(parent_phase, -1) + 1 if parent_phase else 0
                 self._depth[phase_name] = depth
-                self._bars[phase_name] = tqdm(total=num_steps, desc=phase_name, position=depth,
-                                              leave=depth == 0, unit="step")
+                self._bars[phase_name] = tqdm(
+                    total=num_steps, desc=phase_name, position=depth, leave=depth == 0, unit="step"
+                )
 
         def step_complete(self, phase_name, step):
             with self._lock:
@@ -266,7 +348,9 @@ def _progress_monitor(trt):
     return _BuildProgress()
 
 
-def _entropy_calibrator(trt, batches: Iterator[np.ndarray], count: int, shape: tuple, cache_path: Path):
+def _entropy_calibrator(
+    trt, batches: Iterator[np.ndarray], count: int, shape: tuple, cache_path: Path
+):
     """IInt8EntropyCalibrator2 fed one frame at a time through a torch CUDA buffer, with a calibration cache."""
     import torch
     from tqdm import tqdm

@@ -4,6 +4,7 @@ It computes the same head as the exported graph (argmax label, max softmax
 confidence, softmax probabilities) so its outputs can be compared with the
 other backends'.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,16 @@ LOG = logging.getLogger(__name__)
 
 
 class TorchBackend(Backend):
-    def __init__(self, loaded, *, height: int, width: int, precision: str = "fp32", threads: int = 0,
-                 device: str = ""):
+    def __init__(
+        self,
+        loaded,
+        *,
+        height: int,
+        width: int,
+        precision: str = "fp32",
+        threads: int = 0,
+        device: str = "",
+    ):
         import torch
 
         self._torch = torch
@@ -29,7 +38,9 @@ class TorchBackend(Backend):
         if device == "cuda" and not cuda:
             raise BackendError("the torch backend was asked for CUDA but torch sees no CUDA GPU")
         if precision == "int8":
-            raise BackendError("the torch backend has no int8 path: use tensorrt for int8, or fp32/fp16")
+            raise BackendError(
+                "the torch backend has no int8 path: use tensorrt for int8, or fp32/fp16"
+            )
         if precision == "fp16" and device == "cpu":
             raise BackendError("fp16 in the torch backend needs a CUDA GPU; use fp32 on the CPU")
         if threads > 0:
@@ -40,8 +51,12 @@ class TorchBackend(Backend):
         module = copy.deepcopy(loaded.module).eval()
         self._module = module.to(self.device, dtype=self._dtype, memory_format=torch.channels_last)
         label = torch.cuda.get_device_name(self.device) if device == "cuda" else "cpu"
-        super().__init__(name=f"torch:{label}", precision=precision, input_shape=(1, 3, height, width),
-                         num_classes=loaded.spec.num_classes)
+        super().__init__(
+            name=f"torch:{label}",
+            precision=precision,
+            input_shape=(1, 3, height, width),
+            num_classes=loaded.spec.num_classes,
+        )
 
     def _run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         torch = self._torch

@@ -7,6 +7,7 @@ optional CRF, resize back), exactly as the node runs it. Warm-up frames are
 excluded. ``--compare`` runs every family's small variant on ONNX Runtime and
 eager PyTorch in one run and prints the speed-up (the README's table).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,21 +46,31 @@ def register(subparsers) -> None:
         epilog=JSON_KEYS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--frames", type=int, default=50, help="timed frames per measurement (default 50)")
+    parser.add_argument(
+        "--frames", type=int, default=50, help="timed frames per measurement (default 50)"
+    )
     parser.add_argument("--warmup", type=int, default=5, help="untimed frames first (default 5)")
-    parser.add_argument("--image", default="",
-                        help="frame to time (default: the first CamVid validation image when present, "
-                             "else a synthetic 480x360 image)")
-    parser.add_argument("--json", default="", metavar="FILE", help="write the results as JSON (keys below)")
-    parser.add_argument("--compare", action="store_true",
-                        help="run every family's small variant on onnxruntime and torch side by side "
-                             "(--model limits it to one family; --backend is ignored)")
+    parser.add_argument(
+        "--image",
+        default="",
+        help="frame to time (default: the first CamVid validation image when present, "
+        "else a synthetic 480x360 image)",
+    )
+    parser.add_argument(
+        "--json", default="", metavar="FILE", help="write the results as JSON (keys below)"
+    )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="run every family's small variant on onnxruntime and torch side by side "
+        "(--model limits it to one family; --backend is ignored)",
+    )
     add_pipeline_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def summarize(latencies_ms: list[float]) -> dict:
-    """fps and latency statistics of a list of per-frame times."""
+    """Fps and latency statistics of a list of per-frame times."""
     import numpy as np
 
     values = np.asarray(latencies_ms, dtype=np.float64)
@@ -82,8 +93,12 @@ def measure(pipeline, frame, frames: int, warmup: int, label: str = "") -> dict:
     from seg_ros.timing import time_calls
 
     _, batch = pipeline.preprocess(frame)
-    backend_ms = time_calls(lambda: pipeline.backend.infer(batch, COMPACT_OUTPUTS), frames, warmup,
-                            f"{label} backend".strip())
+    backend_ms = time_calls(
+        lambda: pipeline.backend.infer(batch, COMPACT_OUTPUTS),
+        frames,
+        warmup,
+        f"{label} backend".strip(),
+    )
     stages: dict[str, list[float]] = {}
 
     def process():
@@ -111,7 +126,9 @@ def benchmark_frame(path: str):
     val = default_data()
     files = sorted(val.glob("*.png")) if val.is_dir() else []
     if files:
-        return cv2.cvtColor(cv2.imread(str(files[0]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), str(files[0])
+        return cv2.cvtColor(cv2.imread(str(files[0]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), str(
+            files[0]
+        )
     # Smooth random structure, so nothing is special about a constant image.
     rng = np.random.default_rng(0)
     small = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
@@ -154,14 +171,18 @@ def table(rows: list[tuple[str, str, dict]]) -> str:
     name_w = max([len("model")] + [len(r[0]) for r in rows])
     backend_w = max([len("backend")] + [len(r[1]) for r in rows])
     numbers = f"{'fps':>7} {'p50 ms':>8} {'p95 ms':>8}"
-    lines = [f"{'':<{name_w}}  {'':<{backend_w}}  {'---- backend alone ----':>25}  {'--- whole pipeline ---':>25}",
-             f"{'model':<{name_w}}  {'backend':<{backend_w}}  {numbers}  {numbers}"]
+    lines = [
+        f"{'':<{name_w}}  {'':<{backend_w}}  {'---- backend alone ----':>25}  {'--- whole pipeline ---':>25}",
+        f"{'model':<{name_w}}  {'backend':<{backend_w}}  {numbers}  {numbers}",
+    ]
     for name, backend, result in rows:
         cells = []
         for part in ("backend", "pipeline"):
             summary = result[part]
-            cells.append(f"{summary['fps']:>7.2f} {summary['latency_ms']['p50']:>8.1f} "
-                         f"{summary['latency_ms']['p95']:>8.1f}")
+            cells.append(
+                f"{summary['fps']:>7.2f} {summary['latency_ms']['p50']:>8.1f} "
+                f"{summary['latency_ms']['p95']:>8.1f}"
+            )
         lines.append(f"{name:<{name_w}}  {backend:<{backend_w}}  {cells[0]}  {cells[1]}")
     return "\n".join(lines)
 
@@ -171,13 +192,19 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     if args.frames <= 0 or args.warmup < 0:
-        raise ValueError(f"--frames must be positive and --warmup >= 0, got {args.frames} and {args.warmup}")
+        raise ValueError(
+            f"--frames must be positive and --warmup >= 0, got {args.frames} and {args.warmup}"
+        )
     frame, frame_source = benchmark_frame(args.image)
     import torch
 
     # Without bundled weights the networks are random: seeded, so a repeated benchmark reuses the exported graph.
     torch.manual_seed(0)
-    report = run_compare(args, frame, frame_source) if args.compare else run_single(args, frame, frame_source)
+    report = (
+        run_compare(args, frame, frame_source)
+        if args.compare
+        else run_single(args, frame, frame_source)
+    )
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,17 +225,26 @@ def run_single(args, frame, frame_source: str) -> dict:
     finally:
         pipeline.backend.close()
     configuration = {
-        "model": {"name": spec.name, "family": spec.family, "options": spec.options,
-                  "weights": spec.weights_path or "random initialisation"},
-        "backend": {"name": built.backend_name, "requested": config.backend,
-                    "reason": pipeline.backend.reason},
+        "model": {
+            "name": spec.name,
+            "family": spec.family,
+            "options": spec.options,
+            "weights": spec.weights_path or "random initialisation",
+        },
+        "backend": {
+            "name": built.backend_name,
+            "requested": config.backend,
+            "reason": pipeline.backend.reason,
+        },
         "precision": pipeline.backend.precision,
         "input": [pipeline.input_height, pipeline.input_width],
         **_environment(args, frame, frame_source),
     }
-    print(f"{spec.name} at {pipeline.input_width}x{pipeline.input_height} on {built.backend_name} "
-          f"({pipeline.backend.precision}; {pipeline.backend.reason}); frame: {frame_source}, "
-          f"{args.frames} frames after {args.warmup} warm-up")
+    print(
+        f"{spec.name} at {pipeline.input_width}x{pipeline.input_height} on {built.backend_name} "
+        f"({pipeline.backend.precision}; {pipeline.backend.reason}); frame: {frame_source}, "
+        f"{args.frames} frames after {args.warmup} warm-up"
+    )
     print(table([(spec.name, built.backend_name, result)]))
     stages = ", ".join(f"{k} {v:.1f}" for k, v in result["pipeline"]["stages_ms"].items())
     print(f"pipeline stages (mean ms): {stages}")
@@ -225,35 +261,67 @@ def run_compare(args, frame, frame_source: str) -> dict:
     results, speedup, rows = [], {}, []
     height = width = 0
     for family in families:
-        loaded = load_model(family, weights=args.weights, num_classes=args.num_classes,
-                            class_table=args.class_table, **SMALL_VARIANTS[family])
+        loaded = load_model(
+            family,
+            weights=args.weights,
+            num_classes=args.num_classes,
+            class_table=args.class_table,
+            **SMALL_VARIANTS[family],
+        )
         spec = loaded.spec
         height, width = args.height or spec.input_height, args.width or spec.input_width
         fps = {}
         for kind in COMPARE_BACKENDS:
-            backend = create_backend(kind, loaded, height=height, width=width, precision="fp32",
-                                     threads=args.threads)
-            pipeline = SegmentationPipeline(backend, num_classes=spec.num_classes, input_size=(height, width),
-                                            mean=spec.mean, std=spec.std,
-                                            crf=CrfSettings(enabled=bool(args.crf), iterations=args.crf_iterations))
+            backend = create_backend(
+                kind, loaded, height=height, width=width, precision="fp32", threads=args.threads
+            )
+            pipeline = SegmentationPipeline(
+                backend,
+                num_classes=spec.num_classes,
+                input_size=(height, width),
+                mean=spec.mean,
+                std=spec.std,
+                crf=CrfSettings(enabled=bool(args.crf), iterations=args.crf_iterations),
+            )
             try:
                 result = measure(pipeline, frame, args.frames, args.warmup, f"{family} {kind}")
             finally:
                 backend.close()
             fps[kind] = (result["backend"]["fps"], result["pipeline"]["fps"])
-            results.append({"family": family, "variant": spec.name, "options": spec.options,
-                            "backend_kind": kind, "backend_name": backend.name, **result})
+            results.append(
+                {
+                    "family": family,
+                    "variant": spec.name,
+                    "options": spec.options,
+                    "backend_kind": kind,
+                    "backend_name": backend.name,
+                    **result,
+                }
+            )
             rows.append((spec.name, backend.name, result))
-            print(f"{spec.name} on {backend.name}: backend {result['backend']['fps']:.2f} fps, "
-                  f"pipeline {result['pipeline']['fps']:.2f} fps", flush=True)
-        speedup[family] = {"backend": fps["onnxruntime"][0] / fps["torch"][0],
-                           "pipeline": fps["onnxruntime"][1] / fps["torch"][1]}
+            print(
+                f"{spec.name} on {backend.name}: backend {result['backend']['fps']:.2f} fps, "
+                f"pipeline {result['pipeline']['fps']:.2f} fps",
+                flush=True,
+            )
+        speedup[family] = {
+            "backend": fps["onnxruntime"][0] / fps["torch"][0],
+            "pipeline": fps["onnxruntime"][1] / fps["torch"][1],
+        }
     print()
-    print(f"ONNX Runtime vs eager PyTorch at {width}x{height}, {args.frames} frames after {args.warmup} "
-          f"warm-up, threads={args.threads or 'default'}, frame: {frame_source}")
+    print(
+        f"ONNX Runtime vs eager PyTorch at {width}x{height}, {args.frames} frames after {args.warmup} "
+        f"warm-up, threads={args.threads or 'default'}, frame: {frame_source}"
+    )
     print(table(rows))
     for family, ratio in speedup.items():
-        print(f"speed-up {family:<10} onnxruntime/torch: backend {ratio['backend']:.2f}x, "
-              f"pipeline {ratio['pipeline']:.2f}x")
-    configuration = {"input": [height, width], "precision": "fp32", **_environment(args, frame, frame_source)}
+        print(
+            f"speed-up {family:<10} onnxruntime/torch: backend {ratio['backend']:.2f}x, "
+            f"pipeline {ratio['pipeline']:.2f}x"
+        )
+    configuration = {
+        "input": [height, width],
+        "precision": "fp32",
+        **_environment(args, frame, frame_source),
+    }
     return {"configuration": configuration, "results": results, "speedup": speedup}

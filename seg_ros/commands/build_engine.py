@@ -5,6 +5,7 @@ head graph, check TensorRT can parse it, compute the engine key, then build
 or verify the engine in the engine cache. Without TensorRT everything up to
 the build still runs, and the command fails with the reason.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,15 +19,23 @@ def register(subparsers) -> None:
         help="build (or verify) the TensorRT engine for a model ahead of time",
         description=__doc__.split("\n\n")[1].replace("\n", " "),
         epilog="example: seg_ros build-engine --model deeplab --precision fp16 --height 360 --width 480 "
-               "--engine-cache /opt/seg_ros/engines   (then run the node with tensorrt.engine_cache set to "
-               "the same folder)",
+        "--engine-cache /opt/seg_ros/engines   (then run the node with tensorrt.engine_cache set to "
+        "the same folder)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--calibration-frames", type=int, default=None,
-                        help="INT8: frames drawn evenly from the calibration images or bag (default 100)")
-    parser.add_argument("--force", action="store_true", help="rebuild even when a valid engine is cached")
+    parser.add_argument(
+        "--calibration-frames",
+        type=int,
+        default=None,
+        help="INT8: frames drawn evenly from the calibration images or bag (default 100)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="rebuild even when a valid engine is cached"
+    )
     add_pipeline_arguments(parser)
-    parser.set_defaults(func=run, precision="fp16")  # after the shared flags, so it overrides their fp32
+    parser.set_defaults(
+        func=run, precision="fp16"
+    )  # after the shared flags, so it overrides their fp32
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,30 +47,51 @@ def run(args: argparse.Namespace) -> int:
 
     config = pipeline_config_from_args(args)
     if config.backend not in ("auto", "tensorrt"):
-        raise ValueError(f"build-engine builds TensorRT engines; --backend {config.backend} makes no sense here")
+        raise ValueError(
+            f"build-engine builds TensorRT engines; --backend {config.backend} makes no sense here"
+        )
     options = dict(config.backend_options)
     if args.calibration_frames is not None:
         options["calibration_frames"] = args.calibration_frames
     options = BackendOptions.from_dict(options)
     calibration = check_engine_request(config.precision, options)
 
-    loaded = load_model(config.model, weights=config.weights, num_classes=config.num_classes,
-                        class_table=config.class_table, **config.model_options)
+    loaded = load_model(
+        config.model,
+        weights=config.weights,
+        num_classes=config.num_classes,
+        class_table=config.class_table,
+        **config.model_options,
+    )
     spec = loaded.spec
     height = config.input_height or spec.input_height
     width = config.input_width or spec.input_width
-    print(f"model {spec.name} ({spec.family}, {spec.num_classes} classes, "
-          f"weights {spec.weights_path or 'random initialisation'}) at {width}x{height}, {config.precision}")
+    print(
+        f"model {spec.name} ({spec.family}, {spec.num_classes} classes, "
+        f"weights {spec.weights_path or 'random initialisation'}) at {width}x{height}, {config.precision}"
+    )
     onnx_path = prepare_onnx_for_tensorrt(loaded, height, width)
-    print(f"ONNX graph {onnx_path}: static 1x3x{height}x{width} input, every operator supported by TensorRT")
-    print(f"network key {digest(export_key(loaded, height, width))[:16]} "
-          "(+ TensorRT version, GPU and compute capability once TensorRT is loaded)")
+    print(
+        f"ONNX graph {onnx_path}: static 1x3x{height}x{width} input, every operator supported by TensorRT"
+    )
+    print(
+        f"network key {digest(export_key(loaded, height, width))[:16]} "
+        "(+ TensorRT version, GPU and compute capability once TensorRT is loaded)"
+    )
     if calibration is not None:
         print(f"INT8 calibration: {calibration.count()} frames of {calibration.describe()}")
 
-    artifact = prepare_engine(loaded, height=height, width=width, precision=config.precision, options=options,
-                              force=args.force)
+    artifact = prepare_engine(
+        loaded,
+        height=height,
+        width=width,
+        precision=config.precision,
+        options=options,
+        force=args.force,
+    )
     state = "built" if artifact.built else "already cached and valid"
-    print(f"engine {artifact.path} ({len(artifact.payload) / 1e6:.1f} MB) {state}; key {digest(artifact.key)[:16]} "
-          f"for TensorRT {artifact.key['tensorrt']} on {artifact.gpu} (sm {artifact.key['compute_capability']})")
+    print(
+        f"engine {artifact.path} ({len(artifact.payload) / 1e6:.1f} MB) {state}; key {digest(artifact.key)[:16]} "
+        f"for TensorRT {artifact.key['tensorrt']} on {artifact.gpu} (sm {artifact.key['compute_capability']})"
+    )
     return 0

@@ -8,6 +8,7 @@ frames like a camera driver, subscribes to the node's outputs like RViz,
 then prints the output rate and the end-to-end latency (output received
 minus input sent, matched by header stamp) and writes a few overlay PNGs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,10 @@ OUTPUTS = ("label", "confidence", "color", "overlay")
 
 def default_data() -> Path:
     """CamVid's validation images next to the checkout (or under $SEG_ROS_CAMVID)."""
-    root = os.environ.get("SEG_ROS_CAMVID") or Path(__file__).resolve().parents[3] / "shared" / "datasets" / "camvid"
+    root = (
+        os.environ.get("SEG_ROS_CAMVID")
+        or Path(__file__).resolve().parents[3] / "shared" / "datasets" / "camvid"
+    )
     return Path(root) / "val"
 
 
@@ -30,37 +34,81 @@ def register(subparsers) -> None:
         "demo",
         help="run segmentation_node on a short image sequence over DDS; print rate and latency",
         description="Starts segmentation_node as its own process, as `ros2 launch seg_ros "
-                    "segmentation.launch.py` does (config/segmentation.yaml, the default model), remaps its "
-                    f"input image to {INPUT_TOPIC}, publishes the frames there like a camera driver and "
-                    f"subscribes to /{NODE_NAME}/{{label,confidence,color,overlay}} like RViz. Prints the "
-                    "output rate and the latency (output received - input sent, matched by header stamp) "
-                    "and writes a few overlay PNGs. Uses a private ROS_DOMAIN_ID unless one is set.",
+        "segmentation.launch.py` does (config/segmentation.yaml, the default model), remaps its "
+        f"input image to {INPUT_TOPIC}, publishes the frames there like a camera driver and "
+        f"subscribes to /{NODE_NAME}/{{label,confidence,color,overlay}} like RViz. Prints the "
+        "output rate and the latency (output received - input sent, matched by header stamp) "
+        "and writes a few overlay PNGs. Uses a private ROS_DOMAIN_ID unless one is set.",
         epilog="example: seg_ros demo --data my_bag/ --topic /camera/image_raw --frames 100 --rate 10",
     )
-    parser.add_argument("--data", default=None,
-                        help="a folder of images, an image, a video or a rosbag2 folder "
-                             f"(default: CamVid val at {default_data()})")
-    parser.add_argument("--topic", default="", help="image topic when --data is a bag with several image topics")
-    parser.add_argument("--frames", type=int, default=30,
-                        help="number of frames to send, replaying the data from the start if it has fewer (default 30)")
-    parser.add_argument("--rate", type=float, default=5.0, help="publishing rate in Hz (default 5)")
-    parser.add_argument("--output", default="demo_output", help="folder for the overlay PNGs (default ./demo_output)")
-    parser.add_argument("--save", type=int, default=5, help="how many overlays to write, spread over the sequence (default 5)")
-    parser.add_argument("--params-file", default="",
-                        help="node parameter YAML (default: config/segmentation.yaml, the launch file's default)")
-    parser.add_argument("--model", default="", help="node parameter model (default: the params file's)")
-    parser.add_argument("--backend", default="", help="node parameter backend (default: the params file's)")
-    parser.add_argument("--height", type=int, default=0, help="node parameter input_height (0: the model's)")
-    parser.add_argument("--width", type=int, default=0, help="node parameter input_width (0: the model's)")
-    parser.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
-                        help="any other node parameter, as in `ros2 run ... -p NAME:=VALUE` (repeatable)")
-    parser.add_argument("--startup-timeout", type=float, default=300.0,
-                        help="seconds to wait for the node to load its model and answer (default 300)")
-    parser.add_argument("--json", default="", metavar="FILE",
-                        help="also write the results as JSON: frames_sent, received (per output), "
-                             "output_rate_hz, latency_ms {p50, p95, max}, first_frame_ms (warm-up), "
-                             "node (its /diagnostics key/values), "
-                             "overlays (PNG paths), ros_domain_id, input_topic")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="a folder of images, an image, a video or a rosbag2 folder "
+        f"(default: CamVid val at {default_data()})",
+    )
+    parser.add_argument(
+        "--topic", default="", help="image topic when --data is a bag with several image topics"
+    )
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=30,
+        help="number of frames to send, replaying the data from the start if it has fewer (default 30)",
+    )
+    parser.add_argument(
+        "--rate", type=float, default=5.0, help="publishing rate in Hz (default 5)"
+    )
+    parser.add_argument(
+        "--output",
+        default="demo_output",
+        help="folder for the overlay PNGs (default ./demo_output)",
+    )
+    parser.add_argument(
+        "--save",
+        type=int,
+        default=5,
+        help="how many overlays to write, spread over the sequence (default 5)",
+    )
+    parser.add_argument(
+        "--params-file",
+        default="",
+        help="node parameter YAML (default: config/segmentation.yaml, the launch file's default)",
+    )
+    parser.add_argument(
+        "--model", default="", help="node parameter model (default: the params file's)"
+    )
+    parser.add_argument(
+        "--backend", default="", help="node parameter backend (default: the params file's)"
+    )
+    parser.add_argument(
+        "--height", type=int, default=0, help="node parameter input_height (0: the model's)"
+    )
+    parser.add_argument(
+        "--width", type=int, default=0, help="node parameter input_width (0: the model's)"
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME:=VALUE",
+        help="any other node parameter, as in `ros2 run ... -p NAME:=VALUE` (repeatable)",
+    )
+    parser.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=300.0,
+        help="seconds to wait for the node to load its model and answer (default 300)",
+    )
+    parser.add_argument(
+        "--json",
+        default="",
+        metavar="FILE",
+        help="also write the results as JSON: frames_sent, received (per output), "
+        "output_rate_hz, latency_ms {p50, p95, max}, first_frame_ms (warm-up), "
+        "node (its /diagnostics key/values), "
+        "overlays (PNG paths), ros_domain_id, input_topic",
+    )
     parser.set_defaults(func=run)
 
 
@@ -70,19 +118,33 @@ def node_command(args: argparse.Namespace) -> list[str]:
 
     from seg_ros.paths import config_dir
 
-    params_file = Path(args.params_file) if args.params_file else config_dir() / "segmentation.yaml"
+    params_file = (
+        Path(args.params_file) if args.params_file else config_dir() / "segmentation.yaml"
+    )
     if not params_file.is_file():
         raise FileNotFoundError(f"node parameter file {params_file} does not exist")
     overrides = list(args.param)
-    for name, value in (("model", args.model), ("backend", args.backend),
-                        ("input_height", args.height), ("input_width", args.width)):
+    for name, value in (
+        ("model", args.model),
+        ("backend", args.backend),
+        ("input_height", args.height),
+        ("input_width", args.width),
+    ):
         if value:
             overrides.append(f"{name}:={value}")
     for item in overrides:
         if ":=" not in item:
             raise ValueError(f"--param {item!r}: expected NAME:=VALUE")
-    command = [sys.executable, "-m", "seg_ros.node", "--ros-args", "--params-file", str(params_file),
-               "-r", f"image:={INPUT_TOPIC}"]
+    command = [
+        sys.executable,
+        "-m",
+        "seg_ros.node",
+        "--ros-args",
+        "--params-file",
+        str(params_file),
+        "-r",
+        f"image:={INPUT_TOPIC}",
+    ]
     for item in overrides:
         command += ["-p", item]
     return command
@@ -99,10 +161,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.data and not data.is_dir():
         raise FileNotFoundError(
             f"no --data given and CamVid's val images are not at {data}: pass --data a folder of images, "
-            "a video or a rosbag2 folder (or set SEG_ROS_CAMVID)")
+            "a video or a rosbag2 folder (or set SEG_ROS_CAMVID)"
+        )
     source = open_image_source(data, topic=args.topic, limit=args.frames)
     command = node_command(args)
-    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))  # keep off other people's graphs
+    os.environ.setdefault(
+        "ROS_DOMAIN_ID", str(1 + os.getpid() % 100)
+    )  # keep off other people's graphs
     if os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") == "rmw_fastrtps_cpp":
         # Fast DDS' default transports lose or delay (by a 3 s heartbeat) half-megabyte images on a busy
         # machine; its large-data mode does not. The node inherits the setting.
@@ -110,11 +175,15 @@ def run(args: argparse.Namespace) -> int:
 
     from seg_ros.demo_session import DemoSession
 
-    with DemoSession(command, INPUT_TOPIC, [f"/{NODE_NAME}/{name}" for name in OUTPUTS]) as session:
+    with DemoSession(
+        command, INPUT_TOPIC, [f"/{NODE_NAME}/{name}" for name in OUTPUTS]
+    ) as session:
         frames = session.load(source)
-        print(f"demo: {args.frames} frames from {source.describe()} at {args.rate:g} Hz -> {INPUT_TOPIC} "
-              f"(ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, "
-              f"FASTDDS_BUILTIN_TRANSPORTS={os.environ.get('FASTDDS_BUILTIN_TRANSPORTS', 'unset')})")
+        print(
+            f"demo: {args.frames} frames from {source.describe()} at {args.rate:g} Hz -> {INPUT_TOPIC} "
+            f"(ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, "
+            f"FASTDDS_BUILTIN_TRANSPORTS={os.environ.get('FASTDDS_BUILTIN_TRANSPORTS', 'unset')})"
+        )
         print("node: " + " ".join(command))
         session.wait_ready(frames[0], args.startup_timeout)
         session.send(frames, args.frames, args.rate)
@@ -134,7 +203,10 @@ def run(args: argparse.Namespace) -> int:
 def format_report(report: dict) -> str:
     node = report["node"]
     received = ", ".join(f"{name} {count}" for name, count in report["received"].items())
-    lat = {key: "-" if value is None else f"{value:.1f}" for key, value in report["latency_ms"].items()}
+    lat = {
+        key: "-" if value is None else f"{value:.1f}"
+        for key, value in report["latency_ms"].items()
+    }
     lines = [
         f"node: {node.get('model', '?')} ({node.get('model_name', '?')}) on {node.get('backend', '?')} "
         f"at {node.get('input_size', '?')}",
@@ -144,8 +216,12 @@ def format_report(report: dict) -> str:
         f"p50 {lat['p50']} ms, p95 {lat['p95']} ms, max {lat['max']} ms",
     ]
     if "inference_p50_ms" in node:
-        lines.append(f"node's own inference p50 {node['inference_p50_ms']} ms, p95 {node.get('inference_p95_ms')} ms; "
-                     f"frames dropped by the node (newer frame waiting): {node.get('frames_dropped', '?')}")
+        lines.append(
+            f"node's own inference p50 {node['inference_p50_ms']} ms, p95 {node.get('inference_p95_ms')} ms; "
+            f"frames dropped by the node (newer frame waiting): {node.get('frames_dropped', '?')}"
+        )
     if report["overlays"]:
-        lines.append(f"wrote {len(report['overlays'])} overlays to {Path(report['overlays'][0]).parent}/")
+        lines.append(
+            f"wrote {len(report['overlays'])} overlays to {Path(report['overlays'][0]).parent}/"
+        )
     return "\n".join(lines)

@@ -1,4 +1,5 @@
 """`seg_ros evaluate`: accuracy and latency of a model on a rosbag2 or on image/label folders."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,32 +26,62 @@ def register(subparsers) -> None:
     from seg_ros.commands.options import add_pipeline_arguments
 
     parser = subparsers.add_parser(
-        "evaluate", help="mIoU, boundary F1 and latency on a rosbag2 or image/label folders",
-        description=__doc__, epilog=JSON_KEYS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "evaluate",
+        help="mIoU, boundary F1 and latency on a rosbag2 or image/label folders",
+        description=__doc__,
+        epilog=JSON_KEYS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     source = parser.add_argument_group("input (a bag, or two folders)")
     source.add_argument("--bag", help="rosbag2 folder or .db3/.mcap file")
-    source.add_argument("--image-topic", help="image topic in --bag (Image, or CompressedImage; "
-                                              "<topic>/compressed is tried too)")
-    source.add_argument("--label-topic", help="ground-truth label topic in --bag (mono8/mono16 Image or png "
-                                              "CompressedImage), matched to images by exact header stamp")
+    source.add_argument(
+        "--image-topic",
+        help="image topic in --bag (Image, or CompressedImage; <topic>/compressed is tried too)",
+    )
+    source.add_argument(
+        "--label-topic",
+        help="ground-truth label topic in --bag (mono8/mono16 Image or png "
+        "CompressedImage), matched to images by exact header stamp",
+    )
     source.add_argument("--images", help="folder of images")
-    source.add_argument("--labels", help="folder of label images named like the images (any extension)")
+    source.add_argument(
+        "--labels", help="folder of label images named like the images (any extension)"
+    )
     scoring = parser.add_argument_group("scoring")
-    scoring.add_argument("--ignore-index", type=int, default=None,
-                         help="ground-truth label left out of the scores (default: the class table's, CamVid 11)")
-    scoring.add_argument("--limit", type=int, default=0, help="stop after this many image frames (0: all)")
+    scoring.add_argument(
+        "--ignore-index",
+        type=int,
+        default=None,
+        help="ground-truth label left out of the scores (default: the class table's, CamVid 11)",
+    )
+    scoring.add_argument(
+        "--limit", type=int, default=0, help="stop after this many image frames (0: all)"
+    )
     out = parser.add_argument_group("outputs")
     out.add_argument("--json", help="write the metrics as JSON to this file (keys below)")
     out.add_argument("--report", help="write a Markdown report with plots into this folder")
-    out.add_argument("--save-predictions", metavar="DIR",
-                     help="one mono8 PNG per frame, named <sec:010d>_<nanosec:09d>.png from the image stamp "
-                          "(folders: the image's file name)")
-    out.add_argument("--output-bag", metavar="PATH",
-                     help="write the bag again with /<ns>/label, /<ns>/confidence and /<ns>/overlay added")
-    out.add_argument("--output-namespace", default="segmentation_node",
-                     help="namespace of the added topics (default: segmentation_node, like the node's ~/ topics)")
-    out.add_argument("--output-storage", choices=("sqlite3", "mcap"), default=None,
-                     help="storage of --output-bag (default: the input bag's)")
+    out.add_argument(
+        "--save-predictions",
+        metavar="DIR",
+        help="one mono8 PNG per frame, named <sec:010d>_<nanosec:09d>.png from the image stamp "
+        "(folders: the image's file name)",
+    )
+    out.add_argument(
+        "--output-bag",
+        metavar="PATH",
+        help="write the bag again with /<ns>/label, /<ns>/confidence and /<ns>/overlay added",
+    )
+    out.add_argument(
+        "--output-namespace",
+        default="segmentation_node",
+        help="namespace of the added topics (default: segmentation_node, like the node's ~/ topics)",
+    )
+    out.add_argument(
+        "--output-storage",
+        choices=("sqlite3", "mcap"),
+        default=None,
+        help="storage of --output-bag (default: the input bag's)",
+    )
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_pipeline_arguments(parser)
     parser.set_defaults(func=run)
@@ -63,8 +94,10 @@ def _check_args(args) -> None:
         if not args.image_topic or not args.label_topic:
             raise ValueError("--bag needs --image-topic and --label-topic")
     elif not (args.images and args.labels):
-        raise ValueError("nothing to evaluate: give --bag with --image-topic and --label-topic, "
-                         "or --images and --labels")
+        raise ValueError(
+            "nothing to evaluate: give --bag with --image-topic and --label-topic, "
+            "or --images and --labels"
+        )
     if args.output_bag and not args.bag:
         raise ValueError("--output-bag needs --bag")
     if args.limit < 0:
@@ -104,43 +137,79 @@ def run(args) -> int:
         if args.output_bag:  # implies --bag (checked above)
             if not source.ros2:
                 raise ValueError("--output-bag needs a rosbag2 input (sqlite3 or mcap)")
-            writer = stack.enter_context(OutputBagWriter(
-                args.output_bag, source.reader.connections, namespace=args.output_namespace,
-                storage=args.output_storage or storage_of(Path(args.bag)), input_typestore=source.reader.typestore))
+            writer = stack.enter_context(
+                OutputBagWriter(
+                    args.output_bag,
+                    source.reader.connections,
+                    namespace=args.output_namespace,
+                    storage=args.output_storage or storage_of(Path(args.bag)),
+                    input_typestore=source.reader.typestore,
+                )
+            )
             source.on_message = writer.copy
-        description = (f"bag {args.bag} ({source.image_topic} vs {source.label_topic})" if args.bag
-                       else f"images {args.images} vs labels {args.labels}")
+        description = (
+            f"bag {args.bag} ({source.image_topic} vs {source.label_topic})"
+            if args.bag
+            else f"images {args.images} vs labels {args.labels}"
+        )
         result = evaluate_frames(
-            built.pipeline, source, evaluation, total=len(source), limit=args.limit,
+            built.pipeline,
+            source,
+            evaluation,
+            total=len(source),
+            limit=args.limit,
             save_predictions=Path(args.save_predictions) if args.save_predictions else None,
-            output_bag=writer, palette=table.palette(), progress=not args.no_progress)
+            output_bag=writer,
+            palette=table.palette(),
+            progress=not args.no_progress,
+        )
 
     summary = evaluation.to_dict()
-    summary.update(model={"family": built.spec.family, "name": built.spec.name,
-                          "weights": built.spec.weights_path or "random init"},
-                   backend=built.backend_name, source=description)
+    summary.update(
+        model={
+            "family": built.spec.family,
+            "name": built.spec.name,
+            "weights": built.spec.weights_path or "random init",
+        },
+        backend=built.backend_name,
+        source=description,
+    )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2))
     if args.report:
         from seg_ros.evaluation.report import write_report
 
-        details = {"source": description, "model": f"{built.spec.family} {built.spec.name} "
-                   f"({built.spec.weights_path or 'random init'})", "backend": built.backend_name,
-                   "network input": f"{built.pipeline.input_width}x{built.pipeline.input_height}",
-                   "dense CRF": "on" if args.crf else "off"}
-        path = write_report(args.report, summary, normalized_confusion=evaluation.confusion.normalized(),
-                            worst=result.worst, frame_totals_ms=result.frame_totals_ms, palette=table.palette(),
-                            details=details)
+        details = {
+            "source": description,
+            "model": f"{built.spec.family} {built.spec.name} "
+            f"({built.spec.weights_path or 'random init'})",
+            "backend": built.backend_name,
+            "network input": f"{built.pipeline.input_width}x{built.pipeline.input_height}",
+            "dense CRF": "on" if args.crf else "off",
+        }
+        path = write_report(
+            args.report,
+            summary,
+            normalized_confusion=evaluation.confusion.normalized(),
+            worst=result.worst,
+            frame_totals_ms=result.frame_totals_ms,
+            palette=table.palette(),
+            details=details,
+        )
         log.info("report: %s", path)
 
     frames = summary["frames"]
     if frames["used"] == 0:
-        raise RuntimeError(f"no frame could be scored ({frames['skipped'] or 'the source is empty'}); "
-                           "check the topics/folders and the log above")
+        raise RuntimeError(
+            f"no frame could be scored ({frames['skipped'] or 'the source is empty'}); "
+            "check the topics/folders and the log above"
+        )
     bf = summary["boundary_f1"]
-    print(f"mIoU {100 * summary['miou']:.2f}%  pixel accuracy {100 * summary['pixel_accuracy']:.2f}%  "
-          f"mean class accuracy {100 * summary['mean_class_accuracy']:.2f}%  "
-          f"boundary F1 {'n/a' if bf is None else f'{100 * bf:.2f}%'}  "
-          f"frames {frames['used']} scored, {sum(frames['skipped'].values())} skipped {frames['skipped'] or ''}")
+    print(
+        f"mIoU {100 * summary['miou']:.2f}%  pixel accuracy {100 * summary['pixel_accuracy']:.2f}%  "
+        f"mean class accuracy {100 * summary['mean_class_accuracy']:.2f}%  "
+        f"boundary F1 {'n/a' if bf is None else f'{100 * bf:.2f}%'}  "
+        f"frames {frames['used']} scored, {sum(frames['skipped'].values())} skipped {frames['skipped'] or ''}"
+    )
     return 0

@@ -1,4 +1,5 @@
 """`seg_ros export`: write a network (with its weights) as ONNX for TensorRT or ONNX Runtime."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,15 +23,32 @@ Examples:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "export", help="export a network to ONNX (TensorRT-compatible)", description=__doc__,
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "export",
+        help="export a network to ONNX (TensorRT-compatible)",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_model_arguments(parser)
     out = parser.add_argument_group("output")
     out.add_argument("--onnx", required=True, help="ONNX file to write")
-    out.add_argument("--height", type=int, default=0, help="input height (default: the trained size)")
-    out.add_argument("--width", type=int, default=0, help="input width (default: the trained size)")
-    out.add_argument("--logits", action="store_true", help="output raw logits instead of label/confidence/probabilities")
-    out.add_argument("--opset", type=int, default=None, help="ONNX opset, >= 17 (default: 18, see seg_ros.export)")
+    out.add_argument(
+        "--height", type=int, default=0, help="input height (default: the trained size)"
+    )
+    out.add_argument(
+        "--width", type=int, default=0, help="input width (default: the trained size)"
+    )
+    out.add_argument(
+        "--logits",
+        action="store_true",
+        help="output raw logits instead of label/confidence/probabilities",
+    )
+    out.add_argument(
+        "--opset",
+        type=int,
+        default=None,
+        help="ONNX opset, >= 17 (default: 18, see seg_ros.export)",
+    )
     out.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime comparison")
     parser.set_defaults(func=run)
 
@@ -40,32 +58,62 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from seg_ros.export import DEFAULT_OPSET, compare_with_torch, export_onnx, onnx_opset, unsupported_tensorrt_ops
+    from seg_ros.export import (
+        DEFAULT_OPSET,
+        compare_with_torch,
+        export_onnx,
+        onnx_opset,
+        unsupported_tensorrt_ops,
+    )
     from seg_ros.models import load_model
 
     log = logging.getLogger("seg_ros.export")
-    loaded = load_model(args.model, weights=args.weights, num_classes=args.num_classes,
-                        class_table=args.class_table, **model_options_from_args(args))
+    loaded = load_model(
+        args.model,
+        weights=args.weights,
+        num_classes=args.num_classes,
+        class_table=args.class_table,
+        **model_options_from_args(args),
+    )
     spec = loaded.spec
     height = args.height or spec.input_height
     width = args.width or spec.input_width
-    log.info("exporting %s (%s, %d classes) at %dx%d", spec.name, spec.family, spec.num_classes, width, height)
-    path = export_onnx(loaded.module, args.onnx, height, width, head=not args.logits,
-                       opset=args.opset or DEFAULT_OPSET)
+    log.info(
+        "exporting %s (%s, %d classes) at %dx%d",
+        spec.name,
+        spec.family,
+        spec.num_classes,
+        width,
+        height,
+    )
+    path = export_onnx(
+        loaded.module,
+        args.onnx,
+        height,
+        width,
+        head=not args.logits,
+        opset=args.opset or DEFAULT_OPSET,
+    )
     print(f"wrote {path} (opset {onnx_opset(path)}, {path.stat().st_size / 1e6:.1f} MB)")
     rejected = unsupported_tensorrt_ops(path)
     if rejected:
-        log.warning("TensorRT's ONNX parser will reject: %s (ONNX Runtime can still run the file)",
-                    ", ".join(rejected))
+        log.warning(
+            "TensorRT's ONNX parser will reject: %s (ONNX Runtime can still run the file)",
+            ", ".join(rejected),
+        )
     else:
         print("TensorRT operator check: all operators supported")
     if not args.no_verify:
         image = np.random.default_rng(0).standard_normal((1, 3, height, width), dtype=np.float32)
         result = compare_with_torch(loaded.module, path, image)
         what = "logits" if args.logits else "probabilities"
-        print(f"ONNX Runtime vs PyTorch: label agreement {result['label_agreement']:.4%}, "
-              f"max |{what} difference| {result['max_abs_diff']:.2e} ({result['max_rel_diff']:.1e} of the largest)")
+        print(
+            f"ONNX Runtime vs PyTorch: label agreement {result['label_agreement']:.4%}, "
+            f"max |{what} difference| {result['max_abs_diff']:.2e} ({result['max_rel_diff']:.1e} of the largest)"
+        )
         if result["label_agreement"] < 0.999:
-            raise RuntimeError(f"{path}: ONNX Runtime disagrees with PyTorch on "
-                               f"{1 - result['label_agreement']:.2%} of pixels")
+            raise RuntimeError(
+                f"{path}: ONNX Runtime disagrees with PyTorch on "
+                f"{1 - result['label_agreement']:.2%} of pixels"
+            )
     return 0

@@ -3,6 +3,7 @@
 One place maps flags onto ``PipelineConfig`` so every command builds its
 pipeline the same way the node does from its parameters.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,59 +55,129 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags that choose a network and its weights (also used by `seg_ros export`)."""
     model = parser.add_argument_group("model")
-    model.add_argument("--model", choices=FAMILIES, default="",
-                       help="network family (default: the best bundled model on CamVid)")
-    model.add_argument("--backbone", default=None,
-                       help="segnet: vgg16_bn|basic; deeplab: resnet50|resnet101|mobilenet_v3_large; "
-                            "refinenet: resnet101|resnet50|mobilenet_v2 (default: the bundled variant)")
+    model.add_argument(
+        "--model",
+        choices=FAMILIES,
+        default="",
+        help="network family (default: the best bundled model on CamVid)",
+    )
+    model.add_argument(
+        "--backbone",
+        default=None,
+        help="segnet: vgg16_bn|basic; deeplab: resnet50|resnet101|mobilenet_v3_large; "
+        "refinenet: resnet101|resnet50|mobilenet_v2 (default: the bundled variant)",
+    )
     model.add_argument("--version", choices=("v3", "v3plus"), default=None, help="deeplab version")
-    model.add_argument("--output-stride", type=int, choices=(8, 16), default=None, help="deeplab output stride")
-    model.add_argument("--light-weight", action=argparse.BooleanOptionalAction, default=None,
-                       help="refinenet: Light-Weight RefineNet, or the paper's 4-cascade one with --no-light-weight")
-    model.add_argument("--separable", action=argparse.BooleanOptionalAction, default=None,
-                       help="deeplab v3+: depthwise-separable ASPP and decoder (the paper's choice)")
-    model.add_argument("--weights", default="",
-                       help="seg_ros .safetensors or torchvision .pt/.pth state_dict (default: the family's "
-                            "bundled weights; random with a warning if none)")
-    model.add_argument("--num-classes", type=_non_negative_int, default=0,
-                       help="number of classes (default: from the weights or the class table)")
-    model.add_argument("--class-table", default="",
-                       help="class table name (camvid, cityscapes, voc) or YAML file (default: from the weights)")
+    model.add_argument(
+        "--output-stride", type=int, choices=(8, 16), default=None, help="deeplab output stride"
+    )
+    model.add_argument(
+        "--light-weight",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="refinenet: Light-Weight RefineNet, or the paper's 4-cascade one with --no-light-weight",
+    )
+    model.add_argument(
+        "--separable",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="deeplab v3+: depthwise-separable ASPP and decoder (the paper's choice)",
+    )
+    model.add_argument(
+        "--weights",
+        default="",
+        help="seg_ros .safetensors or torchvision .pt/.pth state_dict (default: the family's "
+        "bundled weights; random with a warning if none)",
+    )
+    model.add_argument(
+        "--num-classes",
+        type=_non_negative_int,
+        default=0,
+        help="number of classes (default: from the weights or the class table)",
+    )
+    model.add_argument(
+        "--class-table",
+        default="",
+        help="class table name (camvid, cityscapes, voc) or YAML file (default: from the weights)",
+    )
 
 
 def model_options_from_args(args: argparse.Namespace) -> dict:
     """The variant flags that were given, as ``build_model`` / ``load_model`` options."""
-    return {key: getattr(args, dest) for dest, key in _MODEL_OPTIONS.items() if getattr(args, dest, None) is not None}
+    return {
+        key: getattr(args, dest)
+        for dest, key in _MODEL_OPTIONS.items()
+        if getattr(args, dest, None) is not None
+    }
 
 
 def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     backend = parser.add_argument_group("backend")
-    backend.add_argument("--backend", choices=BACKENDS, default="auto",
-                         help="inference backend; auto picks TensorRT, then ONNX Runtime, then PyTorch")
-    backend.add_argument("--device", choices=("cpu", "cuda", "tensorrt"), default=None,
-                         help="torch: cpu|cuda; onnxruntime: its execution provider cpu|cuda|tensorrt "
-                              "(default: the best available)")
-    backend.add_argument("--precision", choices=PRECISIONS, default="fp32", help="inference precision")
-    backend.add_argument("--height", type=_non_negative_int, default=0,
-                         help="network input height (default: the size the model was trained at)")
-    backend.add_argument("--width", type=_non_negative_int, default=0,
-                         help="network input width (default: the size the model was trained at)")
-    backend.add_argument("--threads", type=_non_negative_int, default=0,
-                         help="CPU threads for the backend (0: library default)")
+    backend.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="inference backend; auto picks TensorRT, then ONNX Runtime, then PyTorch",
+    )
+    backend.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "tensorrt"),
+        default=None,
+        help="torch: cpu|cuda; onnxruntime: its execution provider cpu|cuda|tensorrt "
+        "(default: the best available)",
+    )
+    backend.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32", help="inference precision"
+    )
+    backend.add_argument(
+        "--height",
+        type=_non_negative_int,
+        default=0,
+        help="network input height (default: the size the model was trained at)",
+    )
+    backend.add_argument(
+        "--width",
+        type=_non_negative_int,
+        default=0,
+        help="network input width (default: the size the model was trained at)",
+    )
+    backend.add_argument(
+        "--threads",
+        type=_non_negative_int,
+        default=0,
+        help="CPU threads for the backend (0: library default)",
+    )
 
     crf = parser.add_argument_group("dense CRF")
     crf.add_argument("--crf", action="store_true", help="refine with a dense CRF (slow on CPU)")
-    crf.add_argument("--crf-iterations", type=_positive_int, default=5, help="mean-field iterations")
-    crf.add_argument("--crf-downsample", type=_non_negative_int, default=0,
-                     help="message-passing grid factor: 0 automatic (fastest), 1 full resolution (as pydensecrf)")
+    crf.add_argument(
+        "--crf-iterations", type=_positive_int, default=5, help="mean-field iterations"
+    )
+    crf.add_argument(
+        "--crf-downsample",
+        type=_non_negative_int,
+        default=0,
+        help="message-passing grid factor: 0 automatic (fastest), 1 full resolution (as pydensecrf)",
+    )
 
     trt = parser.add_argument_group("TensorRT")
-    trt.add_argument("--engine-cache", default=None,
-                     help="folder for built engines (default: ~/.cache/seg_ros or $SEG_ROS_CACHE)")
-    trt.add_argument("--workspace-mb", type=_positive_int, default=None, help="builder workspace limit in MiB")
-    trt.add_argument("--dla-core", type=int, default=None, help="Jetson DLA core to run on (-1: GPU)")
-    trt.add_argument("--calibration-images", default=None, help="folder of images for INT8 calibration")
-    trt.add_argument("--calibration-bag", default=None, help="rosbag2 with images for INT8 calibration")
+    trt.add_argument(
+        "--engine-cache",
+        default=None,
+        help="folder for built engines (default: ~/.cache/seg_ros or $SEG_ROS_CACHE)",
+    )
+    trt.add_argument(
+        "--workspace-mb", type=_positive_int, default=None, help="builder workspace limit in MiB"
+    )
+    trt.add_argument(
+        "--dla-core", type=int, default=None, help="Jetson DLA core to run on (-1: GPU)"
+    )
+    trt.add_argument(
+        "--calibration-images", default=None, help="folder of images for INT8 calibration"
+    )
+    trt.add_argument(
+        "--calibration-bag", default=None, help="rosbag2 with images for INT8 calibration"
+    )
     trt.add_argument("--calibration-topic", default=None, help="image topic in --calibration-bag")
 
 
@@ -114,8 +185,9 @@ def pipeline_config_from_args(args: argparse.Namespace):
     """Map the flags added by ``add_pipeline_arguments`` onto a ``PipelineConfig``."""
     from seg_ros.pipeline import CrfSettings, PipelineConfig
 
-    backend_options = {key: getattr(args, key) for key in _BACKEND_OPTIONS
-                       if getattr(args, key, None) is not None}
+    backend_options = {
+        key: getattr(args, key) for key in _BACKEND_OPTIONS if getattr(args, key, None) is not None
+    }
     return PipelineConfig(
         model=args.model,
         weights=args.weights,
@@ -128,6 +200,7 @@ def pipeline_config_from_args(args: argparse.Namespace):
         input_width=args.width,
         threads=args.threads,
         backend_options=backend_options,
-        crf=CrfSettings(enabled=bool(args.crf), iterations=args.crf_iterations,
-                        downsample=args.crf_downsample),
+        crf=CrfSettings(
+            enabled=bool(args.crf), iterations=args.crf_iterations, downsample=args.crf_downsample
+        ),
     )

@@ -1,4 +1,5 @@
 """`seg_ros segment`: run the pipeline on images (or a video or bag) and write label, colour and overlay PNGs."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,17 +12,31 @@ def register(subparsers) -> None:
         "segment",
         help="segment image files, a folder, a video or a bag and write PNGs",
         description="Runs the same pipeline as the node on every input image and writes, per image, "
-                    "<name>_label.png (class index per pixel: 8-bit, 16-bit above 254 classes), "
-                    "<name>_color.png (class colours) and with --overlay <name>_overlay.png. "
-                    "Prints each image's latency and a p50/p95 summary.",
+        "<name>_label.png (class index per pixel: 8-bit, 16-bit above 254 classes), "
+        "<name>_color.png (class colours) and with --overlay <name>_overlay.png. "
+        "Prints each image's latency and a p50/p95 summary.",
     )
-    parser.add_argument("--input", required=True,
-                        help="an image, a folder of images, a video file, or a rosbag2 folder / ROS 1 .bag")
+    parser.add_argument(
+        "--input",
+        required=True,
+        help="an image, a folder of images, a video file, or a rosbag2 folder / ROS 1 .bag",
+    )
     parser.add_argument("--output", required=True, help="folder for the PNGs (created if missing)")
-    parser.add_argument("--topic", default="", help="image topic when --input is a bag with several image topics")
-    parser.add_argument("--limit", type=int, default=0, help="stop after this many images (default 0: all)")
-    parser.add_argument("--overlay", action="store_true", help="also write the colour mask blended over the image")
-    parser.add_argument("--alpha", type=float, default=0.5, help="opacity of the colour mask in the overlay, 0..1 (default 0.5)")
+    parser.add_argument(
+        "--topic", default="", help="image topic when --input is a bag with several image topics"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=0, help="stop after this many images (default 0: all)"
+    )
+    parser.add_argument(
+        "--overlay", action="store_true", help="also write the colour mask blended over the image"
+    )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=0.5,
+        help="opacity of the colour mask in the overlay, 0..1 (default 0.5)",
+    )
     add_pipeline_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -46,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
     output.mkdir(parents=True, exist_ok=True)
     built = build_pipeline(pipeline_config_from_args(args))
     palette = built.class_table.palette()
-    print(f"{built.spec.name} ({built.spec.family}) on {built.backend_name}, "
-          f"{built.pipeline.input_width}x{built.pipeline.input_height}; input: {source.describe()}")
+    print(
+        f"{built.spec.name} ({built.spec.family}) on {built.backend_name}, "
+        f"{built.pipeline.input_width}x{built.pipeline.input_height}; input: {source.describe()}"
+    )
 
     latencies, seen = [], set()
     for frame in tqdm(source, total=source.count or None, unit="img", desc="segment"):
@@ -69,8 +86,10 @@ def run(args: argparse.Namespace) -> int:
     if not latencies:
         raise ValueError(f"no images came out of {source.describe()}")
     p50, p95 = np.percentile(latencies, [50, 95])
-    print(f"{len(latencies)} images -> {output}: latency p50 {p50:.1f} ms, p95 {p95:.1f} ms "
-          f"({built.backend_name})")
+    print(
+        f"{len(latencies)} images -> {output}: latency p50 {p50:.1f} ms, p95 {p95:.1f} ms "
+        f"({built.backend_name})"
+    )
     return 0
 
 

@@ -5,6 +5,7 @@ Every input connection and message is copied byte for byte; the outputs go to
 (32FC1) and ``/<namespace>/overlay`` (rgb8), each with the input image's header
 and at the input image's bag timestamp, as the node would publish them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,37 +27,58 @@ def storage_of(path: Path) -> str:
 class OutputBagWriter:
     """Copies a rosbag2 and adds segmentation outputs; use as a context manager."""
 
-    def __init__(self, output: str | Path, input_connections, *, namespace: str = "segmentation_node",
-                 storage: str = "sqlite3", input_typestore=None):
+    def __init__(
+        self,
+        output: str | Path,
+        input_connections,
+        *,
+        namespace: str = "segmentation_node",
+        storage: str = "sqlite3",
+        input_typestore=None,
+    ):
         from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
         from rosbags.typesys import Stores, get_typestore
 
         self.path = Path(output)
         if self.path.exists():
-            raise ValueError(f"output bag {self.path} exists already; rosbag2 writers never overwrite")
+            raise ValueError(
+                f"output bag {self.path} exists already; rosbag2 writers never overwrite"
+            )
         if storage not in ("sqlite3", "mcap"):
             raise ValueError(f"unknown bag storage {storage!r}: expected sqlite3 or mcap")
         self.typestore = get_typestore(Stores.ROS2_HUMBLE)
-        self.writer = Writer(self.path, version=9,
-                             storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)
+        self.writer = Writer(
+            self.path,
+            version=9,
+            storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3,
+        )
         self.writer.open()
         self._copies = {}
         try:
             for conn in input_connections:
                 msgdef, digest = conn.msgdef.data, conn.digest
-                if not msgdef or not digest:  # old bags without definitions: take them from a typestore
+                if (
+                    not msgdef or not digest
+                ):  # old bags without definitions: take them from a typestore
                     store = input_typestore if input_typestore is not None else self.typestore
                     msgdef, digest = None, None
                     extra = {"typestore": store}
                 else:
                     extra = {}
                 self._copies[conn.id] = self.writer.add_connection(
-                    conn.topic, conn.msgtype, msgdef=msgdef, rihs01=digest,
+                    conn.topic,
+                    conn.msgtype,
+                    msgdef=msgdef,
+                    rihs01=digest,
                     serialization_format=conn.ext.serialization_format,
-                    offered_qos_profiles=conn.ext.offered_qos_profiles, **extra)
+                    offered_qos_profiles=conn.ext.offered_qos_profiles,
+                    **extra,
+                )
             ns = "/" + namespace.strip("/")
             self._outputs = {
-                name: self.writer.add_connection(f"{ns}/{name}", IMAGE_TYPE, typestore=self.typestore)
+                name: self.writer.add_connection(
+                    f"{ns}/{name}", IMAGE_TYPE, typestore=self.typestore
+                )
                 for name in ("label", "confidence", "overlay")
             }
         except WriterError as exc:
@@ -70,18 +92,29 @@ class OutputBagWriter:
     def _image(self, header, array: np.ndarray, encoding: str) -> bytes:
         types = self.typestore.types
         new_header = types["std_msgs/msg/Header"](
-            stamp=types["builtin_interfaces/msg/Time"](sec=int(header.stamp.sec), nanosec=int(header.stamp.nanosec)),
-            frame_id=str(header.frame_id))
+            stamp=types["builtin_interfaces/msg/Time"](
+                sec=int(header.stamp.sec), nanosec=int(header.stamp.nanosec)
+            ),
+            frame_id=str(header.frame_id),
+        )
         msg = types[IMAGE_TYPE](header=new_header, **encode_fields(array, encoding))
         return self.typestore.serialize_cdr(msg, IMAGE_TYPE)
 
-    def write_outputs(self, header, timestamp: int, label: np.ndarray, confidence: np.ndarray,
-                      overlay_rgb: np.ndarray) -> None:
+    def write_outputs(
+        self,
+        header,
+        timestamp: int,
+        label: np.ndarray,
+        confidence: np.ndarray,
+        overlay_rgb: np.ndarray,
+    ) -> None:
         """The node's three image outputs for one input frame."""
         label_encoding = "mono8" if label.dtype == np.uint8 else "mono16"
-        for name, array, encoding in (("label", label, label_encoding),
-                                      ("confidence", confidence.astype(np.float32, copy=False), "32FC1"),
-                                      ("overlay", overlay_rgb, "rgb8")):
+        for name, array, encoding in (
+            ("label", label, label_encoding),
+            ("confidence", confidence.astype(np.float32, copy=False), "32FC1"),
+            ("overlay", overlay_rgb, "rgb8"),
+        ):
             self.writer.write(self._outputs[name], timestamp, self._image(header, array, encoding))
 
     def close(self) -> None:

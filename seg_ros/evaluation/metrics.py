@@ -14,6 +14,7 @@ All ratios are fractions in [0, 1]; a class that can not be scored (absent from
 both ground truth and prediction) is NaN and left out of the means (``None``
 in JSON).
 """
+
 from __future__ import annotations
 
 import math
@@ -78,8 +79,9 @@ class ConfusionMatrix:
             )
         pred = prediction[valid].astype(np.int64)
         pred = np.where((pred < 0) | (pred >= self.num_classes), self.num_classes, pred)
-        flat = np.bincount(gt * (self.num_classes + 1) + pred,
-                           minlength=self.num_classes * (self.num_classes + 1))
+        flat = np.bincount(
+            gt * (self.num_classes + 1) + pred, minlength=self.num_classes * (self.num_classes + 1)
+        )
         return flat.reshape(self.num_classes, self.num_classes + 1)
 
     def update(self, ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
@@ -155,8 +157,12 @@ class BoundaryF1:
     are left out); ``per_class`` averages F1_c over the images containing c.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int | None = 255,
-                 tolerance: float = BOUNDARY_TOLERANCE):
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int | None = 255,
+        tolerance: float = BOUNDARY_TOLERANCE,
+    ):
         self.num_classes = int(num_classes)
         self.ignore_index = ignore_index
         self.tolerance = float(tolerance)
@@ -164,13 +170,18 @@ class BoundaryF1:
         self._class_sum = np.zeros(self.num_classes)
         self._class_count = np.zeros(self.num_classes, np.int64)
 
-    def image_score(self, ground_truth: np.ndarray, prediction: np.ndarray) -> tuple[float, dict[int, float]]:
+    def image_score(
+        self, ground_truth: np.ndarray, prediction: np.ndarray
+    ) -> tuple[float, dict[int, float]]:
         """(image BF, {class: F1}) for one frame, without accumulating; NaN when nothing is scored."""
         _check_pair(ground_truth, prediction)
         height, width = ground_truth.shape
         disk = _disk(self.tolerance * math.hypot(height, width))
-        valid = (ground_truth != self.ignore_index) if self.ignore_index is not None else \
-            np.ones(ground_truth.shape, bool)
+        valid = (
+            (ground_truth != self.ignore_index)
+            if self.ignore_index is not None
+            else np.ones(ground_truth.shape, bool)
+        )
         present = [int(c) for c in np.unique(ground_truth[valid]) if 0 <= c < self.num_classes]
         ignored = ~valid
         per_class: dict[int, float] = {}
@@ -179,7 +190,10 @@ class BoundaryF1:
             # Work in the class's bounding box (+2 px so its edge is never a boundary): small classes are cheap.
             either = gt_c | pred_c
             rows, cols = np.flatnonzero(either.any(axis=1)), np.flatnonzero(either.any(axis=0))
-            box = (slice(max(rows[0] - 2, 0), rows[-1] + 3), slice(max(cols[0] - 2, 0), cols[-1] + 3))
+            box = (
+                slice(max(rows[0] - 2, 0), rows[-1] + 3),
+                slice(max(cols[0] - 2, 0), cols[-1] + 3),
+            )
             gt_edge = _boundary(gt_c[box], ignored[box])
             pred_edge = _boundary(pred_c[box], ignored[box])
             n_gt, n_pred = int(gt_edge.sum()), int(pred_edge.sum())
@@ -214,7 +228,9 @@ class BoundaryF1:
     @property
     def per_class(self) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self._class_count > 0, self._class_sum / np.maximum(self._class_count, 1), np.nan)
+            return np.where(
+                self._class_count > 0, self._class_sum / np.maximum(self._class_count, 1), np.nan
+            )
 
 
 class LatencyStats:
@@ -254,8 +270,11 @@ class FrameCounter:
         self.skipped[reason] += 1
 
     def summary(self) -> dict:
-        return {"used": self.used, "skipped": dict(sorted(self.skipped.items())),
-                "total": self.used + sum(self.skipped.values())}
+        return {
+            "used": self.used,
+            "skipped": dict(sorted(self.skipped.items())),
+            "total": self.used + sum(self.skipped.values()),
+        }
 
 
 def _json_number(value: float) -> float | None:
@@ -274,8 +293,12 @@ class Evaluation:
     a class can not be scored.
     """
 
-    def __init__(self, class_names: list[str] | tuple[str, ...], ignore_index: int | None = 255,
-                 boundary_tolerance: float = BOUNDARY_TOLERANCE):
+    def __init__(
+        self,
+        class_names: list[str] | tuple[str, ...],
+        ignore_index: int | None = 255,
+        boundary_tolerance: float = BOUNDARY_TOLERANCE,
+    ):
         self.class_names = list(class_names)
         self.ignore_index = ignore_index
         self.confusion = ConfusionMatrix(len(self.class_names), ignore_index)
@@ -283,8 +306,12 @@ class Evaluation:
         self.latency = LatencyStats()
         self.frames = FrameCounter()
 
-    def add_frame(self, ground_truth: np.ndarray, prediction: np.ndarray,
-                  timings_ms: dict[str, float] | None = None) -> dict:
+    def add_frame(
+        self,
+        ground_truth: np.ndarray,
+        prediction: np.ndarray,
+        timings_ms: dict[str, float] | None = None,
+    ) -> dict:
         """Score one frame and accumulate it; returns the frame's own scores (miou, pixel_accuracy, boundary_f1).
 
         Raises ValueError (nothing accumulated) for mismatched sizes or foreign labels.
@@ -296,7 +323,11 @@ class Evaluation:
             self.latency.add(timings_ms)
         self.frames.use()
         scores = ConfusionMatrix.scores(frame_counts)
-        return {"miou": scores["miou"], "pixel_accuracy": scores["pixel_accuracy"], "boundary_f1": frame_bf}
+        return {
+            "miou": scores["miou"],
+            "pixel_accuracy": scores["pixel_accuracy"],
+            "boundary_f1": frame_bf,
+        }
 
     def skip(self, reason: str) -> None:
         self.frames.skip(reason)
@@ -309,9 +340,13 @@ class Evaluation:
             "per_class_iou": {n: _json_number(v) for n, v in zip(names, scores["iou"])},
             "pixel_accuracy": _json_number(scores["pixel_accuracy"]),
             "mean_class_accuracy": _json_number(scores["mean_class_accuracy"]),
-            "per_class_accuracy": {n: _json_number(v) for n, v in zip(names, scores["class_accuracy"])},
+            "per_class_accuracy": {
+                n: _json_number(v) for n, v in zip(names, scores["class_accuracy"])
+            },
             "boundary_f1": _json_number(self.boundary.score),
-            "per_class_boundary_f1": {n: _json_number(v) for n, v in zip(names, self.boundary.per_class)},
+            "per_class_boundary_f1": {
+                n: _json_number(v) for n, v in zip(names, self.boundary.per_class)
+            },
             "latency_ms": self.latency.summary(),
             "frames": self.frames.summary(),
             "pixels": scores["pixels"],

@@ -1,4 +1,5 @@
 """The offline evaluation loop: frames -> pipeline -> metrics (+ saved predictions, output bag, worst frames)."""
+
 from __future__ import annotations
 
 import heapq
@@ -43,9 +44,19 @@ class OfflineResult:
     frame_totals_ms: list[float]  # whole pipeline time per segmented frame, for the histogram
 
 
-def evaluate_frames(pipeline, frames: Iterable[Frame], evaluation: Evaluation, *, total: int | None = None,
-                    limit: int = 0, save_predictions: Path | None = None, output_bag=None, palette=None,
-                    worst_count: int = 4, progress: bool = True) -> OfflineResult:
+def evaluate_frames(
+    pipeline,
+    frames: Iterable[Frame],
+    evaluation: Evaluation,
+    *,
+    total: int | None = None,
+    limit: int = 0,
+    save_predictions: Path | None = None,
+    output_bag=None,
+    palette=None,
+    worst_count: int = 4,
+    progress: bool = True,
+) -> OfflineResult:
     """Run ``pipeline`` over ``frames`` and score every frame that has usable ground truth.
 
     Frames with a decodable image are segmented when they can be scored, or
@@ -67,11 +78,17 @@ def evaluate_frames(pipeline, frames: Iterable[Frame], evaluation: Evaluation, *
                     break
                 images_seen += 1
                 bar.update(1)
-            if frame.skip_reason is None and frame.label is not None and frame.image is not None \
-                    and frame.image.shape[:2] != frame.label.shape:
+            if (
+                frame.skip_reason is None
+                and frame.label is not None
+                and frame.image is not None
+                and frame.image.shape[:2] != frame.label.shape
+            ):
                 frame.skip_reason = "size_mismatch"
-                frame.problem = (f"frame {frame.key}: image is {frame.image.shape[1]}x{frame.image.shape[0]} but its "
-                                 f"label is {frame.label.shape[1]}x{frame.label.shape[0]}")
+                frame.problem = (
+                    f"frame {frame.key}: image is {frame.image.shape[1]}x{frame.image.shape[0]} but its "
+                    f"label is {frame.label.shape[1]}x{frame.label.shape[0]}"
+                )
             scorable = frame.skip_reason is None and frame.label is not None
             wants_output = save_predictions is not None or output_bag is not None
             result = None
@@ -82,27 +99,42 @@ def evaluate_frames(pipeline, frames: Iterable[Frame], evaluation: Evaluation, *
                     cv2.imwrite(str(save_predictions / f"{frame.key}.png"), result.label)
                 if output_bag is not None and frame.header is not None:
                     color = colorize(result.label, palette)
-                    output_bag.write_outputs(frame.header, frame.log_time, result.label, result.confidence,
-                                             overlay(frame.image, color, 0.5))
+                    output_bag.write_outputs(
+                        frame.header,
+                        frame.log_time,
+                        result.label,
+                        result.confidence,
+                        overlay(frame.image, color, 0.5),
+                    )
             if scorable:
                 try:
                     scores = evaluation.add_frame(frame.label, result.label, result.timings_ms)
                 except ValueError as exc:
-                    frame.skip_reason, frame.problem = "invalid_ground_truth", f"frame {frame.key}: {exc}"
+                    frame.skip_reason, frame.problem = (
+                        "invalid_ground_truth",
+                        f"frame {frame.key}: {exc}",
+                    )
                 else:
                     _keep_worst(worst, worst_count, frame, result.label, scores["miou"])
-                    bar.set_postfix(miou=f"{evaluation.confusion.summary()['miou']:.3f}", refresh=False)
+                    bar.set_postfix(
+                        miou=f"{evaluation.confusion.summary()['miou']:.3f}", refresh=False
+                    )
             if frame.skip_reason is not None:
                 evaluation.skip(frame.skip_reason)
                 logged[frame.skip_reason] += 1
                 if logged[frame.skip_reason] <= LOGGED_PER_REASON:
                     LOG.warning("skipped (%s): %s", frame.skip_reason, frame.problem)
                 elif logged[frame.skip_reason] == LOGGED_PER_REASON + 1:
-                    LOG.warning("more frames skipped for %s; only counting them from now on", frame.skip_reason)
+                    LOG.warning(
+                        "more frames skipped for %s; only counting them from now on",
+                        frame.skip_reason,
+                    )
     return OfflineResult(evaluation, sorted(worst, reverse=True), totals)
 
 
-def _keep_worst(heap: list[WorstFrame], count: int, frame: Frame, prediction: np.ndarray, miou: float) -> None:
+def _keep_worst(
+    heap: list[WorstFrame], count: int, frame: Frame, prediction: np.ndarray, miou: float
+) -> None:
     if count <= 0 or math.isnan(miou):
         return
     item = WorstFrame(-miou, frame.key, frame.image, frame.label, prediction)

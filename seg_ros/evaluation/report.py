@@ -4,6 +4,7 @@ Files: report.md, confusion_matrix.png (row-normalised), per_class_iou.png,
 latency.png (histogram of the per-frame pipeline time), worst_frames.png
 (image | ground truth | prediction | overlay for the lowest-mIoU frames).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,8 +30,15 @@ def _plot_confusion(path: Path, normalized: np.ndarray, names: list[str], plt) -
     if len(names) <= 25:
         for (r, c), v in np.ndenumerate(normalized):
             if v >= 0.005:
-                ax.text(c, r, f"{100 * v:.0f}", ha="center", va="center", fontsize=6,
-                        color="white" if v > 0.5 else "black")
+                ax.text(
+                    c,
+                    r,
+                    f"{100 * v:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if v > 0.5 else "black",
+                )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the ground-truth class")
     ax.set_title("Confusion matrix (rows sum to 1)")
     fig.tight_layout()
@@ -75,7 +83,12 @@ def _plot_worst(path: Path, worst, palette: np.ndarray, plt) -> None:
         gt_color = colorize(item.label, palette)  # void (not a class) is black in the palette
         pred_color = colorize(item.prediction, palette)
         panels = (item.image, gt_color, pred_color, overlay(item.image, pred_color, 0.5))
-        titles = (f"{item.key}", "ground truth", f"prediction (mIoU {100 * item.miou:.1f}%)", "overlay")
+        titles = (
+            f"{item.key}",
+            "ground truth",
+            f"prediction (mIoU {100 * item.miou:.1f}%)",
+            "overlay",
+        )
         for ax, img, title in zip(row, panels, titles):
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
             ax.set_title(title, fontsize=8)
@@ -85,8 +98,17 @@ def _plot_worst(path: Path, worst, palette: np.ndarray, plt) -> None:
     plt.close(fig)
 
 
-def write_report(directory: str | Path, summary: dict, *, normalized_confusion: np.ndarray, worst, frame_totals_ms,
-                 palette: np.ndarray, title: str = "seg_ros evaluation", details: dict | None = None) -> Path:
+def write_report(
+    directory: str | Path,
+    summary: dict,
+    *,
+    normalized_confusion: np.ndarray,
+    worst,
+    frame_totals_ms,
+    palette: np.ndarray,
+    title: str = "seg_ros evaluation",
+    details: dict | None = None,
+) -> Path:
     """Write report.md and its plots into ``directory``; returns the Markdown file's path."""
     import matplotlib
 
@@ -103,25 +125,45 @@ def write_report(directory: str | Path, summary: dict, *, normalized_confusion: 
     skipped = ", ".join(f"{k}: {v}" for k, v in frames["skipped"].items()) or "none"
     lines += [
         f"- **frames**: {frames['used']} scored, {sum(frames['skipped'].values())} skipped ({skipped})",
-        f"- **ignore index**: {summary['ignore_index']}", "",
-        "## Summary", "",
-        "| metric | value (%) |", "|---|---:|",
+        f"- **ignore index**: {summary['ignore_index']}",
+        "",
+        "## Summary",
+        "",
+        "| metric | value (%) |",
+        "|---|---:|",
         f"| mIoU | {_fmt(summary['miou'])} |",
         f"| pixel accuracy | {_fmt(summary['pixel_accuracy'])} |",
         f"| mean class accuracy | {_fmt(summary['mean_class_accuracy'])} |",
-        f"| boundary F1 (BF, tolerance 0.75% of the diagonal) | {_fmt(summary['boundary_f1'])} |", "",
-        "## Per class", "",
-        "| class | IoU (%) | accuracy (%) | BF (%) |", "|---|---:|---:|---:|",
+        f"| boundary F1 (BF, tolerance 0.75% of the diagonal) | {_fmt(summary['boundary_f1'])} |",
+        "",
+        "## Per class",
+        "",
+        "| class | IoU (%) | accuracy (%) | BF (%) |",
+        "|---|---:|---:|---:|",
     ]
     for name in names:
-        lines.append(f"| {name} | {_fmt(summary['per_class_iou'][name])} | "
-                     f"{_fmt(summary['per_class_accuracy'][name])} | {_fmt(summary['per_class_boundary_f1'][name])} |")
-    lines += ["", "![per-class IoU](per_class_iou.png)", "",
-              "## Confusion matrix", "", "![confusion matrix](confusion_matrix.png)", ""]
+        lines.append(
+            f"| {name} | {_fmt(summary['per_class_iou'][name])} | "
+            f"{_fmt(summary['per_class_accuracy'][name])} | {_fmt(summary['per_class_boundary_f1'][name])} |"
+        )
+    lines += [
+        "",
+        "![per-class IoU](per_class_iou.png)",
+        "",
+        "## Confusion matrix",
+        "",
+        "![confusion matrix](confusion_matrix.png)",
+        "",
+    ]
     _plot_iou(out / "per_class_iou.png", summary["per_class_iou"], summary["miou"], plt)
     _plot_confusion(out / "confusion_matrix.png", normalized_confusion, names, plt)
     if summary["latency_ms"]:
-        lines += ["## Latency", "", "| stage | p50 (ms) | p95 (ms) | mean (ms) |", "|---|---:|---:|---:|"]
+        lines += [
+            "## Latency",
+            "",
+            "| stage | p50 (ms) | p95 (ms) | mean (ms) |",
+            "|---|---:|---:|---:|",
+        ]
         for stage, s in summary["latency_ms"].items():
             lines.append(f"| {stage} | {s['p50']:.1f} | {s['p95']:.1f} | {s['mean']:.1f} |")
         lines.append("")
@@ -130,8 +172,14 @@ def write_report(directory: str | Path, summary: dict, *, normalized_confusion: 
         lines += ["![latency histogram](latency.png)", ""]
     if worst:
         _plot_worst(out / "worst_frames.png", worst, palette, plt)
-        lines += ["## Worst frames", "", "Lowest per-frame mIoU: image | ground truth | prediction | overlay.", "",
-                  "![worst frames](worst_frames.png)", ""]
+        lines += [
+            "## Worst frames",
+            "",
+            "Lowest per-frame mIoU: image | ground truth | prediction | overlay.",
+            "",
+            "![worst frames](worst_frames.png)",
+            "",
+        ]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -6,6 +6,7 @@ report) and ``problem`` (the sentence logged), and with its image when the
 image itself was fine, so ``--output-bag`` and ``--save-predictions`` still
 cover it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,12 +45,19 @@ def _label_from_array(pixels: np.ndarray, what: str) -> np.ndarray:
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
     if pixels.ndim == 3:
-        if pixels.shape[2] >= 3 and np.array_equal(pixels[:, :, 0], pixels[:, :, 1]) \
-                and np.array_equal(pixels[:, :, 0], pixels[:, :, 2]):
+        if (
+            pixels.shape[2] >= 3
+            and np.array_equal(pixels[:, :, 0], pixels[:, :, 1])
+            and np.array_equal(pixels[:, :, 0], pixels[:, :, 2])
+        ):
             return np.ascontiguousarray(pixels[:, :, 0])  # grey stored as colour
-        raise ValueError(f"{what} is a colour image; ground truth must hold one class index per pixel (mono8/mono16)")
+        raise ValueError(
+            f"{what} is a colour image; ground truth must hold one class index per pixel (mono8/mono16)"
+        )
     if pixels.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"{what} has {pixels.dtype} pixels; ground truth must be mono8 or mono16 class indices")
+        raise ValueError(
+            f"{what} has {pixels.dtype} pixels; ground truth must be mono8 or mono16 class indices"
+        )
     return pixels
 
 
@@ -59,7 +67,9 @@ def decode_label_message(msg, compressed: bool) -> np.ndarray:
         data = np.asarray(msg.data, dtype=np.uint8).reshape(-1)
         pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
         if pixels is None:
-            raise ImageDecodeError(f"cannot decode compressed label image ({msg.format or 'unknown format'})")
+            raise ImageDecodeError(
+                f"cannot decode compressed label image ({msg.format or 'unknown format'})"
+            )
         return _label_from_array(pixels, "compressed label image")
     return _label_from_array(message_to_array(msg), f"{msg.encoding} label image")
 
@@ -79,7 +89,9 @@ class FolderSource:
         for what, folder in (("images", self.images_dir), ("labels", self.labels_dir)):
             if not folder.is_dir():
                 raise FileNotFoundError(f"{what} folder {folder} does not exist")
-        self.paths = sorted(p for p in self.images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.paths = sorted(
+            p for p in self.images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+        )
         if not self.paths:
             raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.images_dir}")
         self._labels = {}
@@ -97,7 +109,10 @@ class FolderSource:
             frame = Frame(key=path.stem)
             bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if bgr is None:
-                frame.skip_reason, frame.problem = "undecodable_image", f"cannot read image file {path}"
+                frame.skip_reason, frame.problem = (
+                    "undecodable_image",
+                    f"cannot read image file {path}",
+                )
                 yield frame
                 continue
             frame.image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -125,8 +140,15 @@ class BagSource:
     message of every topic in order (for copying the bag).
     """
 
-    def __init__(self, path: str | Path, image_topic: str, label_topic: str, *, max_pending: int = 64,
-                 on_message: Callable | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        image_topic: str,
+        label_topic: str,
+        *,
+        max_pending: int = 64,
+        on_message: Callable | None = None,
+    ):
         from rosbags.highlevel import AnyReader, AnyReaderError
 
         self.path = Path(path)
@@ -140,19 +162,32 @@ class BagSource:
         except AnyReaderError as exc:
             raise ValueError(f"cannot read bag {self.path}: {exc}") from exc
         topics = self.reader.topics
-        image_like = sorted(t for t, info in topics.items() if info.msgtype in (IMAGE_TYPE, COMPRESSED_TYPE))
+        image_like = sorted(
+            t for t, info in topics.items() if info.msgtype in (IMAGE_TYPE, COMPRESSED_TYPE)
+        )
         self.image_topic = self._resolve(image_topic, topics, image_like, "image")
         self.label_topic = self._resolve(label_topic, topics, image_like, "ground-truth label")
         if self.image_topic == self.label_topic:
             raise ValueError(f"the image and label topics are the same ({self.image_topic})")
-        self.image_connections = [c for c in self.reader.connections if c.topic == self.image_topic]
-        self.label_connections = [c for c in self.reader.connections if c.topic == self.label_topic]
+        self.image_connections = [
+            c for c in self.reader.connections if c.topic == self.image_topic
+        ]
+        self.label_connections = [
+            c for c in self.reader.connections if c.topic == self.label_topic
+        ]
         if sum(c.msgcount for c in self.label_connections) == 0:
-            LOG.warning("bag %s has no messages on the label topic %s: no frame can be scored",
-                        self.path, self.label_topic)
+            LOG.warning(
+                "bag %s has no messages on the label topic %s: no frame can be scored",
+                self.path,
+                self.label_topic,
+            )
 
     def _resolve(self, topic: str, topics: dict, image_like: list[str], what: str) -> str:
-        candidates = [topic] if topic.endswith("/compressed") else [topic, topic.rstrip("/") + "/compressed"]
+        candidates = (
+            [topic]
+            if topic.endswith("/compressed")
+            else [topic, topic.rstrip("/") + "/compressed"]
+        )
         for name in candidates:
             if name in topics:
                 if topics[name].msgtype not in (IMAGE_TYPE, COMPRESSED_TYPE):
@@ -179,7 +214,9 @@ class BagSource:
 
     def _image_frame(self, msg, log_time: int, compressed: bool) -> Frame:
         stamp = msg.header.stamp
-        frame = Frame(key=stamp_key(stamp.sec, stamp.nanosec), header=msg.header, log_time=log_time)
+        frame = Frame(
+            key=stamp_key(stamp.sec, stamp.nanosec), header=msg.header, log_time=log_time
+        )
         try:
             frame.image = decode_compressed(msg) if compressed else decode_image(msg)
         except ImageDecodeError as exc:
@@ -206,27 +243,41 @@ class BagSource:
                     msg = self.reader.deserialize(rawdata, connection.msgtype)
                 except AnyReaderError as exc:
                     reason = "undecodable_image" if is_image else "undecodable_label"
-                    yield Frame(key=f"t{timestamp}", skip_reason=reason,
-                                problem=f"cannot deserialise a message on {connection.topic}: {exc}")
+                    yield Frame(
+                        key=f"t{timestamp}",
+                        skip_reason=reason,
+                        problem=f"cannot deserialise a message on {connection.topic}: {exc}",
+                    )
                     continue
                 stamp = (int(msg.header.stamp.sec), int(msg.header.stamp.nanosec))
                 if is_image:
                     if stamp in pending_images:
                         old = pending_images.pop(stamp)
                         frame = self._image_frame(old[0], old[1], old[2])
-                        yield self._skipped(frame, "duplicate_stamp",
-                                            f"two images with stamp {frame.key}; scoring the later one")
+                        yield self._skipped(
+                            frame,
+                            "duplicate_stamp",
+                            f"two images with stamp {frame.key}; scoring the later one",
+                        )
                     if stamp in pending_labels:
-                        yield self._matched(self._image_frame(msg, timestamp, compressed), *pending_labels.pop(stamp))
+                        yield self._matched(
+                            self._image_frame(msg, timestamp, compressed),
+                            *pending_labels.pop(stamp),
+                        )
                     else:
                         pending_images[stamp] = (msg, timestamp, compressed)
                 else:
                     if stamp in pending_images:
-                        yield self._matched(self._image_frame(*pending_images.pop(stamp)), msg, compressed)
+                        yield self._matched(
+                            self._image_frame(*pending_images.pop(stamp)), msg, compressed
+                        )
                     else:
                         if stamp in pending_labels:
-                            yield Frame(key=stamp_key(*stamp), skip_reason="duplicate_stamp",
-                                        problem=f"two labels with stamp {stamp_key(*stamp)}; using the later one")
+                            yield Frame(
+                                key=stamp_key(*stamp),
+                                skip_reason="duplicate_stamp",
+                                problem=f"two labels with stamp {stamp_key(*stamp)}; using the later one",
+                            )
                         pending_labels[stamp] = (msg, compressed)
                 while len(pending_images) > self.max_pending:
                     yield self._unmatched_image(pending_images, next(iter(pending_images)))
@@ -255,11 +306,17 @@ class BagSource:
 
     def _unmatched_image(self, pending: dict, stamp) -> Frame:
         frame = self._image_frame(*pending.pop(stamp))
-        return self._skipped(frame, "no_ground_truth",
-                             f"image {frame.key} has no label on {self.label_topic} with the same stamp")
+        return self._skipped(
+            frame,
+            "no_ground_truth",
+            f"image {frame.key} has no label on {self.label_topic} with the same stamp",
+        )
 
     def _orphan_label(self, pending: dict, stamp) -> Frame:
         pending.pop(stamp)
         key = stamp_key(*stamp)
-        return Frame(key=key, skip_reason="label_without_image",
-                     problem=f"label {key} has no image on {self.image_topic} with the same stamp")
+        return Frame(
+            key=key,
+            skip_reason="label_without_image",
+            problem=f"label {key} has no image on {self.image_topic} with the same stamp",
+        )

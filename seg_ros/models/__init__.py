@@ -4,6 +4,7 @@
 (bundled, a seg_ros checkpoint or a torchvision state_dict); ``save_checkpoint``
 writes self-describing .safetensors files that ``bundled_models`` finds in models/.
 """
+
 from __future__ import annotations
 
 from seg_ros.models.checkpoint import (
@@ -17,6 +18,15 @@ from seg_ros.models.checkpoint import (
 from seg_ros.models.zoo import CHOICES, FAMILIES, build_model, resolve_options, variant_name
 
 __all__ = [
-    "CHOICES", "FAMILIES", "LoadedModel", "ModelSpec", "build_model", "bundled_models", "load_model",
-    "read_spec", "resolve_options", "save_checkpoint", "variant_name",
+    "CHOICES",
+    "FAMILIES",
+    "LoadedModel",
+    "ModelSpec",
+    "build_model",
+    "bundled_models",
+    "load_model",
+    "read_spec",
+    "resolve_options",
+    "save_checkpoint",
+    "variant_name",
 ]

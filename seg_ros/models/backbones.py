@@ -3,6 +3,7 @@
 The feature extractors keep torchvision's module names, so torchvision's
 classification checkpoints (ImageNet) and segmentation checkpoints load by key.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,15 +15,37 @@ from torchvision.models._utils import IntermediateLayerGetter
 
 # Tap points per backbone: (module name, nominal stride, channels), shallow to deep.
 TAPS: dict[str, tuple[tuple[str, int, int], ...]] = {
-    "resnet50": (("layer1", 4, 256), ("layer2", 8, 512), ("layer3", 16, 1024), ("layer4", 32, 2048)),
-    "resnet101": (("layer1", 4, 256), ("layer2", 8, 512), ("layer3", 16, 1024), ("layer4", 32, 2048)),
+    "resnet50": (
+        ("layer1", 4, 256),
+        ("layer2", 8, 512),
+        ("layer3", 16, 1024),
+        ("layer4", 32, 2048),
+    ),
+    "resnet101": (
+        ("layer1", 4, 256),
+        ("layer2", 8, 512),
+        ("layer3", 16, 1024),
+        ("layer4", 32, 2048),
+    ),
     "mobilenet_v3_large": (("3", 4, 24), ("6", 8, 40), ("12", 16, 112), ("16", 32, 960)),
     # torchvision's features[:18]: the 320->1280 conv that only serves the classifier is left out.
-    "mobilenet_v2": (("3", 4, 24), ("6", 8, 32), ("10", 16, 64), ("13", 16, 96), ("16", 32, 160), ("17", 32, 320)),
+    "mobilenet_v2": (
+        ("3", 4, 24),
+        ("6", 8, 32),
+        ("10", 16, 64),
+        ("13", 16, 96),
+        ("16", 32, 160),
+        ("17", 32, 320),
+    ),
 }
 
 # Where the backbone's weights sit in torchvision's ImageNet classification checkpoints.
-IMAGENET_PREFIX = {"resnet50": "", "resnet101": "", "mobilenet_v3_large": "features.", "mobilenet_v2": "features."}
+IMAGENET_PREFIX = {
+    "resnet50": "",
+    "resnet101": "",
+    "mobilenet_v3_large": "features.",
+    "mobilenet_v2": "features.",
+}
 
 
 def make_atrous(features: nn.Sequential, output_stride: int) -> None:
@@ -50,8 +73,10 @@ def make_atrous(features: nn.Sequential, output_stride: int) -> None:
                     conv.padding = ((k - 1) // 2 * dilation,) * 2
 
 
-def feature_extractor(name: str, return_layers: dict[str, str], output_stride: int = 32) -> IntermediateLayerGetter:
-    """torchvision backbone ``name`` returning the named taps, at ``output_stride`` (32, 16 or 8)."""
+def feature_extractor(
+    name: str, return_layers: dict[str, str], output_stride: int = 32
+) -> IntermediateLayerGetter:
+    """Torchvision backbone ``name`` returning the named taps, at ``output_stride`` (32, 16 or 8)."""
     if name not in TAPS:
         raise ValueError(f"unknown backbone {name!r}: expected one of {sorted(TAPS)}")
     if output_stride not in (8, 16, 32):
@@ -88,9 +113,15 @@ def load_imagenet_weights(module: nn.Module, path: str | Path, prefix: str) -> N
     if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
         state = state.get("state_dict", state.get("model"))
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state_dict (a dict of tensors), got {type(state).__name__}")
+        raise ValueError(
+            f"{path}: expected a state_dict (a dict of tensors), got {type(state).__name__}"
+        )
     wanted = module.state_dict()
-    picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix):] in wanted}
+    picked = {
+        k[len(prefix) :]: v
+        for k, v in state.items()
+        if k.startswith(prefix) and k[len(prefix) :] in wanted
+    }
     missing = sorted(set(wanted) - set(picked))
     if missing:
         raise ValueError(

@@ -6,6 +6,7 @@ trained with, and its metrics, so ``load_model`` needs only the file.
 torchvision-style ``.pt``/``.pth`` state_dicts load too (read with
 ``weights_only=True``), given the family and options.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,7 +49,10 @@ class ModelSpec:
 
     def to_json(self) -> str:
         data = asdict(self)
-        del data["weights_path"], data["weights_sha256"]  # properties of the file, not of the model
+        del (
+            data["weights_path"],
+            data["weights_sha256"],
+        )  # properties of the file, not of the model
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -75,13 +79,19 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(path: str | Path, module: nn.Module, spec: ModelSpec, half: bool = False) -> Path:
+def save_checkpoint(
+    path: str | Path, module: nn.Module, spec: ModelSpec, half: bool = False
+) -> Path:
     """Write ``module``'s weights (fp16 if ``half``) and ``spec`` to a .safetensors file."""
     from safetensors.torch import save_file
 
     if spec.family not in ("segnet", "deeplab", "refinenet") or spec.num_classes < 1:
-        raise ValueError(f"cannot save a checkpoint for spec {spec.name!r}: family and num_classes must be set")
-    spec = replace(spec, options=resolve_options(spec.family, **spec.options))  # self-describing: all options
+        raise ValueError(
+            f"cannot save a checkpoint for spec {spec.name!r}: family and num_classes must be set"
+        )
+    spec = replace(
+        spec, options=resolve_options(spec.family, **spec.options)
+    )  # self-describing: all options
     tensors = {}
     for key, value in module.state_dict().items():
         value = value.detach().cpu()
@@ -105,7 +115,9 @@ def read_spec(path: str | Path) -> ModelSpec:
     except Exception as exc:  # safetensors raises its own error types for truncated/garbage files
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
     if METADATA_KEY not in metadata:
-        raise ValueError(f"{path}: safetensors file without seg_ros model metadata ({METADATA_KEY!r})")
+        raise ValueError(
+            f"{path}: safetensors file without seg_ros model metadata ({METADATA_KEY!r})"
+        )
     try:
         spec = ModelSpec.from_json(metadata[METADATA_KEY], weights_path=str(path))
         spec.options = resolve_options(spec.family, **spec.options)
@@ -218,8 +230,9 @@ def _finish(module: nn.Module, spec: ModelSpec) -> LoadedModel:
     return LoadedModel(module.float().cpu().eval(), spec)
 
 
-def load_model(family: str = "", weights: str = "", num_classes: int = 0, class_table: str = "",
-               **options) -> LoadedModel:
+def load_model(
+    family: str = "", weights: str = "", num_classes: int = 0, class_table: str = "", **options
+) -> LoadedModel:
     """Build a network and load its weights.
 
     - ``weights`` a seg_ros .safetensors file (path, or a file name in models/):
@@ -233,7 +246,9 @@ def load_model(family: str = "", weights: str = "", num_classes: int = 0, class_
     """
     options = {k: v for k, v in options.items() if v is not None and v != ""}
     if family:
-        resolve_options(family, **options)  # reject unknown options/values early, with the family's message
+        resolve_options(
+            family, **options
+        )  # reject unknown options/values early, with the family's message
     if weights:
         path = _resolve_path(weights)
         if path.suffix == ".safetensors":
@@ -243,7 +258,9 @@ def load_model(family: str = "", weights: str = "", num_classes: int = 0, class_
     candidates = [s for s in bundled_models() if _fits(s, family, num_classes, options)]
     if candidates:
         best = max(candidates, key=_miou)
-        return _load_seg_ros_checkpoint(Path(best.weights_path), family, num_classes, class_table, options)
+        return _load_seg_ros_checkpoint(
+            Path(best.weights_path), family, num_classes, class_table, options
+        )
 
     family = family or DEFAULT_FAMILY
     resolved = resolve_options(family, **options)
@@ -252,23 +269,43 @@ def load_model(family: str = "", weights: str = "", num_classes: int = 0, class_
     name = variant_name(family, resolved)
     LOG.warning(
         "NO TRAINED WEIGHTS: %s (%d classes) is randomly initialised, its output is meaningless. "
-        "Pass weights=FILE, or bundle weights in %s.", name, classes, models_dir(),
+        "Pass weights=FILE, or bundle weights in %s.",
+        name,
+        classes,
+        models_dir(),
     )
-    spec = ModelSpec(name=f"{name}_random", family=family, options=resolved, num_classes=classes, class_table=table)
+    spec = ModelSpec(
+        name=f"{name}_random",
+        family=family,
+        options=resolved,
+        num_classes=classes,
+        class_table=table,
+    )
     return _finish(module, spec)
 
 
-def _load_seg_ros_checkpoint(path: Path, family: str, num_classes: int, class_table: str,
-                             options: dict) -> LoadedModel:
+def _load_seg_ros_checkpoint(
+    path: Path, family: str, num_classes: int, class_table: str, options: dict
+) -> LoadedModel:
     spec = read_spec(path)
     if family and family != spec.family:
-        raise ValueError(f"{path}: holds a {spec.family} model, but family {family!r} was asked for")
+        raise ValueError(
+            f"{path}: holds a {spec.family} model, but family {family!r} was asked for"
+        )
     if num_classes and num_classes != spec.num_classes:
-        raise ValueError(f"{path}: predicts {spec.num_classes} classes, but num_classes={num_classes} was asked for")
+        raise ValueError(
+            f"{path}: predicts {spec.num_classes} classes, but num_classes={num_classes} was asked for"
+        )
     asked = resolve_options(spec.family, **options)
-    conflicts = [f"{k}={options[k]!r} (file: {spec.options[k]!r})" for k in options if asked[k] != spec.options[k]]
+    conflicts = [
+        f"{k}={options[k]!r} (file: {spec.options[k]!r})"
+        for k in options
+        if asked[k] != spec.options[k]
+    ]
     if conflicts:
-        raise ValueError(f"{path}: was trained with other options than asked: {', '.join(conflicts)}")
+        raise ValueError(
+            f"{path}: was trained with other options than asked: {', '.join(conflicts)}"
+        )
     if class_table:
         spec.class_table = class_table
     spec.weights_sha256 = file_sha256(path)
@@ -277,22 +314,36 @@ def _load_seg_ros_checkpoint(path: Path, family: str, num_classes: int, class_ta
     return _finish(module, spec)
 
 
-def _load_state_dict_file(path: Path, family: str, num_classes: int, class_table: str,
-                          options: dict) -> LoadedModel:
+def _load_state_dict_file(
+    path: Path, family: str, num_classes: int, class_table: str, options: dict
+) -> LoadedModel:
     if not family:
-        raise ValueError(f"{path}: a plain state_dict does not say which network it is; give the model family")
+        raise ValueError(
+            f"{path}: a plain state_dict does not say which network it is; give the model family"
+        )
     state = _read_state_dict(path)
     resolved = resolve_options(family, **options)
     with torch.device("meta"):  # only to learn the classifier's key; no memory, no init cost
         probe = build_model(family, 1, **options)
     classifier_key = f"{probe.CLASSIFIER}.weight"
     if classifier_key not in state:
-        raise ValueError(f"{path}: no {classifier_key!r}, so it is not a {variant_name(family, resolved)} state_dict")
+        raise ValueError(
+            f"{path}: no {classifier_key!r}, so it is not a {variant_name(family, resolved)} state_dict"
+        )
     file_classes = int(state[classifier_key].shape[0])
     if num_classes and num_classes != file_classes:
-        raise ValueError(f"{path}: predicts {file_classes} classes, but num_classes={num_classes} was asked for")
+        raise ValueError(
+            f"{path}: predicts {file_classes} classes, but num_classes={num_classes} was asked for"
+        )
     module = build_model(family, file_classes, **options)
     _load_weights(module, state, path)
-    spec = ModelSpec(name=path.stem, family=family, options=resolved, num_classes=file_classes,
-                     class_table=class_table, weights_path=str(path), weights_sha256=file_sha256(path))
+    spec = ModelSpec(
+        name=path.stem,
+        family=family,
+        options=resolved,
+        num_classes=file_classes,
+        class_table=class_table,
+        weights_path=str(path),
+        weights_sha256=file_sha256(path),
+    )
     return _finish(module, spec)

@@ -5,13 +5,19 @@ Module names follow torchvision's ``deeplabv3_*`` models (``backbone.*``,
 v3+ adds a decoder that fuses the ASPP output with stride-4 features and, as
 in the v3+ paper, can use depthwise-separable atrous convolutions.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg_ros.models.backbones import IMAGENET_PREFIX, TAPS, feature_extractor, load_imagenet_weights
+from seg_ros.models.backbones import (
+    IMAGENET_PREFIX,
+    TAPS,
+    feature_extractor,
+    load_imagenet_weights,
+)
 
 # ASPP atrous rates for each output stride (DeepLab v3, Section 3.3).
 ATROUS_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
@@ -24,12 +30,16 @@ def _conv3x3(cin: int, cout: int, dilation: int, separable: bool) -> nn.Sequenti
     if not separable:
         return nn.Sequential(
             nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation, bias=False),
-            nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
         )
     return nn.Sequential(
         nn.Conv2d(cin, cin, 3, padding=dilation, dilation=dilation, groups=cin, bias=False),
-        nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
-        nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.BatchNorm2d(cin),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -37,8 +47,12 @@ class ImagePooling(nn.Sequential):
     """ASPP's image-level branch: global average, 1x1 conv, broadcast back to the feature size."""
 
     def __init__(self, cin: int, cout: int):
-        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        super().__init__(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(cin, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x).expand(-1, -1, x.shape[-2], x.shape[-1])
@@ -47,17 +61,27 @@ class ImagePooling(nn.Sequential):
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling: 1x1, three atrous 3x3 and image pooling, concatenated and projected."""
 
-    def __init__(self, cin: int, rates: tuple[int, int, int], cout: int = ASPP_CHANNELS, separable: bool = False):
+    def __init__(
+        self,
+        cin: int,
+        rates: tuple[int, int, int],
+        cout: int = ASPP_CHANNELS,
+        separable: bool = False,
+    ):
         super().__init__()
         branches: list[nn.Module] = [
-            nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+            nn.Sequential(
+                nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+            )
         ]
         branches += [_conv3x3(cin, cout, rate, separable) for rate in rates]
         branches.append(ImagePooling(cin, cout))
         self.convs = nn.ModuleList(branches)
         self.project = nn.Sequential(
-            nn.Conv2d(len(branches) * cout, cout, 1, bias=False), nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True), nn.Dropout(0.5),
+            nn.Conv2d(len(branches) * cout, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +110,8 @@ class PlusDecoder(nn.Module):
         super().__init__()
         self.reduce = nn.Sequential(
             nn.Conv2d(low_channels, LOW_LEVEL_CHANNELS, 1, bias=False),
-            nn.BatchNorm2d(LOW_LEVEL_CHANNELS), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(LOW_LEVEL_CHANNELS),
+            nn.ReLU(inplace=True),
         )
         self.fuse = nn.Sequential(
             _conv3x3(ASPP_CHANNELS + LOW_LEVEL_CHANNELS, ASPP_CHANNELS, 1, separable),
@@ -116,8 +141,15 @@ class DeepLabV3Plus(nn.Module):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def deeplab(num_classes: int, *, version: str, backbone: str, output_stride: int, separable: bool,
-            pretrained_backbone: str = "") -> nn.Module:
+def deeplab(
+    num_classes: int,
+    *,
+    version: str,
+    backbone: str,
+    output_stride: int,
+    separable: bool,
+    pretrained_backbone: str = "",
+) -> nn.Module:
     """DeepLab ``version`` ('v3' | 'v3plus') on ``backbone`` at ``output_stride`` (16 or 8)."""
     taps = TAPS[backbone]
     deep_name, _, deep_channels = taps[-1]
@@ -127,15 +159,19 @@ def deeplab(num_classes: int, *, version: str, backbone: str, output_stride: int
         head = nn.Sequential(
             ASPP(deep_channels, rates, separable=separable),
             nn.Conv2d(ASPP_CHANNELS, ASPP_CHANNELS, 3, padding=1, bias=False),
-            nn.BatchNorm2d(ASPP_CHANNELS), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(ASPP_CHANNELS),
+            nn.ReLU(inplace=True),
             nn.Conv2d(ASPP_CHANNELS, num_classes, 1),
         )
         model: nn.Module = DeepLabV3(body, head)
     else:
         low_name, _, low_channels = next(t for t in taps if t[1] == 4)
         body = feature_extractor(backbone, {low_name: "low", deep_name: "out"}, output_stride)
-        model = DeepLabV3Plus(body, ASPP(deep_channels, rates, separable=separable),
-                              PlusDecoder(low_channels, num_classes, separable))
+        model = DeepLabV3Plus(
+            body,
+            ASPP(deep_channels, rates, separable=separable),
+            PlusDecoder(low_channels, num_classes, separable),
+        )
     if pretrained_backbone:
         load_imagenet_weights(body, pretrained_backbone, IMAGENET_PREFIX[backbone])
     return model

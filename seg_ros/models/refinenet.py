@@ -11,13 +11,19 @@ backbone tap at its stride plus the coarser level's output.
 - Light-Weight RefineNet: 1x1 convs instead of 3x3, no RCUs, four CRP blocks
   with 1x1 convs, fusion by sum after 1x1 reductions.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg_ros.models.backbones import IMAGENET_PREFIX, TAPS, feature_extractor, load_imagenet_weights
+from seg_ros.models.backbones import (
+    IMAGENET_PREFIX,
+    TAPS,
+    feature_extractor,
+    load_imagenet_weights,
+)
 
 
 def _upsample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -32,7 +38,8 @@ class ChainedResidualPooling(nn.Module):
     def __init__(self, channels: int, blocks: int, kernel: int):
         super().__init__()
         self.convs = nn.ModuleList(
-            nn.Conv2d(channels, channels, kernel, padding=kernel // 2, bias=False) for _ in range(blocks)
+            nn.Conv2d(channels, channels, kernel, padding=kernel // 2, bias=False)
+            for _ in range(blocks)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,15 +67,21 @@ class RefineBlock(nn.Module):
 
     def __init__(self, tap_channels: list[int], previous_channels: int, width: int):
         super().__init__()
-        self.adapt = nn.ModuleList(nn.Conv2d(c, width, 3, padding=1, bias=False) for c in tap_channels)
-        path_widths = [width] * len(tap_channels) + ([previous_channels] if previous_channels else [])
+        self.adapt = nn.ModuleList(
+            nn.Conv2d(c, width, 3, padding=1, bias=False) for c in tap_channels
+        )
+        path_widths = [width] * len(tap_channels) + (
+            [previous_channels] if previous_channels else []
+        )
         self.paths = nn.ModuleList(
             nn.Sequential(ResidualConvUnit(c), ResidualConvUnit(c)) for c in path_widths
         )
         fuse_to = min(path_widths)
-        self.fuse = nn.ModuleList(
-            nn.Conv2d(c, fuse_to, 3, padding=1, bias=False) for c in path_widths
-        ) if len(path_widths) > 1 else None
+        self.fuse = (
+            nn.ModuleList(nn.Conv2d(c, fuse_to, 3, padding=1, bias=False) for c in path_widths)
+            if len(path_widths) > 1
+            else None
+        )
         self.pool = ChainedResidualPooling(fuse_to, blocks=2, kernel=3)
         self.out = ResidualConvUnit(fuse_to)
         self.out_channels = fuse_to
@@ -109,8 +122,14 @@ class RefineNet(nn.Module):
 
     CLASSIFIER = "classifier"
 
-    def __init__(self, backbone: nn.Module, groups: list[list[str]], levels: list[nn.Module], head: nn.Module,
-                 classifier: nn.Conv2d):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        groups: list[list[str]],
+        levels: list[nn.Module],
+        head: nn.Module,
+        classifier: nn.Conv2d,
+    ):
         super().__init__()
         self.backbone = backbone
         self.groups = groups  # tap names per level, coarsest first
@@ -127,7 +146,9 @@ class RefineNet(nn.Module):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def refinenet(num_classes: int, *, backbone: str, light_weight: bool, pretrained_backbone: str = "") -> RefineNet:
+def refinenet(
+    num_classes: int, *, backbone: str, light_weight: bool, pretrained_backbone: str = ""
+) -> RefineNet:
     """4-cascade RefineNet (``light_weight=False``) or Light-Weight RefineNet on ``backbone``."""
     taps = TAPS[backbone]
     strides = sorted({s for _, s, _ in taps}, reverse=True)  # 32, 16, 8, 4

@@ -9,6 +9,7 @@ Two interchangeable unpooling implementations, equal to the last bit:
   maximum again from the encoder's pre-pooling map with Equal/MatMul/Where only, because
   TensorRT's ONNX parser supports neither MaxUnpool nor MaxPool's indices output.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,6 +19,7 @@ from torchvision.models.vgg import cfgs, make_layers
 
 from seg_ros.models.backbones import load_imagenet_weights
 
+
 def unpool_like_max(values: torch.Tensor, pre_pool: torch.Tensor) -> torch.Tensor:
     """``MaxUnpool2d(2, 2)`` of ``values`` at the indices ``MaxPool2d(2, 2)`` would return for ``pre_pool``.
 
@@ -25,7 +27,11 @@ def unpool_like_max(values: torch.Tensor, pre_pool: torch.Tensor) -> torch.Tenso
     does this (ties included), using only ops TensorRT parses.
     """
     n, c, h, w = pre_pool.shape
-    windows = pre_pool.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2, w // 2, 4)
+    windows = (
+        pre_pool.reshape(n, c, h // 2, 2, w // 2, 2)
+        .permute(0, 1, 2, 4, 3, 5)
+        .reshape(n, c, h // 2, w // 2, 4)
+    )
     is_max = (windows == windows.amax(dim=-1, keepdim=True)).to(values.dtype)
     # earlier[j, k] = 1 for j < k, so (is_max @ earlier)[k] counts the maxima before slot k of a window.
     earlier = torch.ones(4, 4, dtype=values.dtype, device=values.device).triu(diagonal=1)
@@ -36,7 +42,10 @@ def unpool_like_max(values: torch.Tensor, pre_pool: torch.Tensor) -> torch.Tenso
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, relu: bool = True) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, padding=kernel // 2), nn.BatchNorm2d(cout)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, kernel, padding=kernel // 2),
+        nn.BatchNorm2d(cout),
+    ]
     if relu:
         layers.append(nn.ReLU(inplace=True))
     return layers
@@ -51,17 +60,21 @@ class SegNet(nn.Module):
 
     CLASSIFIER = "classifier"
 
-    def __init__(self, features: nn.Sequential, decoder: list[nn.Sequential], classifier: nn.Conv2d):
+    def __init__(
+        self, features: nn.Sequential, decoder: list[nn.Sequential], classifier: nn.Conv2d
+    ):
         super().__init__()
         self.features = features
         self.decoder = nn.ModuleList(decoder)  # deepest stage first
         self.classifier = classifier
         self.num_pools = sum(isinstance(m, nn.MaxPool2d) for m in features)
-        self.tensorrt_friendly = False  # True: unpool_like_max instead of MaxUnpool2d (ONNX export)
+        self.tensorrt_friendly = (
+            False  # True: unpool_like_max instead of MaxUnpool2d (ONNX export)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        multiple = 2 ** self.num_pools
+        multiple = 2**self.num_pools
         pad_h, pad_w = -height % multiple, -width % multiple
         if pad_h or pad_w:  # every pooling window must be a full 2x2 so unpooling mirrors it
             x = F.pad(x, (0, pad_w, 0, pad_h))
@@ -92,7 +105,13 @@ def segnet_vgg16_bn(num_classes: int, pretrained_backbone: str = "") -> SegNet:
     if pretrained_backbone:
         load_imagenet_weights(features, pretrained_backbone, "features.")
     # Decoder stage widths, deepest first; the last conv of each stage narrows to the next stage's width.
-    plan = [(512, 512, 512, 512), (512, 512, 512, 256), (256, 256, 256, 128), (128, 128, 64), (64, 64)]
+    plan = [
+        (512, 512, 512, 512),
+        (512, 512, 512, 256),
+        (256, 256, 256, 128),
+        (128, 128, 64),
+        (64, 64),
+    ]
     decoder = []
     for widths in plan:
         layers: list[nn.Module] = []

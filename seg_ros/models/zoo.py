@@ -5,6 +5,7 @@ package): DeepLab v3+ on MobileNetV3-Large with separable convolutions and
 Light-Weight RefineNet on MobileNetV2. SegNet's default stays the paper's
 VGG16-bn; ``load_model`` picks SegNet-Basic when that is what is bundled.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -56,7 +57,11 @@ def resolve_options(family: str, **options) -> dict:
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}: expected one of {', '.join(FAMILIES)}")
-    given = {k: v for k, v in options.items() if v is not None and v != "" and k != "pretrained_backbone"}
+    given = {
+        k: v
+        for k, v in options.items()
+        if v is not None and v != "" and k != "pretrained_backbone"
+    }
     unknown = sorted(set(given) - set(CHOICES[family]))
     if unknown:
         raise ValueError(
@@ -67,7 +72,9 @@ def resolve_options(family: str, **options) -> dict:
         if name in given:
             value = _coerce(given[name], allowed)
             if value not in allowed or type(value) is not type(allowed[0]):
-                raise ValueError(f"{family} option {name}={given[name]!r} is not one of {list(allowed)}")
+                raise ValueError(
+                    f"{family} option {name}={given[name]!r} is not one of {list(allowed)}"
+                )
             resolved[name] = value
         else:
             resolved[name] = _default(family, name, resolved)
@@ -102,7 +109,9 @@ def build_model(family: str, num_classes: int, **options) -> nn.Module:
 
         if o["backbone"] == "basic":
             if pretrained:
-                raise ValueError("SegNet-Basic has no ImageNet backbone; pretrained_backbone needs backbone='vgg16_bn'")
+                raise ValueError(
+                    "SegNet-Basic has no ImageNet backbone; pretrained_backbone needs backbone='vgg16_bn'"
+                )
             return segnet_basic(num_classes)
         return segnet_vgg16_bn(num_classes, pretrained)
     if family == "deeplab":
