@@ -1,12 +1,16 @@
 # seg_ros developer commands. `make setup` builds .venv/ (idempotent), `make test`
-# runs the test suite (the README's test command), `make demo` runs the node on images.
+# runs lint and the test suite (the README's test command), `make demo` runs the
+# node on the package's sample frames (or DATA=folder|video|bag, TOPIC= for a bag).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA ?=
+TOPIC ?=
+# Exported ONNX files and TensorRT engines (training runs under runs/ are kept).
+CACHE := $(or $(SEG_ROS_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/seg_ros)
 
-.PHONY: setup test demo clean
+.PHONY: setup lint test demo clean
 
 setup: $(STAMP)
 
@@ -17,11 +21,15 @@ $(STAMP): setup.py requirements.txt
 	$(PY) -m pip install --no-deps -e .
 	touch $(STAMP)
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest test
 
 demo: setup
-	$(VENV)/bin/seg_ros demo $(if $(DATA),--data $(DATA),)
+	$(VENV)/bin/seg_ros demo $(if $(DATA),--data $(DATA),) $(if $(TOPIC),--topic $(TOPIC),)
 
 clean:
-	rm -rf $(VENV) build install log *.egg-info
+	rm -rf $(VENV) build install log *.egg-info demo_output $(CACHE)/onnx $(CACHE)/engines

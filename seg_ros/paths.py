@@ -41,6 +41,11 @@ def models_dir() -> Path:
     return share_dir() / "models"
 
 
+def samples_dir() -> Path:
+    """Sample input frames for `make demo` and tests on a machine without data."""
+    return share_dir() / "samples"
+
+
 def cache_dir() -> Path:
     """Writable cache for exported ONNX files and TensorRT engines (never inside share/)."""
     root = os.environ.get("SEG_ROS_CACHE") or os.path.join(

@@ -21,12 +21,10 @@ OUTPUTS = ("label", "confidence", "color", "overlay")
 
 
 def default_data() -> Path:
-    """CamVid's validation images next to the checkout (or under $SEG_ROS_CAMVID)."""
-    root = (
-        os.environ.get("SEG_ROS_CAMVID")
-        or Path(__file__).resolve().parents[3] / "shared" / "datasets" / "camvid"
-    )
-    return Path(root) / "val"
+    """The sample frames shipped with the package (six CamVid frames, see samples/camvid/LICENSE)."""
+    from seg_ros.paths import samples_dir
+
+    return samples_dir() / "camvid"
 
 
 def register(subparsers) -> None:
@@ -44,8 +42,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--data",
         default=None,
-        help="a folder of images, an image, a video or a rosbag2 folder "
-        f"(default: CamVid val at {default_data()})",
+        help="a folder of images, an image, a video or a rosbag2 folder or file "
+        "(default: the package's sample frames, samples/camvid)",
     )
     parser.add_argument(
         "--topic", default="", help="image topic when --data is a bag with several image topics"
@@ -158,20 +156,17 @@ def run(args: argparse.Namespace) -> int:
     if args.rate <= 0:
         raise ValueError(f"--rate must be positive, got {args.rate}")
     data = Path(args.data) if args.data else default_data()
-    if not args.data and not data.is_dir():
+    if not data.exists():
         raise FileNotFoundError(
-            f"no --data given and CamVid's val images are not at {data}: pass --data a folder of images, "
-            "a video or a rosbag2 folder (or set SEG_ROS_CAMVID)"
+            f"--data {data} does not exist: pass a folder of images, an image, a video or a rosbag2"
         )
     source = open_image_source(data, topic=args.topic, limit=args.frames)
     command = node_command(args)
     os.environ.setdefault(
         "ROS_DOMAIN_ID", str(1 + os.getpid() % 100)
     )  # keep off other people's graphs
-    if os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") == "rmw_fastrtps_cpp":
-        # Fast DDS' default transports lose or delay (by a 3 s heartbeat) half-megabyte images on a busy
-        # machine; its large-data mode does not. The node inherits the setting.
-        os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    # Nothing else is set: the demo is a camera and a viewer with DDS defaults, as on a robot,
+    # and the node chooses its own transport settings (seg_ros.dds, logged at start-up).
 
     from seg_ros.demo_session import DemoSession
 
@@ -181,8 +176,7 @@ def run(args: argparse.Namespace) -> int:
         frames = session.load(source)
         print(
             f"demo: {args.frames} frames from {source.describe()} at {args.rate:g} Hz -> {INPUT_TOPIC} "
-            f"(ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, "
-            f"FASTDDS_BUILTIN_TRANSPORTS={os.environ.get('FASTDDS_BUILTIN_TRANSPORTS', 'unset')})"
+            f"(ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']})"
         )
         print("node: " + " ".join(command))
         session.wait_ready(frames[0], args.startup_timeout)
