@@ -14,19 +14,28 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
+        (
+            f"share/{PACKAGE}/config",
+            glob("config/*.yaml") + glob("config/*.rviz") + glob("config/*.xml"),
+        ),
         (f"share/{PACKAGE}/config/classes", glob("config/classes/*.yaml")),
-        (f"share/{PACKAGE}/models", glob("models/*.safetensors") + glob("models/*.md")),
+        (
+            f"share/{PACKAGE}/models",
+            glob("models/*.safetensors") + glob("models/*.md") + glob("models/*.json"),
+        ),
+        (f"share/{PACKAGE}/samples/camvid", glob("samples/camvid/*")),
     ],
     install_requires=["setuptools", "numpy", "pyyaml"],
     zip_safe=False,
     maintainer="seg_ros maintainers",
     maintainer_email="seg-ros@example.org",
-    description="Semantic segmentation node (SegNet, DeepLab, RefineNet) with TensorRT, ONNX Runtime and PyTorch backends.",
+    description="Semantic segmentation node (SegNet, DeepLab, RefineNet, FCN) with TensorRT, "
+    "ONNX Runtime and PyTorch backends.",
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
             "segmentation_node = seg_ros.node:main",
+            "segmentation_lifecycle_node = seg_ros.lifecycle_node:main",
             "evaluator_node = seg_ros.evaluator_node:main",
             "seg_ros = seg_ros.cli:main",
         ],

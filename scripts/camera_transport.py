@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Do camera-sized frames reach the node, and come back, with nothing set by hand?
+"""Measure whether camera-sized frames reach the node and come back, with nothing set by hand.
 
 Plays a camera driver with ROS's default publisher QoS (reliable, depth 10) and an empty DDS
 environment, publishing rgb8 frames at a fixed rate into a real ``segmentation_node`` process,

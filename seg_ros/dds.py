@@ -63,7 +63,7 @@ def apply_default_transport(environ: MutableMapping[str, str] | None = None) -> 
 
 
 def matched_reliability(setting: str, offered: Iterable[str]) -> str:
-    """The input reader's reliability: ``setting``, or for ``auto`` what the publishers offer.
+    """Choose the input reader's reliability: ``setting``, or for ``auto`` what is offered.
 
     ``offered`` holds each publisher's reliability ("reliable" / "best_effort"). A reliable
     reader matches only reliable writers, so ``auto`` picks reliable only when every publisher

@@ -16,7 +16,7 @@ PACKAGE = "seg_ros"
 
 @lru_cache(maxsize=1)
 def share_dir() -> Path:
-    """The folder holding config/, models/ and launch/ for this install."""
+    """Find the folder holding config/, models/ and launch/ for this install."""
     checkout = Path(__file__).resolve().parent.parent
     if (checkout / "package.xml").is_file() and (checkout / "config").is_dir():
         return checkout

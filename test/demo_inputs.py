@@ -1,4 +1,4 @@
-"""Inputs for the segment and demo tests: a small seeded model and two real (or synthetic) images.
+"""Inputs for the segment and demo tests: a small seeded model and two shipped sample frames.
 
 The model is seeded, so every test that writes it gets the same bytes, hence
 the same weights hash and one shared ONNX export in the test cache.
@@ -7,11 +7,6 @@ the same weights hash and one shared ONNX export in the test cache.
 from __future__ import annotations
 
 from pathlib import Path
-
-import cv2
-import numpy as np
-
-from conftest import camvid_root
 
 
 def write_tiny_checkpoint(folder: Path) -> Path:
@@ -35,15 +30,9 @@ def write_tiny_checkpoint(folder: Path) -> Path:
 
 
 def two_images(folder: Path) -> list[Path]:
-    """Two CamVid val images linked into ``folder`` (never copied) when CamVid is here, else two synthetic ones."""
-    val = camvid_root() / "val"
-    sources = sorted(val.glob("*.png"))[:2] if val.is_dir() else []
-    for src in sources:
+    """Link two shipped sample frames into ``folder``: the same inputs on every machine."""
+    from seg_ros.paths import samples_dir
+
+    for src in sorted((samples_dir() / "camvid").glob("*.jpg"))[:2]:
         (folder / src.name).symlink_to(src)
-    if not sources:
-        rng = np.random.default_rng(5)
-        for i in range(2):
-            cv2.imwrite(
-                str(folder / f"scene_{i}.png"), rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
-            )
     return sorted(folder.iterdir())

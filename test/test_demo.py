@@ -1,4 +1,4 @@
-"""`seg_ros demo`: the real node as its own process, fed over real DDS, outputs checked pixel by pixel."""
+"""`seg_ros demo`: the real node as its own process, fed over real DDS, outputs checked."""
 
 from __future__ import annotations
 
@@ -70,20 +70,27 @@ def test_node_command_is_the_launch_files_default(tmp_path):
         demo.node_command(_parse("--params-file", str(tmp_path / "none.yaml")))
 
 
-def test_without_data_or_camvid_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEG_ROS_CAMVID", str(tmp_path / "no_camvid"))
-    args = _parse()
-    with pytest.raises(FileNotFoundError, match="pass --data a folder of images"):
+def test_default_data_is_the_shipped_samples_with_their_licence():
+    samples = demo.default_data()
+    frames = sorted(samples.glob("*.jpg"))
+    assert 1 <= len(frames) <= 6  # CamVid's licence allows a few sample frames, no more
+    assert "CC BY-NC 4.0" in (samples / "LICENSE.md").read_text()
+    for frame in frames:
+        assert frame.name in (samples / "LICENSE.md").read_text()  # each one attributed
+        assert cv2.imread(str(frame)).shape == (360, 480, 3)
+
+
+def test_missing_data_says_what_to_do(tmp_path):
+    args = _parse("--data", str(tmp_path / "nothing_here"))
+    with pytest.raises(FileNotFoundError, match="pass a folder of images"):
         args.func(args)
 
 
-def test_demo_end_to_end(tmp_path, frames, checkpoint):
-    """The default params file and backend with a small seeded model; 4 frames cycled over 2 images at 4 Hz."""
+def test_demo_end_to_end(tmp_path, checkpoint):
+    """No data given: the shipped samples, the default params file and a small seeded model."""
     report_path = tmp_path / "demo.json"
     result = _run_demo(
         tmp_path,
-        "--data",
-        str(frames[0].parent),
         "--frames",
         "4",
         "--rate",
@@ -110,12 +117,15 @@ def test_demo_end_to_end(tmp_path, frames, checkpoint):
     assert report["node"]["input_topic"] == demo.INPUT_TOPIC
     assert report["node"]["backend"]
 
-    # Each overlay is 50 % input image + 50 % class colour at the input's resolution: undo the blend
-    # with one of the inputs and every pixel must be a CamVid class colour.
+    # Each overlay is 50 % input image + 50 % class colour at the input's resolution: undo the
+    # blend with one of the inputs and every pixel must be a CamVid class colour.
     from seg_ros.classes import load_class_table
 
     colours = load_class_table("camvid").colors.astype(np.int16)
-    inputs = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB).astype(np.int16) for p in frames]
+    inputs = [
+        cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB).astype(np.int16)
+        for p in sorted(demo.default_data().glob("*.jpg"))
+    ]
     assert report["overlays"]
     for path in report["overlays"]:
         overlay = cv2.cvtColor(

@@ -21,7 +21,7 @@ OUTPUTS = ("label", "confidence", "color", "overlay")
 
 
 def default_data() -> Path:
-    """The sample frames shipped with the package (six CamVid frames, see samples/camvid/LICENSE)."""
+    """Return the sample frames shipped with the package (six CamVid frames, see LICENSE.md)."""
     from seg_ros.paths import samples_dir
 
     return samples_dir() / "camvid"
@@ -37,7 +37,8 @@ def register(subparsers) -> None:
         f"subscribes to /{NODE_NAME}/{{label,confidence,color,overlay}} like RViz. Prints the "
         "output rate and the latency (output received - input sent, matched by header stamp) "
         "and writes a few overlay PNGs. Uses a private ROS_DOMAIN_ID unless one is set.",
-        epilog="example: seg_ros demo --data my_bag/ --topic /camera/image_raw --frames 100 --rate 10",
+        epilog="example: seg_ros demo --data my_bag/ --topic /camera/image_raw --frames 100 "
+        "--rate 10",
     )
     parser.add_argument(
         "--data",
@@ -52,7 +53,8 @@ def register(subparsers) -> None:
         "--frames",
         type=int,
         default=30,
-        help="number of frames to send, replaying the data from the start if it has fewer (default 30)",
+        help="number of frames to send, replaying the data from the start if it has fewer "
+        "(default 30)",
     )
     parser.add_argument(
         "--rate", type=float, default=5.0, help="publishing rate in Hz (default 5)"
@@ -111,7 +113,7 @@ def register(subparsers) -> None:
 
 
 def node_command(args: argparse.Namespace) -> list[str]:
-    """The node's command line: the params file, the input remapping and any parameter overrides."""
+    """Build the node's command line: params file, input remapping, parameter overrides."""
     import sys
 
     from seg_ros.paths import config_dir
@@ -158,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
     data = Path(args.data) if args.data else default_data()
     if not data.exists():
         raise FileNotFoundError(
-            f"--data {data} does not exist: pass a folder of images, an image, a video or a rosbag2"
+            f"--data {data} does not exist: pass a folder of images, an image, a video "
+            "or a rosbag2"
         )
     source = open_image_source(data, topic=args.topic, limit=args.frames)
     command = node_command(args)
@@ -175,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
     ) as session:
         frames = session.load(source)
         print(
-            f"demo: {args.frames} frames from {source.describe()} at {args.rate:g} Hz -> {INPUT_TOPIC} "
+            f"demo: {args.frames} frames from {source.describe()} at {args.rate:g} Hz "
+            f"-> {INPUT_TOPIC} "
             f"(ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']})"
         )
         print("node: " + " ".join(command))
@@ -202,7 +206,8 @@ def format_report(report: dict) -> str:
         for key, value in report["latency_ms"].items()
     }
     lines = [
-        f"node: {node.get('model', '?')} ({node.get('model_name', '?')}) on {node.get('backend', '?')} "
+        f"node: {node.get('model', '?')} ({node.get('model_name', '?')}) "
+        f"on {node.get('backend', '?')} "
         f"at {node.get('input_size', '?')}",
         f"first (untimed warm-up) frame came back after {report['first_frame_ms']:.0f} ms",
         f"sent {report['frames_sent']} frames; received {received}",
@@ -211,7 +216,8 @@ def format_report(report: dict) -> str:
     ]
     if "inference_p50_ms" in node:
         lines.append(
-            f"node's own inference p50 {node['inference_p50_ms']} ms, p95 {node.get('inference_p95_ms')} ms; "
+            f"node's own inference p50 {node['inference_p50_ms']} ms, "
+            f"p95 {node.get('inference_p95_ms')} ms; "
             f"frames dropped by the node (newer frame waiting): {node.get('frames_dropped', '?')}"
         )
     if report["overlays"]:
