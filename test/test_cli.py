@@ -1,4 +1,4 @@
-"""Shared pipeline flags, and `seg_ros segment` end to end on small real images with a real ONNX Runtime session."""
+"""Shared pipeline flags, and `seg_ros segment` end to end with a real ONNX Runtime session."""
 
 from __future__ import annotations
 
@@ -161,7 +161,7 @@ def images(tmp_path_factory) -> list[Path]:
 
 
 def test_segment_end_to_end(tmp_path, checkpoint, images):
-    """The real console entry (`python -m seg_ros.cli segment`), then every PNG checked against the model."""
+    """Run the real console entry (`python -m seg_ros.cli segment`); check every PNG."""
     import torch
 
     from seg_ros.classes import load_class_table
@@ -195,6 +195,8 @@ def test_segment_end_to_end(tmp_path, checkpoint, images):
     assert "onnxruntime" in result.stdout
     assert "96x64" in result.stdout  # the checkpoint's input size
     assert "latency p50" in result.stdout
+    legend = cv2.imread(str(out / "legend.png"))
+    assert legend is not None and legend.shape[0] > 11 * 20  # a row per CamVid class
 
     palette = load_class_table("camvid").palette()
     loaded = load_model(weights=str(checkpoint))
@@ -213,7 +215,8 @@ def test_segment_end_to_end(tmp_path, checkpoint, images):
         np.testing.assert_array_equal(color, palette[label])
         expected_overlay = (0.5 * color.astype(np.float32) + 0.5 * rgb).round()
         assert np.abs(blended - expected_overlay).max() <= 1
-        # The same network in eager PyTorch, preprocessed by hand: ONNX Runtime must agree almost everywhere.
+        # The same network in eager PyTorch, preprocessed by hand: ONNX Runtime must agree almost
+        # everywhere.
         small = (
             cv2.resize(rgb, (96, 64), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
         )

@@ -305,18 +305,32 @@ def test_segnet_unpooling_places_one_value_per_window():
 # ---------------------------------------------------------------- options
 
 
+NO_CRF_RNN = {"crf_rnn": False, "crf_iterations": 5}
+
+
 def test_defaults_are_the_bundled_variants_and_the_papers():
-    assert resolve_options("segnet") == {"backbone": "vgg16_bn"}
+    assert resolve_options("segnet") == {"backbone": "vgg16_bn", **NO_CRF_RNN}
     assert resolve_options("deeplab") == {
         "version": "v3plus",
         "backbone": "mobilenet_v3_large",
         "output_stride": 16,
         "separable": True,
+        **NO_CRF_RNN,
     }
     assert (
         resolve_options("deeplab", version="v3")["separable"] is False
     )  # torchvision's DeepLabV3
-    assert resolve_options("refinenet") == {"light_weight": True, "backbone": "mobilenet_v2"}
+    assert resolve_options("refinenet") == {
+        "light_weight": True,
+        "backbone": "mobilenet_v2",
+        **NO_CRF_RNN,
+    }
+    assert resolve_options("fcn") == {
+        "backbone": "vgg16",
+        "variant": "8s",
+        "aux_head": False,
+        **NO_CRF_RNN,
+    }
     assert resolve_options("refinenet", light_weight=False)["backbone"] == "resnet101"
     assert resolve_options("deeplab", output_stride="8", separable="false")["output_stride"] == 8
 
@@ -328,6 +342,12 @@ def test_defaults_are_the_bundled_variants_and_the_papers():
         ("segnet", {"version": "v3"}, "segnet has no option 'version'"),
         ("deeplab", {"backbone": "vgg16_bn"}, "backbone='vgg16_bn' is not one of"),
         ("deeplab", {"output_stride": 32}, "output_stride=32"),
+        ("fcn", {"variant": "4s"}, r"variant='4s' is not one of \['8s', '16s', '32s'\]"),
+        ("fcn", {"backbone": "resnet50", "variant": "32s"}, "variant must be '8s'"),
+        ("fcn", {"aux_head": True}, "aux_head=True needs backbone resnet50 or resnet101"),
+        ("segnet", {"crf_iterations": 3}, "crf_iterations=3 needs crf_rnn=True"),
+        ("deeplab", {"crf_rnn": True, "crf_iterations": 0}, r"not an integer in \[1, 20\]"),
+        ("refinenet", {"crf_rnn": "maybe"}, "crf_rnn='maybe' is not one of"),
     ],
 )
 def test_bad_options_are_named(family, options, message):
@@ -355,7 +375,7 @@ def test_checkpoint_round_trip_is_exact_and_self_describing(tmp_path):
         tmp_path / "segnet.safetensors", model, _spec(metrics={"val_miou": 0.5})
     )
     loaded = load_model(weights=str(path))
-    assert loaded.spec.family == "segnet" and loaded.spec.options == {"backbone": "basic"}
+    assert loaded.spec.family == "segnet" and loaded.spec.options == {"backbone": "basic", **NO_CRF_RNN}
     assert loaded.spec.metrics == {"val_miou": 0.5} and loaded.spec.class_table == "camvid"
     assert loaded.spec.weights_path == str(path) and len(loaded.spec.weights_sha256) == 64
     assert not loaded.module.training
@@ -373,6 +393,7 @@ def test_half_checkpoint_is_half_the_size_and_loads_as_float32(tmp_path):
     assert loaded.spec.options == {
         "light_weight": True,
         "backbone": "mobilenet_v2",
+        **NO_CRF_RNN,
     }  # filled in on save
     weight = loaded.module.classifier.weight
     assert weight.dtype == torch.float32 and torch.equal(
@@ -455,7 +476,8 @@ def test_bundled_models_are_found_and_the_best_is_the_default(models_folder, cap
     assert load_model().spec.name == "lw_refinenet_camvid"  # best val_miou
     segnet = load_model("segnet")  # the bundled SegNet-Basic, not the unbundled VGG16 default
     assert segnet.spec.name == "segnet_basic_camvid" and segnet.spec.options == {
-        "backbone": "basic"
+        "backbone": "basic",
+        **NO_CRF_RNN,
     }
     assert (
         load_model(weights="segnet_basic").spec.name == "segnet_basic_camvid"
@@ -470,9 +492,6 @@ def test_bundled_models_are_found_and_the_best_is_the_default(models_folder, cap
         and random.spec.class_table == "camvid"
     )
     assert "NO TRAINED WEIGHTS" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        assert (
-            load_model("refinenet", num_classes=21).spec.weights_path == ""
-        )  # nothing bundled for 21 classes
-    assert "NO TRAINED WEIGHTS" in caplog.text
+    # The bundled variant exists, only not for 21 classes: refused, never a silent random swap.
+    with pytest.raises(ValueError, match="no bundled weights predict 21 classes"):
+        load_model("refinenet", num_classes=21)

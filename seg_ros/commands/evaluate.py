@@ -7,7 +7,7 @@ import argparse
 JSON_KEYS_HELP = """\
 --json FILE keys (ratios are fractions in [0, 1], null where a class can not be scored):
   miou, per_class_iou {class: IoU}, pixel_accuracy, mean_class_accuracy,
-  per_class_accuracy, boundary_f1 (BF score, tolerance 0.75%% of the image
+  per_class_accuracy, boundary_f1 (BF score, tolerance 0.75 % of the image
   diagonal), per_class_boundary_f1, latency_ms {stage: {p50, p95, mean, count}},
   frames {used, skipped: {reason: count}, total}, pixels, classes, ignore_index,
   confusion_matrix (rows: ground truth, columns: prediction, last column:

@@ -1,4 +1,4 @@
-"""`seg_ros segment`: run the pipeline on images (or a video or bag) and write label, colour and overlay PNGs."""
+"""`seg_ros segment`: the pipeline on images, a video or a bag; label, colour, overlay PNGs."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "segment",
         help="segment image files, a folder, a video or a bag and write PNGs",
-        description="Runs the same pipeline as the node on every input image and writes, per image, "
+        description="Runs the same pipeline as the node on every input image and writes, per "
+        "image, "
         "<name>_label.png (class index per pixel: 8-bit, 16-bit above 254 classes), "
-        "<name>_color.png (class colours) and with --overlay <name>_overlay.png. "
+        "<name>_color.png (class colours), legend.png (colour -> class) and with --overlay "
+        "<name>_overlay.png. "
         "Prints each image's latency and a p50/p95 summary.",
     )
     parser.add_argument(
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from seg_ros.commands.options import pipeline_config_from_args
     from seg_ros.image_sources import open_image_source
     from seg_ros.pipeline import build_pipeline
-    from seg_ros.visualize import colorize, overlay
+    from seg_ros.visualize import colorize, legend_image, overlay
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
@@ -61,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     output.mkdir(parents=True, exist_ok=True)
     built = build_pipeline(pipeline_config_from_args(args))
     palette = built.class_table.palette()
+    table = built.class_table
+    legend = legend_image(list(table.names), table.colors)
+    _write_png(output / "legend.png", cv2.cvtColor(legend, cv2.COLOR_RGB2BGR))
     print(
         f"{built.spec.name} ({built.spec.family}) on {built.backend_name}, "
         f"{built.pipeline.input_width}x{built.pipeline.input_height}; input: {source.describe()}"

@@ -1,4 +1,4 @@
-"""``--report DIR``: a Markdown report with PNG plots, readable on GitHub or in any Markdown viewer.
+"""``--report DIR``: a Markdown report with PNG plots, readable in any Markdown viewer.
 
 Files: report.md, confusion_matrix.png (row-normalised), per_class_iou.png,
 latency.png (histogram of the per-frame pipeline time), worst_frames.png
@@ -77,8 +77,10 @@ def _plot_latency(path: Path, totals_ms: list[float], plt) -> None:
     plt.close(fig)
 
 
-def _plot_worst(path: Path, worst, palette: np.ndarray, plt) -> None:
-    fig, axes = plt.subplots(len(worst), 4, figsize=(12, 2.6 * len(worst)), squeeze=False)
+def _plot_worst(path: Path, worst, palette: np.ndarray, names: list[str], plt) -> None:
+    from matplotlib.patches import Patch
+
+    fig, axes = plt.subplots(len(worst), 4, figsize=(12, 2.6 * len(worst) + 0.8), squeeze=False)
     for row, item in zip(axes, worst):
         gt_color = colorize(item.label, palette)  # void (not a class) is black in the palette
         pred_color = colorize(item.prediction, palette)
@@ -93,7 +95,12 @@ def _plot_worst(path: Path, worst, palette: np.ndarray, plt) -> None:
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
             ax.set_title(title, fontsize=8)
             ax.axis("off")
-    fig.tight_layout()
+    handles = [
+        Patch(facecolor=palette[i] / 255.0, edgecolor="black", label=n)
+        for i, n in enumerate(names)
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(names), 6), fontsize=8)
+    fig.tight_layout(rect=(0, 0.8 / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -124,7 +131,8 @@ def write_report(
     frames = summary["frames"]
     skipped = ", ".join(f"{k}: {v}" for k, v in frames["skipped"].items()) or "none"
     lines += [
-        f"- **frames**: {frames['used']} scored, {sum(frames['skipped'].values())} skipped ({skipped})",
+        f"- **frames**: {frames['used']} scored, {sum(frames['skipped'].values())} skipped "
+        f"({skipped})",
         f"- **ignore index**: {summary['ignore_index']}",
         "",
         "## Summary",
@@ -144,7 +152,8 @@ def write_report(
     for name in names:
         lines.append(
             f"| {name} | {_fmt(summary['per_class_iou'][name])} | "
-            f"{_fmt(summary['per_class_accuracy'][name])} | {_fmt(summary['per_class_boundary_f1'][name])} |"
+            f"{_fmt(summary['per_class_accuracy'][name])} | "
+            f"{_fmt(summary['per_class_boundary_f1'][name])} |"
         )
     lines += [
         "",
@@ -171,7 +180,7 @@ def write_report(
         _plot_latency(out / "latency.png", list(frame_totals_ms), plt)
         lines += ["![latency histogram](latency.png)", ""]
     if worst:
-        _plot_worst(out / "worst_frames.png", worst, palette, plt)
+        _plot_worst(out / "worst_frames.png", worst, palette, names, plt)
         lines += [
             "## Worst frames",
             "",

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from seg_ros.models.zoo import build_model, resolve_options, variant_name
+from seg_ros.models.zoo import FAMILIES, build_model, resolve_options, variant_name
 from seg_ros.paths import models_dir
 
 LOG = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def save_checkpoint(
     """Write ``module``'s weights (fp16 if ``half``) and ``spec`` to a .safetensors file."""
     from safetensors.torch import save_file
 
-    if spec.family not in ("segnet", "deeplab", "refinenet") or spec.num_classes < 1:
+    if spec.family not in FAMILIES or spec.num_classes < 1:
         raise ValueError(
             f"cannot save a checkpoint for spec {spec.name!r}: family and num_classes must be set"
         )
@@ -256,6 +256,16 @@ def load_model(
         return _load_state_dict_file(path, family, num_classes, class_table, options)
 
     candidates = [s for s in bundled_models() if _fits(s, family, num_classes, options)]
+    if not candidates and num_classes:
+        # The variant has bundled weights, only not for this many classes: refuse, as a class
+        # table mismatch is refused, rather than swap in a random network behind a warning.
+        other = [s for s in bundled_models() if _fits(s, family, 0, options)]
+        if other:
+            raise ValueError(
+                f"no bundled weights predict {num_classes} classes (bundled "
+                f"{', '.join(f'{s.name}: {s.num_classes}' for s in other)}): leave num_classes "
+                "at 0 for the bundled model, or pass weights=FILE trained for your classes"
+            )
     if candidates:
         best = max(candidates, key=_miou)
         return _load_seg_ros_checkpoint(
