@@ -77,8 +77,8 @@ def measure(size: tuple[int, int], setup: str, args: argparse.Namespace) -> dict
         "setup": setup,
         "rate_hz": args.rate,
         "sent": sent,
-        "node_received": node.get("received"),
-        "node_dropped": node.get("dropped"),
+        "node_received": node.get("frames_received"),
+        "node_dropped": node.get("frames_dropped"),
         "outputs": report["received"],
         "latency_p50_ms": report["latency_ms"]["p50"],
     }
