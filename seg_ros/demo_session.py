@@ -113,8 +113,14 @@ class DemoSession:
     def _forward_node_output(self) -> None:
         for line in self._process.stdout:
             line = line.rstrip()
-            self._log.append(line)
+            with self._lock:
+                self._log.append(line)
             print(f"[node] {line}", file=sys.stderr, flush=True)
+
+    def node_output(self) -> list[str]:
+        """Return the node process's last lines of output."""
+        with self._lock:
+            return list(self._log)
 
     def _node_failed(self) -> RuntimeError:
         self._reader.join(timeout=5.0)
@@ -149,7 +155,7 @@ class DemoSession:
     # --- the demo -----------------------------------------------------------------------------
 
     def load(self, source) -> list:
-        """Every frame of ``source`` as a ready Image message (decoding stays out of the timed loop)."""
+        """Turn every frame of ``source`` into an Image message (decoding stays out of timing)."""
         from sensor_msgs.msg import Image
         from std_msgs.msg import Header
         from tqdm import tqdm
@@ -197,8 +203,9 @@ class DemoSession:
             time.sleep(0.05)
 
     def send(self, messages: list, count: int, rate_hz: float) -> None:
-        """Publish ``count`` frames at ``rate_hz`` with fresh stamps (cycling through ``messages``),
-        then wait for the outputs to settle.
+        """Publish ``count`` frames at ``rate_hz`` with fresh stamps, then let the outputs settle.
+
+        The frames cycle through ``messages``.
         """
         period = 1.0 / rate_hz
         start = time.monotonic()
@@ -257,6 +264,7 @@ class DemoSession:
         first = None if self._first_output is None else self._first_output * 1e3
         return {
             "frames_sent": len(self._sent),
+            "warmup_frames_sent": len(self._warmup),  # untimed, but the node counts them too
             "received": received,
             "output_rate_hz": rate,
             "latency_ms": latency,

@@ -55,3 +55,50 @@ def test_auto_reliability_matches_the_publishers():
     assert dds.matched_reliability("reliable", []) == "reliable"
     with pytest.raises(ValueError, match="qos.reliability 'sometimes'"):
         dds.matched_reliability("sometimes", [])
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_camera_sized_frames_all_arrive_and_come_back(tmp_path):
+    """1280x720 rgb8 from a default-QoS camera in another process, nothing set by hand."""
+    pytest.importorskip("rclpy", reason="rclpy is not importable")
+    import argparse
+
+    import numpy as np
+    from demo_inputs import write_tiny_checkpoint
+
+    from seg_ros.commands import demo
+    from seg_ros.demo_session import DemoSession
+
+    commands = argparse.ArgumentParser().add_subparsers()
+    demo.register(commands)
+    checkpoint = write_tiny_checkpoint(tmp_path)
+    args = commands.choices["demo"].parse_args(
+        ["--param", f"weights:={checkpoint}", "--height", "64", "--width", "96"]
+    )
+    command = ["env"] + [f"-u{name}" for name in dds.USER_SETTINGS] + demo.node_command(args)
+    rng = np.random.default_rng(1)
+    camera = [
+        argparse.Namespace(image=rng.integers(0, 255, (720, 1280, 3), np.uint8)) for _ in range(2)
+    ]
+    outputs = [f"/{demo.NODE_NAME}/{name}" for name in demo.OUTPUTS]
+    with DemoSession(command, demo.INPUT_TOPIC, outputs) as session:
+        frames = session.load(_Frames(camera))
+        session.wait_ready(frames[0], 240.0)
+        session.send(frames, 10, 5.0)
+        report = session.report()
+    sent = report["frames_sent"] + report["warmup_frames_sent"]
+    assert int(report["node"]["frames_received"]) == sent, report["node"]
+    assert report["received"] == {name: 10 for name in demo.OUTPUTS}, report
+    assert sum("transport:" in line for line in session.node_output()) == 1  # logged once
+
+
+class _Frames(list):
+    """A list of frames with what DemoSession.load asks of an image source."""
+
+    @property
+    def count(self) -> int:
+        return len(self)
+
+    def describe(self) -> str:
+        return f"{len(self)} synthetic frames"
