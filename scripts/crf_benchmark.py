@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Dense CRF: seg_ros.crf against Krähenbühl's permutohedral implementation (pydensecrf2), side by side.
+"""Dense CRF: seg_ros.crf vs Krähenbühl's permutohedral implementation (pydensecrf2), side by side.
 
 On real CamVid frames, each method refines the same per-pixel class
 probabilities with the same CRF parameters; the script reports, per method,
@@ -53,7 +53,10 @@ def corrupted_probabilities(
     blobs: int,
     temperature: float = 3.0,
 ) -> np.ndarray:
-    """C×H×W float32 probabilities that look like a network's: soft boundaries, smooth confusions, wrong blobs."""
+    """Make C×H×W float32 probabilities that look like a network's.
+
+    Soft boundaries, smooth confusions, wrong blobs.
+    """
     height, width = label.shape
     onehot = np.eye(NUM_CLASSES + 1, dtype=np.float32)[np.minimum(label, NUM_CLASSES)][
         ..., :NUM_CLASSES
@@ -77,7 +80,10 @@ def corrupted_probabilities(
 
 
 def reference_crf(image: np.ndarray, probabilities: np.ndarray, params: dict) -> np.ndarray:
-    """pydensecrf2 with the same model: unary -log(p) clipped at 1e-5, Potts weights, symmetric normalisation."""
+    """Run pydensecrf2 with the same model.
+
+    Unary -log(p) clipped at 1e-5, Potts weights, symmetric normalisation.
+    """
     import pydensecrf.densecrf as dcrf
     from pydensecrf.utils import unary_from_softmax
 
@@ -147,7 +153,7 @@ class Timer:
 
 
 def model_probabilities(args):
-    """A function image -> C×H×W probabilities from a trained network through seg_ros.pipeline."""
+    """Return a function image -> C×H×W probabilities from a trained network (seg_ros.pipeline)."""
     from seg_ros.pipeline import PipelineConfig, build_pipeline
 
     built = build_pipeline(
@@ -333,8 +339,8 @@ def main(argv=None) -> int:
         print(
             f"{name:28s} {cell('median_ms', '8.1f')} {cell('speedup_vs_reference', '8.2f')} "
             f"{cell('median_cpu_ms', '8.1f')} {cell('cpu_speedup_vs_reference', '8.2f')} "
-            f"{cell('pixel_accuracy', '8.4f')} {cell('miou', '7.4f')} {cell('boundary_f1', '7.4f')} "
-            f"{cell('label_agreement_with_reference', '7.4f')}"
+            f"{cell('pixel_accuracy', '8.4f')} {cell('miou', '7.4f')} "
+            f"{cell('boundary_f1', '7.4f')} {cell('label_agreement_with_reference', '7.4f')}"
         )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

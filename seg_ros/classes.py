@@ -23,7 +23,7 @@ class ClassTable:
         return len(self.names)
 
     def palette(self) -> np.ndarray:
-        """A 256-entry (or 65536 for big tables) RGB lookup: unknown labels are black."""
+        """Return a 256-entry (or 65536 for big tables) RGB lookup: unknown labels are black."""
         size = 256 if self.num_classes <= 255 else 65536
         lut = np.zeros((size, 3), np.uint8)
         lut[: self.num_classes] = self.colors
@@ -41,7 +41,8 @@ def load_class_table(name_or_path: str) -> ClassTable:
         path = config_dir() / "classes" / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ValueError(
-            f"unknown class table {name_or_path!r}: expected one of {available_tables()} or a YAML file"
+            f"unknown class table {name_or_path!r}: expected one of {available_tables()} "
+            "or a YAML file"
         )
     data = yaml.safe_load(path.read_text())
     try:
@@ -63,7 +64,10 @@ def load_class_table(name_or_path: str) -> ClassTable:
 
 
 def generic_table(num_classes: int) -> ClassTable:
-    """A table for models trained on classes we have no names for: class_<i>, distinct colours."""
+    """Build a table for models trained on classes we have no names for.
+
+    Classes are named class_<i> and get distinct colours.
+    """
     rng = np.random.default_rng(0)
     colors = rng.integers(32, 256, size=(num_classes, 3), dtype=np.int64).astype(np.uint8)
     return ClassTable("generic", tuple(f"class_{i}" for i in range(num_classes)), colors, 255)

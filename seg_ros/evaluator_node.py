@@ -106,7 +106,8 @@ class EvaluatorNode(Node):
         self._metrics = self.create_publisher(String, "~/metrics", 10)
         self.create_timer(period, self._publish)
         self.get_logger().info(
-            f"scoring {self.resolve_topic_name('label')} against {self.resolve_topic_name('ground_truth')} "
+            f"scoring {self.resolve_topic_name('label')} against "
+            f"{self.resolve_topic_name('ground_truth')} "
             f"({table.name}, {table.num_classes} classes, ignore {ignore})"
         )
 
@@ -177,7 +178,7 @@ class EvaluatorNode(Node):
     # --- reporting ------------------------------------------------------------------------------
 
     def summary(self, final: bool = False) -> dict:
-        """The metrics so far; ``final`` counts ground truth still waiting as dropped."""
+        """Return the metrics so far; ``final`` counts ground truth still waiting as dropped."""
         out = self.evaluation.to_dict()
         frames = out["frames"]
         if final:
@@ -200,14 +201,15 @@ class EvaluatorNode(Node):
         self._metrics.publish(String(data=json.dumps(self.summary())))
 
     def finish(self) -> dict:
-        """Final summary: logged, and written to json_path when set."""
+        """Log the final summary, write it to json_path when set, and return it."""
         result = self.summary(final=True)
         miou = result["miou"]
         frames = result["frames"]
         e2e = result["latency_ms"].get("end_to_end")
         self.get_logger().info(
-            f"final: mIoU {'n/a' if miou is None else f'{100 * miou:.2f}%'}, {frames['used']} frames scored, "
-            f"{result['dropped_frames']} dropped, skipped {frames['skipped']}"
+            f"final: mIoU {'n/a' if miou is None else f'{100 * miou:.2f}%'}, "
+            f"{frames['used']} frames scored, {result['dropped_frames']} dropped, "
+            f"skipped {frames['skipped']}"
             + (
                 f", end-to-end latency p50 {e2e['p50']:.1f} ms p95 {e2e['p95']:.1f} ms"
                 if e2e

@@ -89,13 +89,14 @@ def _layout(encoding: str) -> tuple[np.dtype, int]:
     if match:
         return np.dtype(_CV_DTYPES[match.group(1)]), int(match.group(2))
     raise ImageDecodeError(
-        f"unsupported image encoding {encoding!r}: expected one of {', '.join(DECODABLE_ENCODINGS)} "
+        f"unsupported image encoding {encoding!r}: expected one of "
+        f"{', '.join(DECODABLE_ENCODINGS)} "
         "(or an OpenCV type like 32FC1 for raw arrays)"
     )
 
 
 def _buffer(data) -> np.ndarray:
-    """The message's bytes as a flat uint8 array, without copying when the data exposes a buffer."""
+    """Return the message's data as a flat uint8 array, not copied when it exposes a buffer."""
     if isinstance(data, np.ndarray):
         return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
     try:
@@ -105,7 +106,7 @@ def _buffer(data) -> np.ndarray:
 
 
 def message_to_array(msg) -> np.ndarray:
-    """The pixels of an Image-like message in its own encoding: H×W for one channel, else H×W×C.
+    """Return an Image-like message's pixels in its own encoding: H×W for one channel, else H×W×C.
 
     Shares memory with ``msg.data`` when the rows are not padded (the result
     may then be read-only: copy before writing into it); padded rows and
@@ -146,7 +147,7 @@ def message_to_array(msg) -> np.ndarray:
 
 
 def decode_image(msg) -> np.ndarray:
-    """An Image-like message -> network input: RGB uint8 H×W×3, or H×W uint8 for grey encodings.
+    """Decode an Image-like message to network input: RGB uint8 H×W×3, or H×W uint8 if grey.
 
     Colour encodings (bgr8, rgba8, YUV 4:2:2, Bayer, ...) are converted to RGB
     as cv_bridge does; mono16 becomes mono8 by ``round(v * 255 / 65535)``.
@@ -170,7 +171,7 @@ def decode_image(msg) -> np.ndarray:
 
 
 def decode_compressed(msg) -> np.ndarray:
-    """A CompressedImage-like message (jpeg, png, ...) -> RGB uint8 H×W×3."""
+    """Decode a CompressedImage-like message (jpeg, png, ...) to RGB uint8 H×W×3."""
     buf = _buffer(msg.data)
     fmt = str(getattr(msg, "format", "") or "unknown format")
     if buf.size == 0:
@@ -193,7 +194,9 @@ _ENCODABLE = {
 
 
 def encode_fields(image: np.ndarray, encoding: str) -> dict:
-    """Fields of a sensor_msgs/Image holding ``image``: height, width, encoding, is_bigendian, step, data.
+    """Return the fields of a sensor_msgs/Image holding ``image``.
+
+    The fields are height, width, encoding, is_bigendian, step and data.
 
     Supports mono8 and mono16 (H×W), rgb8/bgr8 (H×W×3 uint8), 32FC1 (H×W
     float32) and 32FC<N> (H×W×N float32). ``data`` is a flat, contiguous
@@ -218,7 +221,8 @@ def encode_fields(image: np.ndarray, encoding: str) -> dict:
     if not shape_ok or image.dtype != dtype:
         want = "H×W" if channels == 1 else f"H×W×{channels}"
         raise ValueError(
-            f"{encoding} needs a {want} {dtype.name} array, got shape {image.shape} dtype {image.dtype}"
+            f"{encoding} needs a {want} {dtype.name} array, "
+            f"got shape {image.shape} dtype {image.dtype}"
         )
     height, width = image.shape[:2]
     if height == 0 or width == 0:
@@ -235,7 +239,7 @@ def encode_fields(image: np.ndarray, encoding: str) -> dict:
 
 
 def to_ros_image(image: np.ndarray, encoding: str, header, msg_type):
-    """Build a ``msg_type`` (rclpy's or rosbags' sensor_msgs/Image) carrying ``image`` and ``header``.
+    """Build a ``msg_type`` (rclpy's or rosbags' sensor_msgs/Image) with ``image`` and ``header``.
 
     rclpy stores ``uint8[]`` fields as ``array.array('B')``; handing it one
     is the fast path on Humble, Jazzy and Kilted (a numpy array or list is

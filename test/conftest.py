@@ -29,6 +29,14 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.camvid)
 
 
+@pytest.fixture
+def tiny_weights(tmp_path_factory) -> Path:
+    """Return the weights file of test_evaluate's fitted tiny SegNet (CLI and node tests)."""
+    from test_evaluate import fitted_tiny_segnet
+
+    return fitted_tiny_segnet(str(tmp_path_factory.getbasetemp()))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_ros_domain():
     """Keep this session's DDS traffic away from anything else running on the machine."""

@@ -1,4 +1,7 @@
-"""`colcon build` of the checkout installs what `ros2 run` and `ros2 launch` need, and it runs from there."""
+"""`colcon build` of the checkout installs what `ros2 run` and `ros2 launch` need.
+
+The installed package then runs from there.
+"""
 
 from __future__ import annotations
 
@@ -77,13 +80,14 @@ def test_share_files_where_ros2_launch_looks(install):
 
 
 def test_installed_package_finds_its_share_folder(install):
-    """The installed copy (not the checkout) resolves config/ through the ament index, like on a robot."""
+    """The installed copy (not the checkout) finds config/ via the ament index, like on a robot."""
     prefix = install / "seg_ros"
     site = next(prefix.glob("lib/python3*/site-packages"))
     env = dict(os.environ, AMENT_PREFIX_PATH=str(prefix), PYTHONPATH=str(site))
     code = (
         "import seg_ros, seg_ros.paths as p, seg_ros.classes as c; "
-        "print(seg_ros.__file__); print(p.share_dir()); print(c.load_class_table('camvid').num_classes)"
+        "print(seg_ros.__file__); print(p.share_dir()); "
+        "print(c.load_class_table('camvid').num_classes)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],

@@ -30,7 +30,10 @@ NAMES = ["a", "b", "c"]
 
 
 def scene(index: int) -> tuple[np.ndarray, np.ndarray]:
-    """(image RGB, ground truth) for frame ``index``: three vertical bands, a void strip at the bottom."""
+    """Return (image RGB, ground truth) for frame ``index``.
+
+    Three vertical bands, a void strip at the bottom.
+    """
     label = np.zeros((H, W), np.uint8)
     label[:, W // 3 : 2 * W // 3] = 1
     label[:, 2 * W // 3 :] = 2
@@ -43,7 +46,10 @@ def scene(index: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class RedChannelPipeline:
-    """Stands in for the network: class = red // 40 (so it is right wherever the image says the truth)."""
+    """Stands in for the network: class = red // 40.
+
+    So it is right wherever the image says the truth.
+    """
 
     def process(self, image, want_probabilities=False):
         label = (image[..., 0] // 40).astype(np.uint8)
@@ -59,7 +65,7 @@ WRONG_PIXELS = 10 * 5  # frame 2: a 10×5 patch of class-0 ground truth painted 
 
 
 def write_bag(path, *, storage="sqlite3", compressed=False, frames=6, labelled=True):
-    """A bag like a labelled drive: images (+ labels by stamp) and an unrelated topic.
+    """Write a bag like a labelled drive: images (+ labels by stamp) and an unrelated topic.
 
     Frames 0..frames-1 have labels, except: frame 3 has none, frame 4's label
     is the wrong size. Frame 2's image is edited (WRONG_PIXELS wrong). One
@@ -201,8 +207,9 @@ def test_missing_topics_and_files_have_clear_messages(bag, tmp_path):
 
 def test_small_buffer_pushes_out_unmatched_frames(bag):
     path, _ = bag
-    # labels come 2.5 frames late: with room for 2 pending entries per topic, images 0-3 are pushed out
-    # before their labels arrive, and labels 0-2 wait in vain; only 4 (wrong size) and 5 meet
+    # labels come 2.5 frames late: with room for 2 pending entries per topic, images 0-3 are
+    # pushed out before their labels arrive, and labels 0-2 wait in vain; only 4 (wrong size)
+    # and 5 meet
     evaluation = Evaluation(NAMES, IGNORE)
     evaluate_frames(
         RedChannelPipeline(),
@@ -340,7 +347,7 @@ def test_report_files(bag, tmp_path):
 
 @functools.cache
 def fitted_tiny_segnet(folder: str) -> Path:
-    """A SegNet-Basic whose 1×1 classifier is fitted to the scenes (the rest random, seeded).
+    """Save a SegNet-Basic whose 1×1 classifier is fitted to the scenes (the rest random, seeded).
 
     Its predictions are imperfect but follow the image; saved once per test
     session, so every process (CLI, node) loads the very same network.
@@ -383,11 +390,6 @@ def fitted_tiny_segnet(folder: str) -> Path:
     path = Path(folder) / "tiny.safetensors"
     save_checkpoint(path, module, spec)
     return path
-
-
-@pytest.fixture
-def tiny_weights(tmp_path_factory):
-    return fitted_tiny_segnet(str(tmp_path_factory.getbasetemp()))
 
 
 def run_cli(argv: list[str]) -> int:
@@ -479,7 +481,8 @@ def test_cli_bad_input_messages(tmp_path, tiny_weights):
         run_cli(
             ["--bag", str(bag), "--image-topic", "/cam/image_raw", "--label-topic", "/gt", *common]
         )
-    # ground truth from another class table (11 is not ignored here): every frame refused, with the reason
+    # ground truth from another class table (11 is not ignored here): every frame refused,
+    # with the reason
     with pytest.raises(RuntimeError, match="no frame could be scored.*invalid_ground_truth"):
         run_cli(
             [
@@ -494,7 +497,8 @@ def test_cli_bad_input_messages(tmp_path, tiny_weights):
                 *common,
             ]
         )
-    # a bag without labels: still runs through, counts every frame as skipped, writes the JSON, then fails
+    # a bag without labels: still runs through, counts every frame as skipped, writes the JSON,
+    # then fails
     unlabelled = tmp_path / "unlabelled"
     write_bag(unlabelled, labelled=False)
     with pytest.raises(RuntimeError, match="no frame could be scored"):

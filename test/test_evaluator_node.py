@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_evaluate import IGNORE, NAMES, NUM_CLASSES, RedChannelPipeline, tiny_weights, write_bag  # noqa: F401
+from test_evaluate import IGNORE, NAMES, NUM_CLASSES, RedChannelPipeline, write_bag
 
 rclpy = pytest.importorskip("rclpy")
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def to_rclpy(bag_msg) -> Image:
-    """A rosbags-deserialised Image as an rclpy Image with the same header and pixels."""
+    """Convert a rosbags-deserialised Image to an rclpy Image with the same header and pixels."""
     msg = Image()
     msg.header.stamp.sec = int(bag_msg.header.stamp.sec)
     msg.header.stamp.nanosec = int(bag_msg.header.stamp.nanosec)
@@ -191,7 +191,8 @@ def test_live_evaluator_matches_offline_on_known_predictions(ros_node, tmp_path)
                 out.encoding, out.step = fields["encoding"], fields["step"]
                 out.data = array.array("B", fields["data"].tobytes())
                 pred_pub.publish(out)
-        # 4 scored + 1 size mismatch are settled; frame 3's label and the orphan truth wait until shutdown
+        # 4 scored + 1 size mismatch are settled; frame 3's label and the orphan truth wait
+        # until shutdown
         wait_for(
             ros_node,
             lambda: summaries and summaries[-1]["frames"]["total"] == 5,
@@ -211,7 +212,8 @@ def test_live_evaluator_matches_offline_on_known_predictions(ros_node, tmp_path)
         "total": 7,
     }
     assert live["dropped_frames"] == 1
-    # the ground truth was sent late; latency exists only for frames whose truth still arrived first
+    # the ground truth was sent late; latency exists only for frames whose truth still
+    # arrived first
     assert live["latency_ms"].get("end_to_end", {"count": 0})["count"] <= 4
     assert "final: mIoU" in evaluator.output()
 
@@ -338,7 +340,8 @@ def test_segmentation_node_and_evaluator_agree_with_offline_evaluate(
             ):  # like a player replaying a bag whose labels were recorded with the images
                 truth_pub.publish(to_rclpy(truth.pop(stamp)))
             image_pub.publish(to_rclpy(msg))
-            # one frame at a time: the node keeps only the newest frame, and this test wants every one
+            # one frame at a time: the node keeps only the newest frame, and this test wants
+            # every one
             wait_for(
                 ros_node, lambda: stamp in seen, 60, f"the label of {stamp}", [node, evaluator]
             )
@@ -353,7 +356,8 @@ def test_segmentation_node_and_evaluator_agree_with_offline_evaluate(
     assert live["confusion_matrix"] == offline["confusion_matrix"]
     assert live["miou"] == pytest.approx(offline["miou"])
     assert live["boundary_f1"] == pytest.approx(offline["boundary_f1"])
-    # truth is sent before each image, so it normally arrives before the label (DDS does not promise it)
+    # truth is sent before each image, so it normally arrives before the label (DDS does
+    # not promise it)
     assert 1 <= live["latency_ms"]["end_to_end"]["count"] <= 4
     assert live["frames"]["skipped"] == {
         "dropped": 1,

@@ -1,4 +1,4 @@
-"""image_codec: every encoding against an independent or OpenCV reference, and the malformed cases."""
+"""image_codec: every encoding against an independent or OpenCV reference, and malformed cases."""
 
 from __future__ import annotations
 
@@ -23,7 +23,10 @@ RNG = np.random.default_rng(7)
 
 
 def make_msg(pixels: np.ndarray, encoding: str, *, pad: int = 0, big_endian: bool = False):
-    """An Image-like namespace holding ``pixels`` row by row with ``pad`` garbage bytes after each row."""
+    """Build an Image-like namespace holding ``pixels`` row by row.
+
+    Each row is followed by ``pad`` garbage bytes.
+    """
     height, width = pixels.shape[:2]
     dtype = pixels.dtype.newbyteorder(">" if big_endian else "<")
     rows = np.ascontiguousarray(pixels, dtype=dtype).reshape(height, -1).view(np.uint8)
@@ -130,7 +133,8 @@ def test_yuv422_odd_width_rejected():
         decode_image(msg)
 
 
-# ROS names a Bayer pattern by its top-left 2×2 block read row by row; OpenCV's old names are offset.
+# ROS names a Bayer pattern by its top-left 2×2 block read row by row; OpenCV's old
+# names are offset.
 BAYER = {
     "bayer_rggb8": ("RGGB", cv2.COLOR_BayerBG2BGR),
     "bayer_bggr8": ("BGGR", cv2.COLOR_BayerRG2BGR),

@@ -1,4 +1,7 @@
-"""image_sources: real image files, a real video written by OpenCV and real rosbag2 files written by rosbags."""
+"""image_sources: real image files, a real video written by OpenCV and real rosbag2 files.
+
+The rosbag2 files are written by rosbags.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +20,10 @@ def _images(n, height=24, width=32):
 
 
 def write_bag(path, frames, *, topic="/camera/image_raw", compressed_topic="", storage="sqlite3"):
-    """A rosbag2 with ``frames`` (RGB) as bgr8 Images on ``topic`` (and PNGs on ``compressed_topic``)."""
+    """Write a rosbag2 with ``frames`` (RGB) as bgr8 Images on ``topic``.
+
+    With ``compressed_topic``, the frames also go there as PNGs.
+    """
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 

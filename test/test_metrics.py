@@ -1,4 +1,4 @@
-"""Metrics against hand-computed cases: perfect, all wrong, ignored labels, absent classes, BF score."""
+"""Metrics on hand-computed cases: perfect, all wrong, ignored labels, absent classes, BF score."""
 
 from __future__ import annotations
 
@@ -111,7 +111,8 @@ def test_boundary_f1_false_blob_lowers_precision_only():
     pred = gt.copy()
     pred[10:13, 10:13] = 1  # a 3×3 blob of class 1 far from the true boundary
     score, per_class = BoundaryF1(2).image_score(gt, pred)
-    # class 1: gt boundary 100 px (column 50); prediction adds the blob's 8 ring pixels -> P = 100/108, R = 1
+    # class 1: gt boundary 100 px (column 50); prediction adds the blob's 8 ring pixels
+    # -> P = 100/108, R = 1
     assert per_class[1] == pytest.approx(2 * (100 / 108) / (100 / 108 + 1))
     # class 0: prediction adds the 16 pixels around the blob -> P = 100/116, R = 1
     assert per_class[0] == pytest.approx(2 * (100 / 116) / (100 / 116 + 1))
@@ -182,7 +183,7 @@ def test_evaluation_json_keys_and_skips():
 
 
 def _brute_force_bf(gt, pred, num_classes, ignore, tolerance=0.0075):
-    """The BF definition written out pixel by pixel (slow, obviously right) for small images."""
+    """Compute BF by its definition, pixel by pixel (slow, obviously right), for small images."""
     height, width = gt.shape
     theta = tolerance * math.hypot(height, width)
     valid = gt != ignore

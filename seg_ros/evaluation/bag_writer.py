@@ -1,4 +1,4 @@
-"""``--output-bag``: a copy of the input bag with the node's outputs added, for RViz / Foxglove later.
+"""``--output-bag``: the input bag copied with the node's outputs added, for RViz / Foxglove later.
 
 Every input connection and message is copied byte for byte; the outputs go to
 ``/<namespace>/label`` (mono8, mono16 above 254 classes), ``/<namespace>/confidence``
@@ -108,7 +108,7 @@ class OutputBagWriter:
         confidence: np.ndarray,
         overlay_rgb: np.ndarray,
     ) -> None:
-        """The node's three image outputs for one input frame."""
+        """Write the node's three image outputs for one input frame."""
         label_encoding = "mono8" if label.dtype == np.uint8 else "mono16"
         for name, array, encoding in (
             ("label", label, label_encoding),

@@ -29,12 +29,13 @@ BOUNDARY_TOLERANCE = 0.0075  # fraction of the image diagonal (SegNet paper)
 def _check_pair(ground_truth: np.ndarray, prediction: np.ndarray) -> None:
     if ground_truth.ndim != 2 or prediction.ndim != 2:
         raise ValueError(
-            f"label images must be 2-D (H×W), got ground truth {ground_truth.shape} and prediction {prediction.shape}"
+            f"label images must be 2-D (H×W), got ground truth {ground_truth.shape} and "
+            f"prediction {prediction.shape}"
         )
     if ground_truth.shape != prediction.shape:
         raise ValueError(
-            f"ground truth is {ground_truth.shape[1]}x{ground_truth.shape[0]} but the prediction is "
-            f"{prediction.shape[1]}x{prediction.shape[0]} (width x height)"
+            f"ground truth is {ground_truth.shape[1]}x{ground_truth.shape[0]} but the "
+            f"prediction is {prediction.shape[1]}x{prediction.shape[0]} (width x height)"
         )
 
 
@@ -67,15 +68,15 @@ class ConfusionMatrix:
         return ground_truth != self.ignore_index
 
     def frame_counts(self, ground_truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
-        """The confusion matrix of one frame (does not change this one)."""
+        """Return the confusion matrix of one frame (does not change this one)."""
         _check_pair(ground_truth, prediction)
         valid = self.valid_mask(ground_truth)
         gt = ground_truth[valid].astype(np.int64)
         if gt.size and (gt.min() < 0 or gt.max() >= self.num_classes):
             bad = np.unique(gt[(gt < 0) | (gt >= self.num_classes)])
             raise ValueError(
-                f"ground truth holds labels {bad[:10].tolist()} outside the {self.num_classes} classes "
-                f"(ignore_index is {self.ignore_index})"
+                f"ground truth holds labels {bad[:10].tolist()} outside the "
+                f"{self.num_classes} classes (ignore_index is {self.ignore_index})"
             )
         pred = prediction[valid].astype(np.int64)
         pred = np.where((pred < 0) | (pred >= self.num_classes), self.num_classes, pred)
@@ -116,20 +117,29 @@ class ConfusionMatrix:
         return self.scores(self.counts)
 
     def normalized(self) -> np.ndarray:
-        """Rows sum to 1 (fraction of each ground-truth class predicted as each class); empty rows stay 0."""
+        """Return the matrix with rows summing to 1; empty rows stay 0.
+
+        Each row holds the fraction of that ground-truth class predicted as each class.
+        """
         rows = self.counts.sum(axis=1, keepdims=True)
         return np.divide(self.counts, rows, out=np.zeros(self.counts.shape), where=rows > 0)
 
 
 def _boundary(mask: np.ndarray, ignored: np.ndarray) -> np.ndarray:
-    """Pixels of ``mask`` with an 8-neighbour outside it that is not ignored; the image border is not a boundary."""
+    """Return the pixels of ``mask`` with an 8-neighbour outside it that is not ignored.
+
+    The image border is not a boundary.
+    """
     grown = (mask | ignored).astype(np.uint8)  # ignored neighbours never make a boundary
     eroded = cv2.erode(grown, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
     return mask & ~ignored & (eroded == 0)
 
 
 def _disk(radius: float) -> np.ndarray:
-    """Structuring element of all offsets within Euclidean distance ``radius`` (dilating by it = "within θ")."""
+    """Build the structuring element of all offsets within Euclidean distance ``radius``.
+
+    Dilating by it means "within θ".
+    """
     r = int(math.floor(radius))
     offsets = np.arange(-r, r + 1)
     return (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius * radius).astype(np.uint8)
@@ -173,7 +183,10 @@ class BoundaryF1:
     def image_score(
         self, ground_truth: np.ndarray, prediction: np.ndarray
     ) -> tuple[float, dict[int, float]]:
-        """(image BF, {class: F1}) for one frame, without accumulating; NaN when nothing is scored."""
+        """Return (image BF, {class: F1}) for one frame, without accumulating.
+
+        The image BF is NaN when nothing is scored.
+        """
         _check_pair(ground_truth, prediction)
         height, width = ground_truth.shape
         disk = _disk(self.tolerance * math.hypot(height, width))
@@ -187,7 +200,8 @@ class BoundaryF1:
         per_class: dict[int, float] = {}
         for c in present:
             gt_c, pred_c = ground_truth == c, prediction == c
-            # Work in the class's bounding box (+2 px so its edge is never a boundary): small classes are cheap.
+            # Work in the class's bounding box (+2 px so its edge is never a boundary):
+            # small classes are cheap.
             either = gt_c | pred_c
             rows, cols = np.flatnonzero(either.any(axis=1)), np.flatnonzero(either.any(axis=0))
             box = (
@@ -312,9 +326,10 @@ class Evaluation:
         prediction: np.ndarray,
         timings_ms: dict[str, float] | None = None,
     ) -> dict:
-        """Score one frame and accumulate it; returns the frame's own scores (miou, pixel_accuracy, boundary_f1).
+        """Score one frame and accumulate it; return the frame's own scores.
 
-        Raises ValueError (nothing accumulated) for mismatched sizes or foreign labels.
+        The scores are miou, pixel_accuracy and boundary_f1. Raises ValueError
+        (nothing accumulated) for mismatched sizes or foreign labels.
         """
         frame_counts = self.confusion.frame_counts(ground_truth, prediction)
         frame_bf = self.boundary.update(ground_truth, prediction)

@@ -1,4 +1,7 @@
-"""The offline evaluation loop: frames -> pipeline -> metrics (+ saved predictions, output bag, worst frames)."""
+"""The offline evaluation loop: frames -> pipeline -> metrics.
+
+Also saves predictions, writes the output bag and keeps the worst frames.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +27,10 @@ LOGGED_PER_REASON = 5  # skipped frames logged one by one per reason; the rest o
 
 @dataclass(order=True)
 class WorstFrame:
-    """A badly segmented frame kept for the report (ordered so the best of the worst is dropped first)."""
+    """A badly segmented frame kept for the report.
+
+    Ordered so the best of the worst is dropped first.
+    """
 
     neg_miou: float
     key: str = field(compare=False)
@@ -86,8 +92,8 @@ def evaluate_frames(
             ):
                 frame.skip_reason = "size_mismatch"
                 frame.problem = (
-                    f"frame {frame.key}: image is {frame.image.shape[1]}x{frame.image.shape[0]} but its "
-                    f"label is {frame.label.shape[1]}x{frame.label.shape[0]}"
+                    f"frame {frame.key}: image is {frame.image.shape[1]}x{frame.image.shape[0]} "
+                    f"but its label is {frame.label.shape[1]}x{frame.label.shape[0]}"
                 )
             scorable = frame.skip_reason is None and frame.label is not None
             wants_output = save_predictions is not None or output_bag is not None
