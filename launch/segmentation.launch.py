@@ -21,7 +21,7 @@ from seg_ros.node_parameters import (
 from seg_ros.paths import config_dir
 
 ARGUMENTS = {
-    "model": ("", "segnet | deeplab | refinenet; empty = the params file's choice"),
+    "model": ("", "segnet | deeplab | refinenet | fcn; empty = the params file's choice"),
     "backend": ("", "auto | tensorrt | onnxruntime | torch; empty = the params file's choice"),
     "precision": ("", "fp32 | fp16 | int8; empty = the params file's choice"),
     "use_crf": ("", "true | false: dense-CRF refinement; empty = the params file's choice"),

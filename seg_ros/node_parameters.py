@@ -17,7 +17,7 @@ import yaml
 from seg_ros.pipeline import CrfSettings, PipelineConfig
 
 NODE_NAME = "segmentation_node"
-FAMILIES = ("segnet", "deeplab", "refinenet")
+FAMILIES = ("segnet", "deeplab", "refinenet", "fcn")
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 PRECISIONS = ("fp32", "fp16", "int8")
 TRANSPORTS = ("raw", "compressed")
@@ -67,7 +67,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         "model",
         "",
-        "Network family: segnet, deeplab or refinenet; empty = the best bundled model." + _RESTART,
+        "Network family: segnet, deeplab, refinenet or fcn; empty = the best bundled." + _RESTART,
         choices=("",) + FAMILIES,
     ),
     ParameterSpec(

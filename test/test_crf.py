@@ -1,4 +1,4 @@
-"""Dense CRF (seg_ros.crf): distributions, agreement with pydensecrf2, edge snapping, bad input, torch paths."""
+"""Post-hoc dense CRF: distributions, pydensecrf2 agreement, edges, bad input, torch paths."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from seg_ros import crf
-from seg_ros.crf import dense_crf, dense_crf_tensor
-from seg_ros.crf_lattice import build_lattice_filter, sort_codes
+from seg_ros.crf import area_mean, build_operators, dense_crf, dense_crf_tensor
+from seg_ros.crf.lattice import build_lattice_filter, sort_codes
+from seg_ros.crf.posthoc import _MessagePassing
 from seg_ros.pipeline import CrfSettings, SegmentationPipeline
 
 pydensecrf = pytest.importorskip(
@@ -60,8 +60,10 @@ def random_probabilities(rng, classes, height, width):
 
 
 def two_regions(height=64, width=96, edge=48, offset=5, seed=0):
-    """A red | blue image split at column `edge`, and probabilities whose soft boundary sits `offset`
-    pixels to the right of it (a network that blurred and misplaced the edge), with a third class of noise.
+    """Make a red | blue image split at column `edge`, and probabilities with a misplaced edge.
+
+    Their soft boundary sits `offset` pixels to the right of it (a network that blurred and
+    misplaced the edge), with a third class of noise.
     """
     rng = np.random.default_rng(seed)
     image = np.zeros((height, width, 3), np.float32)
@@ -198,7 +200,7 @@ def test_repairs_real_camvid_frame_at_least_as_well_as_the_reference(camvid):
     assert ours - before >= 0.9 * (theirs - before), (before, theirs, ours)
 
 
-# --- edges -----------------------------------------------------------------------------------------
+# --- edges ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("downsample", [1, 2, 4])
@@ -221,7 +223,7 @@ def test_smoothness_kernel_alone_does_not_find_the_edge():
     assert (refined.argmax(0) == truth)[:, band].mean() < 0.8
 
 
-# --- bad input -------------------------------------------------------------------------------------
+# --- bad input -----------------------------------------------------------------------------------
 
 
 def _good():
@@ -285,7 +287,7 @@ def test_kernels_too_narrow_for_the_lattice_are_refused_clearly():
         dense_crf(image, probabilities, bilateral_sxy=1e-9, bilateral_srgb=1e-9, downsample=1)
 
 
-# --- torch paths (the GPU runs these; no GPU here, so on the CPU) -----------------------------------
+# --- torch paths (the GPU runs these; no GPU here, so on the CPU) --------------------------------
 
 
 def test_tensor_api_matches_numpy_api():
@@ -317,9 +319,9 @@ def test_gpu_code_path_equals_cpu_code_path(downsample):
             "bilateral_weight",
         )
     )
-    cpu = crf._MessagePassing(crf.build_operators(*args), 3.0, 10.0, "cpu", opencv=True)
-    gpu_like = crf._MessagePassing(
-        crf.build_operators(*args, sorted_columns=True), 3.0, 10.0, "cpu", opencv=False
+    cpu = _MessagePassing(build_operators(*args), 3.0, 10.0, "cpu", opencv=True)
+    gpu_like = _MessagePassing(
+        build_operators(*args, sorted_columns=True), 3.0, 10.0, "cpu", opencv=False
     )
     np.testing.assert_allclose(gpu_like.coarse(q).numpy(), cpu.coarse(q).numpy(), atol=1e-5)
     np.testing.assert_allclose(gpu_like.full(q).numpy(), cpu.full(q).numpy(), atol=1e-5)
@@ -328,7 +330,7 @@ def test_gpu_code_path_equals_cpu_code_path(downsample):
 def test_area_mean_opencv_equals_torch_pooling():
     planes = torch.rand(5, 48, 64)
     np.testing.assert_allclose(
-        crf.area_mean(planes, (12, 16)).numpy(),
+        area_mean(planes, (12, 16)).numpy(),
         torch.nn.functional.adaptive_avg_pool2d(planes[None], (12, 16))[0].numpy(),
         atol=1e-6,
     )
@@ -342,7 +344,7 @@ def test_odd_sizes_use_overlapping_cells():
     np.testing.assert_allclose(refined.sum(0), 1.0, atol=1e-5)
 
 
-# --- lattice internals ------------------------------------------------------------------------------
+# --- lattice internals ---------------------------------------------------------------------------
 
 
 def test_sort_codes_is_a_stable_sort_on_both_paths():
@@ -377,11 +379,11 @@ def test_lattice_matrices_are_consistent():
     assert (np.diff(sorted_slice.col.reshape(200, 4), axis=1) > 0).all()
 
 
-# --- the pipeline calls it ---------------------------------------------------------------------------
+# --- the pipeline calls it -----------------------------------------------------------------------
 
 
 class FixedProbabilities:
-    """Backend stand-in returning the two-region probabilities, so the CRF wiring is what is tested."""
+    """Backend stand-in returning the two-region probabilities: the CRF wiring is tested."""
 
     name = "fixed"
     precision = "fp32"

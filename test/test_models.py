@@ -1,4 +1,4 @@
-"""Model zoo: the papers' architectures and sizes, torchvision compatibility, shapes, checkpoints."""
+"""Model zoo: the papers' architectures and sizes, torchvision layouts, shapes, checkpoints."""
 
 from __future__ import annotations
 
@@ -290,7 +290,7 @@ def test_big_variants_give_logits_at_odd_input_sizes(family, options):
 
 
 def test_segnet_unpooling_places_one_value_per_window():
-    """Unpooling, not upsampling: each 2x2 window of a decoder input holds at most one non-zero per channel."""
+    """Unpooling, not upsampling: each 2x2 decoder-input window holds one non-zero per channel."""
     model = build_model("segnet", 3, backbone="basic").eval()
     unpooled = []
     hook = model.decoder[-1].register_forward_pre_hook(lambda m, args: unpooled.append(args[0]))
@@ -375,7 +375,10 @@ def test_checkpoint_round_trip_is_exact_and_self_describing(tmp_path):
         tmp_path / "segnet.safetensors", model, _spec(metrics={"val_miou": 0.5})
     )
     loaded = load_model(weights=str(path))
-    assert loaded.spec.family == "segnet" and loaded.spec.options == {"backbone": "basic", **NO_CRF_RNN}
+    assert loaded.spec.family == "segnet" and loaded.spec.options == {
+        "backbone": "basic",
+        **NO_CRF_RNN,
+    }
     assert loaded.spec.metrics == {"val_miou": 0.5} and loaded.spec.class_table == "camvid"
     assert loaded.spec.weights_path == str(path) and len(loaded.spec.weights_sha256) == 64
     assert not loaded.module.training

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-FAMILIES = ("segnet", "deeplab", "refinenet")
+FAMILIES = ("segnet", "deeplab", "refinenet", "fcn")
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -19,6 +19,10 @@ _MODEL_OPTIONS = {
     "output_stride": "output_stride",
     "light_weight": "light_weight",
     "separable": "separable",
+    "variant": "variant",
+    "aux_head": "aux_head",
+    "crf_rnn": "crf_rnn",
+    "crf_rnn_iterations": "crf_iterations",
 }
 # Flags passed to PipelineConfig.backend_options under their own name, only when given.
 _BACKEND_OPTIONS = (
@@ -65,7 +69,32 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--backbone",
         default=None,
         help="segnet: vgg16_bn|basic; deeplab: resnet50|resnet101|mobilenet_v3_large; "
-        "refinenet: resnet101|resnet50|mobilenet_v2 (default: the bundled variant)",
+        "refinenet: resnet101|resnet50|mobilenet_v2; fcn: vgg16|resnet50|resnet101 "
+        "(default: the bundled variant)",
+    )
+    model.add_argument(
+        "--variant",
+        choices=("8s", "16s", "32s"),
+        default=None,
+        help="fcn: FCN-8s/16s/32s skip architecture (vgg16; resnet backbones are 8s)",
+    )
+    model.add_argument(
+        "--aux-head",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fcn on resnet: keep torchvision's auxiliary head (its checkpoints load as they are)",
+    )
+    model.add_argument(
+        "--crf-rnn",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="end the network in the trainable, exportable CRF-as-RNN layer (windowed dense CRF)",
+    )
+    model.add_argument(
+        "--crf-rnn-iterations",
+        type=_positive_int,
+        default=None,
+        help="mean-field iterations the CRF-as-RNN layer unrolls (default 5)",
     )
     model.add_argument("--version", choices=("v3", "v3plus"), default=None, help="deeplab version")
     model.add_argument(

@@ -1,4 +1,4 @@
-"""torchvision backbones as feature extractors, atrous (dilated) strides and local ImageNet weights.
+"""torchvision backbones as feature extractors, atrous strides and local ImageNet weights.
 
 The feature extractors keep torchvision's module names, so torchvision's
 classification checkpoints (ImageNet) and segmentation checkpoints load by key.
@@ -49,7 +49,7 @@ IMAGENET_PREFIX = {
 
 
 def make_atrous(features: nn.Sequential, output_stride: int) -> None:
-    """Replace the strides that would take ``features`` below ``output_stride`` by dilation, in place.
+    """Replace the strides that would take ``features`` below ``output_stride`` by dilation.
 
     The block that would have downsampled already uses the new rate, as
     torchvision's ``mobilenet_v3_large(dilated=True)`` does. Parameter shapes
@@ -76,7 +76,7 @@ def make_atrous(features: nn.Sequential, output_stride: int) -> None:
 def feature_extractor(
     name: str, return_layers: dict[str, str], output_stride: int = 32
 ) -> IntermediateLayerGetter:
-    """Torchvision backbone ``name`` returning the named taps, at ``output_stride`` (32, 16 or 8)."""
+    """Build torchvision backbone ``name`` returning the named taps at ``output_stride``."""
     if name not in TAPS:
         raise ValueError(f"unknown backbone {name!r}: expected one of {sorted(TAPS)}")
     if output_stride not in (8, 16, 32):
@@ -92,12 +92,8 @@ def feature_extractor(
     return IntermediateLayerGetter(features, return_layers=return_layers)
 
 
-def load_imagenet_weights(module: nn.Module, path: str | Path, prefix: str) -> None:
-    """Load a backbone's weights from a local torchvision classification checkpoint.
-
-    Only tensors are read (``weights_only=True``, or a .safetensors file); keys under ``prefix`` that the
-    module has are loaded, and every key the module needs must be there.
-    """
+def read_tensor_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a local checkpoint's state_dict, tensors only (``weights_only=True``/safetensors)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained backbone weights not found: {path}")
@@ -116,6 +112,19 @@ def load_imagenet_weights(module: nn.Module, path: str | Path, prefix: str) -> N
         raise ValueError(
             f"{path}: expected a state_dict (a dict of tensors), got {type(state).__name__}"
         )
+    return state
+
+
+def load_imagenet_weights(
+    module: nn.Module, path: str | Path, prefix: str, state: dict | None = None
+) -> None:
+    """Load a backbone's weights from a local torchvision classification checkpoint.
+
+    Keys under ``prefix`` that the module has are loaded, and every key the module needs must be
+    there. ``state``: the checkpoint already read by ``read_tensor_checkpoint``.
+    """
+    if state is None:
+        state = read_tensor_checkpoint(path)
     wanted = module.state_dict()
     picked = {
         k[len(prefix) :]: v
@@ -125,7 +134,8 @@ def load_imagenet_weights(module: nn.Module, path: str | Path, prefix: str) -> N
     missing = sorted(set(wanted) - set(picked))
     if missing:
         raise ValueError(
-            f"{path}: does not fit this backbone, {len(missing)} weights missing (first: {missing[:3]})"
+            f"{path}: does not fit this backbone, {len(missing)} weights missing "
+            f"(first: {missing[:3]})"
         )
     wrong = [k for k, v in picked.items() if tuple(v.shape) != tuple(wanted[k].shape)]
     if wrong:

@@ -19,6 +19,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,8 @@ class Csr:
     shape: tuple[int, int]
 
     def to_torch(self, device):
-        import torch
-
-        with (
-            warnings.catch_warnings()
-        ):  # once per process: "sparse CSR support is in beta" (tested here)
+        # Once per process: "sparse CSR support is in beta" (tested here).
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             return torch.sparse_csr_tensor(
                 torch.from_numpy(self.crow),
@@ -49,8 +47,10 @@ class Csr:
 
 @dataclass(frozen=True)
 class LatticeFilter:
-    """K = slice · blur_d ··· blur_0 · splat, where blur_j(V)[i] = V[i] + (V[n1] + V[n2]) / 2 over
-    vertex i's two neighbours along lattice axis j (index num_vertices where there is none).
+    """K = slice · blur_d ··· blur_0 · splat, as sparse matrices and neighbour indices.
+
+    blur_j(V)[i] = V[i] + (V[n1] + V[n2]) / 2 over vertex i's two neighbours along lattice axis j
+    (index num_vertices where there is none).
     """
 
     splat: Csr  # vertices × points
@@ -60,8 +60,10 @@ class LatticeFilter:
 
 
 def sort_codes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(order, codes[order]) for a stable sort of int64 codes >= 0; packs the index into the low bits
-    and sorts once when the codes leave room for it (about 3x faster than a stable argsort here).
+    """Return (order, codes[order]) for a stable sort of int64 codes >= 0.
+
+    Packs the index into the low bits and sorts once when the codes leave room for it (about 3x
+    faster than a stable argsort here).
     """
     index_bits = max(1, int(codes.size - 1).bit_length())
     if int(codes.max()) < 2 ** (62 - index_bits):
@@ -72,8 +74,9 @@ def sort_codes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _elevate(features: np.ndarray) -> np.ndarray:
-    """(d+1)×N coordinates in the hyperplane sum(x) = 0 of d×N features, scaled so the lattice blur
-    approximates a unit-variance Gaussian (Adams et al., as in densecrf):
+    """Lift d×N features to (d+1)×N coordinates in the hyperplane sum(x) = 0.
+
+    Scaled so the lattice blur approximates a unit-variance Gaussian (Adams et al., densecrf):
     e[0] = sum_k s_k f_k, e[j] = sum_{k>=j} s_k f_k - j s_{j-1} f_{j-1}.
     """
     d = features.shape[0]
@@ -89,8 +92,9 @@ def _elevate(features: np.ndarray) -> np.ndarray:
 
 
 def build_lattice_filter(features: np.ndarray, sorted_columns: bool = False) -> LatticeFilter:
-    """Lattice for N points with d×N `features` (one row per dimension, each already divided by
-    the kernel's standard deviation along it).
+    """Build the lattice for N points with d×N `features`.
+
+    Each row is one dimension, already divided by the kernel's standard deviation along it.
 
     sorted_columns=True sorts the column indices inside each row of the slice matrix
     (cuSPARSE assumes sorted CSR; MKL on the CPU does not need it).
@@ -103,7 +107,8 @@ def build_lattice_filter(features: np.ndarray, sorted_columns: bool = False) -> 
     elevated = _elevate(features)
 
     # Closest remainder-0 lattice point (in units of d+1) and the simplex around the point:
-    # rank[i] = how many coordinates of elevated - rem0 exceed coordinate i (ties: lower index first).
+    # rank[i] = how many coordinates of elevated - rem0 exceed coordinate i
+    # (ties: lower index first).
     rem0 = np.rint(elevated * np.float32(1.0 / d1))
     diff = elevated - d1 * rem0
     rank = np.zeros((d1, num_points), np.int8)
@@ -119,7 +124,8 @@ def build_lattice_filter(features: np.ndarray, sorted_columns: bool = False) -> 
     rank += np.int8(d1) * wrap
     rem0 += wrap
 
-    # Barycentric weights: with the offsets sorted ascending into u, w[k] = u[k] - u[k-1], w[0] = 1 + u[0] - u[d].
+    # Barycentric weights: with the offsets sorted ascending into u,
+    # w[k] = u[k] - u[k-1], w[0] = 1 + u[0] - u[d].
     offsets = (elevated - d1 * rem0) * np.float32(1.0 / d1)
     ordered = np.empty((d1, num_points), np.float32)
     np.put(ordered, (d - rank).astype(np.intp) * num_points + points, offsets)
@@ -127,8 +133,9 @@ def build_lattice_filter(features: np.ndarray, sorted_columns: bool = False) -> 
     weights[:, 1:] = (ordered[1:] - ordered[:-1]).T
     weights[:, 0] = 1.0 + ordered[0] - ordered[d]
 
-    # Vertex keys as mixed-radix integers. Vertex r of a simplex is rem0 + c(r) with c_i(r) = r where
-    # rank_i <= d - r, else r - (d+1), so code(r) = code(r-1) + sum(mult) - (d+1) * mult[i: rank_i = d+1-r].
+    # Vertex keys as mixed-radix integers. Vertex r of a simplex is rem0 + c(r) with c_i(r) = r
+    # where rank_i <= d - r, else r - (d+1), so
+    # code(r) = code(r-1) + sum(mult) - (d+1) * mult[i: rank_i = d+1-r].
     # The digit ranges leave room for the blur's neighbours (offset up to d) so codes never alias.
     keys = rem0[:d].astype(np.int64)
     low, high = keys.min(axis=1), keys.max(axis=1)
@@ -136,7 +143,8 @@ def build_lattice_filter(features: np.ndarray, sorted_columns: bool = False) -> 
     span = d1 * (high - low) + 4 * d + 1
     if math.prod(int(s) for s in span) >= 2**62:
         raise ValueError(
-            "the feature range is too large for the lattice (kernel widths too small for the image)"
+            "the feature range is too large for the lattice "
+            "(kernel widths too small for the image)"
         )
     mult = np.ones(d, np.int64)
     for j in range(d - 2, -1, -1):
@@ -152,7 +160,7 @@ def build_lattice_filter(features: np.ndarray, sorted_columns: bool = False) -> 
         codes[:, r] = code
     codes = codes.ravel()
 
-    # Sort the entries by vertex code (ties by entry) to number the vertices and get the splat rows.
+    # Sort the entries by vertex code (ties by entry): numbers the vertices, gives the splat rows.
     num_entries = codes.size
     order, sorted_codes = sort_codes(codes)
     first = np.empty(num_entries, bool)
@@ -192,3 +200,25 @@ def build_lattice_filter(features: np.ndarray, sorted_columns: bool = False) -> 
             pos = np.minimum(np.searchsorted(unique_codes, neighbour_codes), num_vertices - 1)
             neighbours[j, side] = np.where(unique_codes[pos] == neighbour_codes, pos, num_vertices)
     return LatticeFilter(splat, neighbours, slice_, num_vertices)
+
+
+class LatticeKernel:
+    """A LatticeFilter on one torch device: ``filter(values)`` = K · values, unnormalised."""
+
+    def __init__(self, lattice: LatticeFilter, device):
+        self.splat = lattice.splat.to_torch(device)
+        self.slice = lattice.slice.to_torch(device)
+        self.neighbours = torch.from_numpy(lattice.neighbours).to(device)
+
+    def filter(self, values):
+        """Permutohedral filtering of points × channels values."""
+        vertices = self.splat @ values
+        num_vertices = vertices.shape[0]
+        # One extra row stands for "no neighbour".
+        padded = torch.cat([vertices, vertices.new_zeros(1, vertices.shape[1])])
+        for lower, upper in self.neighbours:
+            neighbours = padded.index_select(0, lower)
+            neighbours += padded.index_select(0, upper)
+            neighbours *= 0.5
+            padded[:num_vertices] += neighbours
+        return self.slice @ padded[:num_vertices]
