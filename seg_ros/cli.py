@@ -19,6 +19,7 @@ COMMANDS = {
     "benchmark": "seg_ros.commands.benchmark",
     "evaluate": "seg_ros.commands.evaluate",
     "train": "seg_ros.commands.train",
+    "tune-crf": "seg_ros.commands.tune_crf",
     "demo": "seg_ros.commands.demo",
 }
 

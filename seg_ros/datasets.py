@@ -8,6 +8,7 @@ so that void / out-of-range pixels are `IGNORE` (255) whatever the source used.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,13 +45,14 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def camvid_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
-    """CamVid, SegNet layout: <root>/<split>/*.png with labels in <root>/<split>annot/ (same names)."""
+    """Read CamVid's SegNet layout: <root>/<split>/*.png, labels in <root>/<split>annot/."""
     root = Path(root)
     images_dir, labels_dir = root / split, root / f"{split}annot"
     for folder in (images_dir, labels_dir):
         if not folder.is_dir():
             raise FileNotFoundError(
-                f"CamVid folder {folder} is missing (expected {split}/ and {split}annot/ in {root})"
+                f"CamVid folder {folder} is missing "
+                f"(expected {split}/ and {split}annot/ in {root})"
             )
     pairs = []
     for image in _images_in(images_dir):
@@ -62,7 +64,7 @@ def camvid_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
 
 
 def cityscapes_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
-    """Cityscapes: leftImg8bit/<split>/<city>/*_leftImg8bit.png with gtFine/.../*_gtFine_labelTrainIds.png."""
+    """Read Cityscapes: leftImg8bit/<split>/<city>/*_leftImg8bit.png, gtFine/*_labelTrainIds."""
     root = Path(root)
     images_dir = root / "leftImg8bit" / split
     if not images_dir.is_dir():
@@ -73,14 +75,17 @@ def cityscapes_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
         label = root / "gtFine" / split / image.parent.name / f"{stem}_gtFine_labelTrainIds.png"
         if not label.is_file():
             raise FileNotFoundError(
-                f"Cityscapes image {image} has no {label.name} (create labelTrainIds with cityscapesscripts)"
+                f"Cityscapes image {image} has no {label.name} "
+                "(create labelTrainIds with cityscapesscripts)"
             )
         pairs.append((image, label))
     return pairs
 
 
 def folder_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
-    """Plain folders: <root>/<split>/images/* and <root>/<split>/labels/<same stem>.png (class index per pixel).
+    """Read plain folders: <root>/<split>/images/* and <root>/<split>/labels/<same stem>.png.
+
+    Labels hold a class index per pixel.
 
     Without split sub-folders, <root>/images and <root>/labels are the training split.
     """
@@ -111,13 +116,53 @@ PAIR_READERS = {"camvid": camvid_pairs, "cityscapes": cityscapes_pairs, "folders
 
 
 def dataset_pairs(kind: str, root: str | Path, split: str) -> list[tuple[Path, Path]]:
-    """The (image, label) pairs of one split; raises ValueError for an unknown kind or an empty split."""
+    """List the (image, label) pairs of a split; ValueError for an unknown kind or empty split."""
     if kind not in PAIR_READERS:
         raise ValueError(f"unknown dataset kind {kind!r}: expected one of {sorted(PAIR_READERS)}")
     pairs = PAIR_READERS[kind](root, split)
     if not pairs:
         raise ValueError(f"the {split} split of {kind} data in {root} holds no images")
     return pairs
+
+
+HELD_OUT_DRIVE = "0006R0"  # CamVid's new-drive validation: no other split holds a frame of it
+SPLITS = {
+    "val": "train on train/, validate on val/ (CamVid: val is drive 0016E5, which 204 training "
+    "frames also come from, so it measures memory of a drive)",
+    "new-drive": f"train on train/ + val/ without drive {HELD_OUT_DRIVE}, validate on "
+    f"{HELD_OUT_DRIVE} (CamVid: 367 / 101 frames): predicts a new street",
+    "all": "train on train/ + val/ (CamVid: 468 frames), no validation: a fixed schedule, "
+    "no selection (the bundled models)",
+}
+
+
+def drive_of(path: str | Path) -> str:
+    """Name the CamVid drive of a frame from its file name: 0006R0_f02370.png -> 0006R0."""
+    return Path(path).name.split("_", 1)[0]
+
+
+def split_pairs(kind: str, root: str | Path, split: str) -> tuple[list, list]:
+    """Return (training pairs, validation pairs) of a split in SPLITS; no validation for "all"."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: expected one of {sorted(SPLITS)}")
+    if split == "new-drive" and kind != "camvid":
+        raise ValueError("--split new-drive needs CamVid (its drives come from the file names)")
+    train = dataset_pairs(kind, root, "train")
+    try:
+        val = dataset_pairs(kind, root, "val")
+    except (FileNotFoundError, ValueError):
+        if split == "new-drive":
+            raise
+        val = []
+    if split == "val":
+        return train, val
+    pool = train + val
+    if split == "all":
+        return pool, []
+    held = [pair for pair in pool if drive_of(pair[0]) == HELD_OUT_DRIVE]
+    if not held:
+        raise ValueError(f"no frame of drive {HELD_OUT_DRIVE} in {root}: cannot hold it out")
+    return [pair for pair in pool if drive_of(pair[0]) != HELD_OUT_DRIVE], held
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -128,7 +173,7 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def read_label(path: Path, num_classes: int, ignore_index: int) -> np.ndarray:
-    """Single-channel class-index PNG -> uint8 H×W with void and out-of-range values set to IGNORE."""
+    """Read a class-index PNG as uint8 H×W, void and out-of-range values set to IGNORE."""
     label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if label is None:
         raise ValueError(f"cannot read label {path}")
@@ -154,12 +199,21 @@ def parse_size(text: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Training augmentation: scale relative to the network size, then a random crop, flip and jitter."""
+    """Training augmentation: geometric (scale, crop, flip), then photometric (a new camera).
+
+    Scale is relative to the network size. The photometric part imitates
+    what changes between drives: exposure (brightness, gamma), contrast,
+    white balance (hue, saturation), focus (blur) and sensor noise.
+    """
 
     crop: tuple[int, int]  # (height, width) of the training crop
     scale_range: tuple[float, float] = (0.5, 1.0)
     flip: bool = True
     jitter: float = 0.2  # max relative change of brightness, contrast and saturation
+    gamma: float = 0.0  # gamma drawn log-uniformly in [1/(1+gamma), 1+gamma]
+    hue: float = 0.0  # max hue shift in degrees
+    blur: float = 0.0  # probability of a Gaussian blur (sigma 0.3-1.5 px)
+    noise: float = 0.0  # max standard deviation of Gaussian pixel noise (0-255 scale)
 
 
 class SegmentationDataset(Dataset):
@@ -201,7 +255,7 @@ class SegmentationDataset(Dataset):
         return len(self.pairs)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Decoded RGB image and remapped label of one pair (from the cache when enabled)."""
+        """Decode the RGB image and remapped label of one pair (from the cache when enabled)."""
         if index in self._cached:
             return self._cached[index]
         image_path, label_path = self.pairs[index]
@@ -245,7 +299,7 @@ def augment_pair(
     aug: Augmentation,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random scale (relative to the network size), crop, horizontal flip and colour jitter."""
+    """Random scale (relative to the network size), crop, horizontal flip, then `photometric`."""
     scale = rng.uniform(*aug.scale_range)
     height, width = max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
     image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
@@ -261,21 +315,34 @@ def augment_pair(
     label = label[top : top + crop_h, left : left + crop_w]
     if aug.flip and rng.random() < 0.5:
         image, label = image[:, ::-1], label[:, ::-1]
-    if aug.jitter > 0:
-        image = colour_jitter(image, aug.jitter, rng)
+    image = photometric(image, aug, rng)
     return np.ascontiguousarray(image), np.ascontiguousarray(label)
 
 
-def colour_jitter(image: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
-    """Random brightness, contrast and saturation, each scaled by a factor in [1-amount, 1+amount]."""
+def photometric(image: np.ndarray, aug: Augmentation, rng: np.random.Generator) -> np.ndarray:
+    """Brightness, contrast, saturation, gamma, hue, blur and noise; the geometry is untouched."""
+    if not (aug.jitter or aug.gamma or aug.hue or aug.blur or aug.noise):
+        return image
     out = image.astype(np.float32)
-    out *= rng.uniform(1 - amount, 1 + amount)  # brightness
-    mean = out.mean()
-    out = (out - mean) * rng.uniform(1 - amount, 1 + amount) + mean  # contrast
-    grey = out @ np.array([0.299, 0.587, 0.114], np.float32)
-    out = (out - grey[..., None]) * rng.uniform(1 - amount, 1 + amount) + grey[
-        ..., None
-    ]  # saturation
+    if aug.jitter > 0:
+        amount = aug.jitter
+        out *= rng.uniform(1 - amount, 1 + amount)  # brightness
+        mean = out.mean()
+        out = (out - mean) * rng.uniform(1 - amount, 1 + amount) + mean  # contrast
+        grey = (out @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+        out = (out - grey) * rng.uniform(1 - amount, 1 + amount) + grey  # saturation
+        np.clip(out, 0, 255, out=out)
+    if aug.gamma > 0:
+        gamma = math.exp(rng.uniform(-1, 1) * math.log1p(aug.gamma))
+        out = 255.0 * (out / 255.0) ** gamma
+    if aug.hue > 0:
+        hsv = cv2.cvtColor(out / 255.0, cv2.COLOR_RGB2HSV)  # float: hue in degrees
+        hsv[..., 0] = (hsv[..., 0] + rng.uniform(-aug.hue, aug.hue)) % 360.0
+        out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * 255.0
+    if aug.blur > 0 and rng.random() < aug.blur:
+        out = cv2.GaussianBlur(out, (0, 0), sigmaX=rng.uniform(0.3, 1.5))
+    if aug.noise > 0:
+        out = out + rng.normal(0.0, rng.uniform(0, aug.noise), out.shape).astype(np.float32)
     return np.clip(out, 0, 255).astype(np.uint8)
 
 

@@ -1,4 +1,7 @@
-"""Dataset readers, augmentation and class balancing, on generated files and (when present) real CamVid."""
+"""Dataset readers, splits by drive, augmentation and class balancing.
+
+On generated files and (when present) real CamVid.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import numpy as np
 import pytest
 
 from seg_ros.datasets import (
+    HELD_OUT_DRIVE,
     IGNORE,
     Augmentation,
     SegmentationDataset,
@@ -14,18 +18,21 @@ from seg_ros.datasets import (
     camvid_pairs,
     cityscapes_pairs,
     dataset_pairs,
+    drive_of,
     folder_pairs,
     median_frequency_weights,
     parse_size,
+    photometric,
     read_label,
+    split_pairs,
 )
 
-# Distinct colours per class, so an image "says" its label and alignment can be checked after augmentation.
+# Distinct colours per class: an image "says" its label, so alignment survives augmentation checks.
 COLOURS = np.array([[250, 10, 10], [10, 250, 10], [10, 10, 250], [250, 250, 10]], np.uint8)
 
 
 def _scene(height=48, width=64, seed=0):
-    """A label map of blocks of classes 0..3 and the matching colour image."""
+    """Make a label map of blocks of classes 0..3 and the matching colour image."""
     rng = np.random.default_rng(seed)
     blocks = rng.integers(0, 4, size=(height // 8, width // 8))
     label = np.kron(blocks, np.ones((8, 8), np.int64)).astype(np.uint8)
@@ -94,7 +101,7 @@ def test_augmentation_keeps_image_and_label_aligned():
         assert out_image.shape == (40, 56, 3) and out_label.shape == (40, 56)
         assert set(np.unique(out_label)) <= {0, 1, 2, 3, IGNORE}
         valid = out_label != IGNORE
-        # Away from block edges (bilinear image vs nearest label) each pixel has its class's colour.
+        # Away from block edges (bilinear image, nearest label) a pixel has its class's colour.
         distance = np.abs(
             out_image.astype(int) - COLOURS[np.minimum(out_label, 3)].astype(int)
         ).max(-1)
@@ -186,3 +193,98 @@ def test_real_camvid_splits(camvid):
     label = read_label(val[0][1], num_classes=11, ignore_index=11)
     assert label.shape == (360, 480)
     assert set(np.unique(label)) <= set(range(11)) | {IGNORE}
+
+
+def _drive_layout(root, counts):
+    """CamVid layout whose file names carry drives, like CamVid's (0006R0_f01800.png)."""
+    image, label = _scene(16, 16)
+    for split, drives in counts.items():
+        for drive, count in drives.items():
+            for i in range(count):
+                name = f"{drive}_{i:05d}.png"
+                _write(root / split / name, image)
+                _write(root / f"{split}annot" / name, label)
+
+
+def test_splits_by_drive_on_generated_names(tmp_path):
+    _drive_layout(
+        tmp_path,
+        {"train": {"0001TP": 3, "0006R0": 4, "0016E5": 5}, "val": {"0016E5": 2}},
+    )
+    names = lambda pairs: sorted(p[0].name for p in pairs)  # noqa: E731
+    everything = names(camvid_pairs(tmp_path, "train") + camvid_pairs(tmp_path, "val"))
+    train, val = split_pairs("camvid", tmp_path, "new-drive")
+    assert {drive_of(p[0]) for p in val} == {HELD_OUT_DRIVE} and len(val) == 4
+    assert HELD_OUT_DRIVE not in {drive_of(p[0]) for p in train}
+    assert {p[0].parent.name for p in train} == {"train", "val"}  # val's frames train here
+    assert sorted(names(train) + names(val)) == everything
+    train, val = split_pairs("camvid", tmp_path, "all")
+    assert names(train) == everything and val == []
+    train, val = split_pairs("camvid", tmp_path, "val")
+    assert names(val) == names(camvid_pairs(tmp_path, "val"))
+    assert names(train) == names(camvid_pairs(tmp_path, "train"))
+    assert drive_of(tmp_path / "train" / "0016E5_00001.png") == "0016E5"
+    with pytest.raises(ValueError, match="unknown split"):
+        split_pairs("camvid", tmp_path, "test")
+    with pytest.raises(ValueError, match="CamVid"):
+        split_pairs("folders", tmp_path, "new-drive")
+
+
+def test_new_drive_split_needs_the_held_out_drive(tmp_path):
+    _drive_layout(tmp_path, {"train": {"0001TP": 2}, "val": {"0016E5": 1}})
+    with pytest.raises(ValueError, match=HELD_OUT_DRIVE):
+        split_pairs("camvid", tmp_path, "new-drive")
+
+
+def test_real_camvid_splits_by_drive(camvid):
+    train, val = split_pairs("camvid", camvid, "new-drive")
+    assert (len(train), len(val)) == (367, 101)
+    assert {drive_of(p[0]) for p in val} == {"0006R0"}
+    assert {drive_of(p[0]) for p in train} == {"0001TP", "0016E5"}
+    assert len(split_pairs("camvid", camvid, "all")[0]) == 468
+    train, val = split_pairs("camvid", camvid, "val")
+    assert {drive_of(p[0]) for p in val} == {"0016E5"}  # the drive 204 training frames come from
+
+
+PHOTOMETRIC = dict(jitter=0.4, gamma=0.5, hue=20.0, blur=1.0, noise=8.0)
+
+
+def test_scale_and_photometric_augmentation_keep_image_and_label_aligned():
+    image, label = _scene(96, 128)
+    for seed in range(12):
+        geometric = Augmentation(crop=(72, 96), scale_range=(0.5, 2.0), jitter=0.0)
+        full = Augmentation(crop=(72, 96), scale_range=(0.5, 2.0), **PHOTOMETRIC)
+        plain_image, plain_label = augment_pair(
+            image, label, (96, 128), geometric, np.random.default_rng(seed)
+        )
+        out_image, out_label = augment_pair(
+            image, label, (96, 128), full, np.random.default_rng(seed)
+        )
+        # The photometric part draws after the geometry: the same crop, whatever the colours.
+        assert np.array_equal(out_label, plain_label) and out_image.shape == (72, 96, 3)
+        assert out_image.dtype == np.uint8 and not np.array_equal(out_image, plain_image)
+        # Each pixel is still nearest to its own class's mean colour in the changed image.
+        valid = out_label != IGNORE
+        classes = [c for c in range(4) if (out_label == c).sum() > 50]
+        means = np.stack([out_image[out_label == c].mean(0) for c in classes])
+        distance = np.linalg.norm(out_image[..., None, :].astype(float) - means, axis=-1)
+        nearest = np.array(classes)[distance.argmin(-1)]
+        assert (nearest[valid] == out_label[valid]).mean() > 0.8, seed
+
+
+def test_each_photometric_change_alone():
+    image, label = _scene()
+    image = np.clip(image.astype(int) // 2 + 60, 0, 255).astype(np.uint8)  # room to move
+    for key, value in PHOTOMETRIC.items():
+        settings = dict.fromkeys(PHOTOMETRIC, 0.0) | {key: value}
+        aug = Augmentation(crop=image.shape[:2], scale_range=(1, 1), flip=False, **settings)
+        changed = [
+            not np.array_equal(photometric(image, aug, np.random.default_rng(s)), image)
+            for s in range(4)
+        ]
+        assert any(changed), key
+    off = Augmentation(crop=image.shape[:2], **dict.fromkeys(PHOTOMETRIC, 0.0))
+    assert photometric(image, off, np.random.default_rng(0)) is image
+    grey = np.full((8, 8, 3), 128, np.uint8)  # hue leaves grey grey
+    hue = Augmentation(crop=(8, 8), **(dict.fromkeys(PHOTOMETRIC, 0.0) | {"hue": 90.0}))
+    assert np.abs(photometric(grey, hue, np.random.default_rng(0)).astype(int) - 128).max() <= 1

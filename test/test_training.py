@@ -1,5 +1,8 @@
-"""Training: a short real run lowers the loss, checkpoints round-trip, resume continues the schedule,
-the time limit stops cleanly, and the bundled CamVid weights segment a real frame sensibly.
+"""Training: a short run fits, resume is exact, extension continues the schedule, EMA maths.
+
+Also: checkpoints round-trip to bundled weights with an honest model card, the
+time limit stops cleanly, and the bundled CamVid weights segment a real frame.
+All runs are tiny (generated scenes, CPU, one thread) and deterministic.
 """
 
 from __future__ import annotations
@@ -12,34 +15,42 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import camvid_root
-from seg_ros.training import TrainConfig, export_bundled, load_training_checkpoint, poly_lr, train
+from seg_ros.datasets import SegmentationDataset
+from seg_ros.training import (
+    ModelEma,
+    TrainConfig,
+    export_bundled,
+    learning_rate,
+    load_training_checkpoint,
+    train,
+)
 
-SIZE = (64, 96)  # tiny frames keep these runs to seconds on a shared 2-core CPU
-MODEL = "segnet"
-OPTIONS = {"backbone": "basic"}
+MODEL = "deeplab"  # DeepLab v3+ MobileNetV3: learns these scenes in a few steps (SegNet does not)
+OPTIONS: dict = {}
+SIZE = (32, 48)  # tiny frames keep these runs to seconds on a shared 2-core CPU
+FIT_SIZE = (64, 96)
+# Four classes with clearly different colours: a working loop fits them in a few steps.
+COLOURS = np.array([[230, 30, 30], [30, 230, 30], [30, 30, 230], [230, 230, 30]], np.uint8)
+DRIVES = {"train": ("0001TP", "0006R0", "0016E5"), "val": ("0016E5",)}
+NO_PHOTOMETRIC = dict(jitter=0.0, gamma=0.0, hue=0.0, blur=0.0, noise=0.0)
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    """Real CamVid when present (8 training, 4 validation frames are used), else generated scenes."""
-    root = camvid_root()
-    if (root / "train").is_dir() and (root / "valannot").is_dir():
-        return root
+    """Generate CamVid-layout scenes whose file names carry CamVid's drives."""
     root = tmp_path_factory.mktemp("scenes")
     rng = np.random.default_rng(0)
-    colours = rng.integers(0, 256, size=(11, 3)).astype(np.uint8)
-    for split, count in (("train", 8), ("val", 4)):
+    for split, count in (("train", 9), ("val", 3)):
         (root / split).mkdir()
         (root / f"{split}annot").mkdir()
         for i in range(count):
-            blocks = rng.integers(0, 11, size=(4, 6))
-            label = np.kron(blocks, np.ones((16, 16), np.int64)).astype(np.uint8)
-            image = np.clip(colours[label] + rng.normal(0, 12, label.shape + (3,)), 0, 255).astype(
-                np.uint8
-            )
-            cv2.imwrite(str(root / split / f"{i}.png"), image)
-            cv2.imwrite(str(root / f"{split}annot" / f"{i}.png"), label)
+            blocks = rng.integers(0, 4, size=(SIZE[0] // 8, SIZE[1] // 8))
+            label = np.kron(blocks, np.ones((8, 8), np.int64)).astype(np.uint8)
+            noise = rng.normal(0, 10, label.shape + (3,))
+            image = np.clip(COLOURS[label] + noise, 0, 255).astype(np.uint8)
+            name = f"{DRIVES[split][i % len(DRIVES[split])]}_{i:05d}.png"
+            cv2.imwrite(str(root / split / name), image[..., ::-1])
+            cv2.imwrite(str(root / f"{split}annot" / name), label)
     return root
 
 
@@ -51,74 +62,252 @@ def _config(data_root, output, **changes) -> TrainConfig:
         data=str(data_root),
         size=SIZE,
         scale_range=(0.75, 1.25),
-        epochs=4,
+        epochs=2,
         batch_size=4,
-        lr=2e-3,
+        lr=3e-3,
         limit_train=8,
-        limit_val=4,
+        class_weighting="none",
+        precise_bn=1,
+        ema=0.9,
         threads=1,
         output=str(output),
         seed=0,
+        **NO_PHOTOMETRIC,
     )
     base.update(changes)
     return TrainConfig(**base)
 
 
+def _pixel_accuracy(module, data_root) -> float:
+    from seg_ros.datasets import camvid_pairs
+    from seg_ros.training import evaluate
+
+    pairs = camvid_pairs(data_root, "train")[:8]
+    dataset = SegmentationDataset(pairs, num_classes=11, ignore_index=11, size=FIT_SIZE)
+    return evaluate(module, dataset, torch.device("cpu"), progress=False)["pixel_accuracy"]
+
+
 @pytest.fixture(scope="module")
 def trained(data_root, tmp_path_factory):
-    """One short run shared by the tests below: 4 epochs × 2 steps."""
+    """One short run shared by the tests below: 8 epochs of 2 steps."""
     output = tmp_path_factory.mktemp("run")
-    return _config(data_root, output), train(_config(data_root, output))
+    cfg = _config(data_root, output, epochs=8, val_every=4, size=FIT_SIZE, scale_range=(1, 1))
+    return cfg, train(cfg)
 
 
-def test_poly_schedule():
-    assert poly_lr(1e-3, 0, 100) == pytest.approx(1e-3)
-    assert poly_lr(1e-3, 50, 100) == pytest.approx(1e-3 * 0.5**0.9)
-    assert poly_lr(1e-3, 100, 100) == 0.0 and poly_lr(1e-3, 120, 100) == 0.0
+def test_short_run_fits_the_training_scenes(trained, data_root):
+    """The trained weights tell the four colours apart; the same network untrained does not."""
+    from seg_ros.training import build_network
 
-
-def test_short_run_lowers_the_loss(trained):
     cfg, result = trained
+    assert result.steps == 16 and result.epochs_done == 8 and not result.stopped_by_time_limit
     losses = [entry["train_loss"] for entry in result.history]
-    assert result.steps == 8 and result.epochs_done == 4 and not result.stopped_by_time_limit
-    assert losses[-1] < losses[0] * 0.9, losses
-    assert all(0.0 <= entry["val_miou"] <= 1.0 for entry in result.history)
+    assert losses[-1] < losses[0], losses
+    state = load_training_checkpoint(result.best_checkpoint)
+    module = build_network(cfg.resolved())
+    before = _pixel_accuracy(module, data_root)
+    module.load_state_dict(state["model"])
+    after = _pixel_accuracy(module, data_root)
+    assert after > 0.7 and after > before + 0.3, (before, after)
+    assert all(0.0 <= e["val_miou"] <= 1.0 for e in result.history if "val_miou" in e)
     assert len(result.history[-1]["val_per_class_iou"]) == 11
     lines = (result.last_checkpoint.parent / "history.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == [2, 4, 6, 8]
+    assert [json.loads(line)["step"] for line in lines] == list(range(2, 17, 2))
+
+
+def test_schedule():
+    assert learning_rate(1e-3, 0, 100) == pytest.approx(1e-3)
+    assert learning_rate(1e-3, 50, 100) == pytest.approx(1e-3 * 0.5**0.9)
+    assert learning_rate(1e-3, 100, 100) == 0.0 and learning_rate(1e-3, 120, 100) == 0.0
+
+
+def test_ema_maths():
+    """Average = d*average + (1-d)*weights with the warm-up d = min(decay, (1+n)/(10+n))."""
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = ModelEma(module, decay=0.5)
+    expected = {k: v.clone() for k, v in module.state_dict().items()}
+    for n in range(12):
+        with torch.no_grad():
+            for param in module.parameters():
+                param.add_(1.0)
+        module.train()(torch.randn(4, 2))  # moves BN statistics and its integer batch counter
+        decay = min(0.5, (1 + n) / (10 + n))
+        assert ema.current_decay() == pytest.approx(decay)
+        ema.update(module)
+        for key, value in module.state_dict().items():
+            if value.dtype.is_floating_point:
+                expected[key] = decay * expected[key] + (1 - decay) * value
+            else:
+                expected[key] = value.clone()
+    for key, value in ema.module.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=1e-6, atol=1e-6)
+    assert int(ema.module[1].num_batches_tracked) == 12
+    restored = ModelEma(module, decay=0.1)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.updates == 12 and restored.decay == 0.5
+
+
+def _interrupt_after(monkeypatch, steps: int, batch_size: int) -> None:
+    """Ctrl-C while the loader fetches the batch after `steps` training steps."""
+    calls = {"n": 0}
+    original = SegmentationDataset.__getitem__
+
+    def getitem(self, index):
+        if self.augment is not None:
+            calls["n"] += 1
+            if calls["n"] > steps * batch_size:
+                raise KeyboardInterrupt
+        return original(self, index)
+
+    monkeypatch.setattr(SegmentationDataset, "__getitem__", getitem)
+
+
+def _run_state(path) -> dict:
+    state = load_training_checkpoint(path)
+    for entry in state["history"]:
+        entry.pop("elapsed_s")
+    return state
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data_root, tmp_path, monkeypatch):
+    changes = dict(epochs=3, val_every=3, precise_bn=0)
+    whole = train(_config(data_root, tmp_path / "whole", **changes))
+    _interrupt_after(monkeypatch, 3, 4)  # mid-epoch 2 of 3
+    cut = train(_config(data_root, tmp_path / "cut", **changes))
+    assert cut.interrupted and cut.steps == 3 and not cut.best_checkpoint.is_file()
+    saved = load_training_checkpoint(cut.last_checkpoint)
+    assert (saved["epoch"], saved["position"], len(saved["epoch_losses"])) == (1, 1, 1)
+    monkeypatch.undo()
+    resumed = train(
+        _config(data_root, tmp_path / "cut", resume=str(cut.last_checkpoint), **changes)
+    )
+    assert resumed.steps == whole.steps == 6 and not resumed.interrupted
+    a, b = _run_state(whole.last_checkpoint), _run_state(resumed.last_checkpoint)
+    for key in ("model",):
+        assert a[key].keys() == b[key].keys()
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    assert all(torch.equal(a["ema"]["model"][k], b["ema"]["model"][k]) for k in a["ema"]["model"])
+    assert a["ema"]["updates"] == b["ema"]["updates"] == 6
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a["history"] == b["history"] and torch.equal(a["rng"], b["rng"])
+    assert resumed.best_miou == whole.best_miou
+
+
+def test_resume_with_more_epochs_extends_the_schedule(data_root, tmp_path):
+    quick = dict(limit_train=4, val_every=10)  # one step per epoch
+    first = train(_config(data_root, tmp_path, epochs=2, **quick))
+    state = load_training_checkpoint(first.last_checkpoint)
+    assert first.steps == 2 and state["step"] == 2 and state["epoch"] == 2
+    again = train(
+        _config(data_root, tmp_path, epochs=2, resume=str(first.last_checkpoint), **quick)
+    )
+    assert again.steps == 2  # finished, same schedule: nothing more to do
+    resumed = train(
+        _config(data_root, tmp_path, epochs=4, resume=str(first.last_checkpoint), **quick)
+    )
+    assert resumed.steps == 4 and resumed.epochs_done == 4
+    assert [e["step"] for e in resumed.history] == [1, 2, 3, 4]  # history carried over
+    # The added steps follow the longer schedule: not restarted, nor stuck at the old end (0).
+    assert resumed.history[2]["lr"] == pytest.approx(learning_rate(3e-3, 3, 4))
+    state = load_training_checkpoint(resumed.last_checkpoint)
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == pytest.approx(
+        [learning_rate(3e-3, 3, 4)] * 2
+    )
+    # AdamW's own state went on too: a fresh optimizer would count 2 steps, not 4.
+    assert state["optimizer"]["state"] and all(
+        float(s["step"]) == 4 for s in state["optimizer"]["state"].values()
+    )
+    assert state["ema"]["updates"] == 4
+
+
+def test_resume_refuses_another_model(data_root, tmp_path, trained):
+    _, result = trained
+    with pytest.raises(ValueError, match="cannot resume"):
+        train(_config(data_root, tmp_path, num_classes=12, resume=str(result.last_checkpoint)))
+    with pytest.raises(ValueError, match="cannot resume"):
+        train(_config(data_root, tmp_path, split="all", resume=str(result.last_checkpoint)))
+
+
+def test_new_drive_and_all_splits_train(data_root, tmp_path):
+    from seg_ros.datasets import HELD_OUT_DRIVE, drive_of
+    from seg_ros.training.loop import datasets
+
+    cfg = _config(data_root, tmp_path, split="new-drive", limit_train=0).resolved()
+    train_set, val_set = datasets(cfg)
+    assert {drive_of(p[0]) for p in val_set.pairs} == {HELD_OUT_DRIVE}
+    assert HELD_OUT_DRIVE not in {drive_of(p[0]) for p in train_set.pairs}
+    result = train(_config(data_root, tmp_path / "all", split="all", epochs=1, limit_train=0))
+    state = load_training_checkpoint(result.best_checkpoint)
+    assert state["selected_on_val"] is False and state["best_metrics"] == {}
+    assert result.steps == 3  # all 12 frames, batches of 4
 
 
 def test_checkpoint_round_trip_to_bundled_weights(trained, tmp_path):
     from seg_ros.models import load_model
+    from seg_ros.training import build_network
 
     cfg, result = trained
     state = load_training_checkpoint(result.best_checkpoint)
     path = tmp_path / "tiny.safetensors"
-    export_bundled(
-        result.best_checkpoint, path, half=False, precise_bn=0
-    )  # the checkpoint's own BN statistics
+    export_bundled(result.best_checkpoint, path, half=False, precise_bn=0)
     loaded = load_model(weights=str(path))
     spec = loaded.spec
     assert (spec.family, spec.num_classes, spec.class_table) == (MODEL, 11, "camvid")
-    assert (spec.input_height, spec.input_width) == SIZE
-    # Re-measured in fp32; training validated under bf16 autocast, so close but not equal.
+    assert (spec.input_height, spec.input_width) == FIT_SIZE
+    # Measured again on the exported weights: the same as the run's validation (fp32 here).
     assert spec.metrics["val_miou"] == pytest.approx(result.best_miou, abs=0.02)
+    assert spec.metrics["evaluations"]["val"]["split"] == "val"
     assert set(spec.metrics["val_per_class_iou"]) >= {"Road", "Sky"}
     assert spec.metrics["training"]["steps"] == state["step"]
-
-    from seg_ros.training import build_network
-
     module = build_network(cfg.resolved())
     module.load_state_dict(state["model"])
     module.eval()
-    x = torch.randn(1, 3, *SIZE)
+    x = torch.randn(1, 3, *FIT_SIZE)
     with torch.no_grad():
         torch.testing.assert_close(loaded.module(x), module(x), rtol=1e-4, atol=1e-4)
 
 
+def test_model_card_reports_the_recipe_splits_and_ablation(data_root, tmp_path, trained):
+    """The card states the backbone truthfully, both splits' scores and the ablation rows."""
+    from seg_ros.training import write_model_card
+
+    cfg, result = trained
+    nd = train(_config(data_root, tmp_path / "nd", split="new-drive", epochs=1))
+    path = tmp_path / "card.safetensors"
+    rows = [{"change": "no EMA", "miou": 0.123}, {"change": "OHEM 0.25", "miou": 0.456}]
+    spec = export_bundled(
+        result.best_checkpoint,
+        path,
+        precise_bn=0,
+        recipe_runs={"new-drive": nd.best_checkpoint},
+        ablation=rows,
+    )
+    card = write_model_card(path, []).read_text()
+    assert "random initialisation" in card and "local file" not in card
+    assert "new drive (0006R0 held out" in card and "val (drive 0016E5" in card
+    new_drive = spec.metrics["evaluations"]["new-drive"]
+    assert spec.metrics["val_miou"] == new_drive["miou"]  # the headline is the new-drive figure
+    assert f"{100 * new_drive['miou']:.1f}" in card
+    assert f"{100 * spec.metrics['evaluations']['val']['miou']:.1f}" in card
+    assert "| no EMA | 12.3 |" in card and "| OHEM 0.25 | 45.6 |" in card
+    assert "split `val`" in card and "EMA, decay 0.9" in card
+    # A run that started from local ImageNet weights says so (the entry once sat in a comment).
+    state = load_training_checkpoint(result.best_checkpoint)
+    state["config"]["pretrained_backbone"] = "/somewhere/mobilenet.pth"
+    faked = tmp_path / "pretrained.pt"
+    torch.save(state, faked)
+    path = tmp_path / "pretrained.safetensors"
+    spec = export_bundled(faked, path, precise_bn=0, evaluate_val=False)
+    assert spec.metrics["training"]["pretrained_backbone"] is True
+    card = write_model_card(path, []).read_text()
+    assert "ImageNet backbone weights from a local file" in card
+    assert "random initialisation" not in card
+
+
 def test_precise_bn_replaces_lagging_statistics(data_root):
-    """After recalibration the running mean is the plain mean over the batches, and nothing else changed."""
-    from seg_ros.datasets import Augmentation, SegmentationDataset, camvid_pairs
+    """After recalibration the running mean is the plain batch mean, and nothing else changed."""
+    from seg_ros.datasets import Augmentation, camvid_pairs
     from seg_ros.training import recalibrate_batchnorm
 
     dataset = SegmentationDataset(
@@ -126,7 +315,7 @@ def test_precise_bn_replaces_lagging_statistics(data_root):
         num_classes=11,
         ignore_index=11,
         size=SIZE,
-        augment=Augmentation(crop=(32, 48)),
+        augment=Augmentation(crop=(16, 24)),
     )
     conv = torch.nn.Conv2d(3, 4, 1)
     norm = torch.nn.BatchNorm2d(4, momentum=0.01)
@@ -154,39 +343,6 @@ def test_bad_checkpoints_are_refused(tmp_path):
         load_training_checkpoint(tmp_path / "other.pt")
 
 
-def test_resume_continues_the_schedule(data_root, tmp_path):
-    quick = dict(limit_train=4, limit_val=2)  # one step per epoch
-    first = train(_config(data_root, tmp_path, epochs=2, **quick))
-    state = load_training_checkpoint(first.last_checkpoint)
-    assert first.steps == 2 and state["step"] == 2 and state["epoch"] == 2 and "optimizer" in state
-    resumed = train(
-        _config(data_root, tmp_path, epochs=4, resume=str(first.last_checkpoint), **quick)
-    )
-    assert resumed.steps == 4 and resumed.epochs_done == 4
-    assert [e["step"] for e in resumed.history] == [
-        1,
-        2,
-        3,
-        4,
-    ]  # history carried over, not restarted
-    # The resumed steps follow the longer schedule: the lr is not restarted, nor stuck at the old end (0).
-    assert resumed.history[2]["lr"] == pytest.approx(poly_lr(2e-3, 3, 4))
-    state = load_training_checkpoint(resumed.last_checkpoint)
-    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == pytest.approx(
-        [poly_lr(2e-3, 3, 4)] * 2
-    )
-    # AdamW's own state went on too: a fresh optimizer would count 2 steps, not 4.
-    assert state["optimizer"]["state"] and all(
-        float(s["step"]) == 4 for s in state["optimizer"]["state"].values()
-    )
-
-
-def test_resume_refuses_another_model(data_root, tmp_path, trained):
-    _, result = trained
-    with pytest.raises(ValueError, match="cannot resume"):
-        train(_config(data_root, tmp_path, num_classes=12, resume=str(result.last_checkpoint)))
-
-
 def test_time_limit_stops_cleanly_and_keeps_a_resumable_model(data_root, tmp_path):
     result = train(_config(data_root, tmp_path, epochs=50, time_limit_min=0.001))
     assert result.stopped_by_time_limit and 1 <= result.steps < 100
@@ -199,68 +355,53 @@ def test_bad_configs_are_refused(data_root, tmp_path):
         train(TrainConfig(model=MODEL, dataset="folders", data=str(tmp_path)))
     with pytest.raises(ValueError, match="unknown dataset"):
         train(TrainConfig(model=MODEL, dataset="voc", data=str(tmp_path)))
+    with pytest.raises(ValueError, match="unknown split"):
+        train(_config(data_root, tmp_path, split="test"))
+    with pytest.raises(ValueError, match="--ohem"):
+        train(_config(data_root, tmp_path, ohem=1.5))
     with pytest.raises(FileNotFoundError):
         train(_config(tmp_path / "nowhere", tmp_path))
 
 
-def test_train_command_line_bundles_weights_with_a_model_card(data_root, tmp_path):
+def _parser():
     from seg_ros.commands import train as command
-    from seg_ros.models import read_spec
 
     parser = argparse.ArgumentParser()
     command.register(parser.add_subparsers())
+    return parser
+
+
+def test_train_command_line_bundles_weights_with_a_model_card(data_root, tmp_path):
+    from seg_ros.models import read_spec
+
+    parser = _parser()
     out = tmp_path / "cli"
     bundled = tmp_path / "cli.safetensors"
+    common = ["--size", "32x48", "--batch-size", "4", "--limit-train", "4", "--threads", "1"]
     args = parser.parse_args(
-        [
-            "train",
-            "--model",
-            MODEL,
-            "--backbone",
-            "basic",
-            "--data",
-            str(data_root),
-            "--size",
-            "64x96",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "4",
-            "--limit-train",
-            "4",
-            "--limit-val",
-            "2",
-            "--threads",
-            "1",
-            "--output",
-            str(out),
-            "--export-bundled",
-            str(bundled),
-            "--latency-frames",
-            "0",
-        ]
+        ["train", "--model", MODEL, "--data", str(data_root)]
+        + common
+        + ["--epochs", "1", "--output", str(out)]
+        + ["--export-bundled", str(bundled), "--latency-frames", "0"]
     )
     assert args.func(args) == 0
     assert (out / "last.pt").is_file() and bundled.is_file()
     spec = read_spec(bundled)
     card = bundled.with_suffix(".md").read_text()
     assert "| Road |" in card and f"{100 * spec.metrics['val_miou']:.1f}" in card
+    # --resume with a larger --epochs extends the run with its own settings.
+    args = parser.parse_args(["train", "--resume", str(out / "last.pt"), "--epochs", "2"])
+    assert args.func(args) == 0
+    state = load_training_checkpoint(out / "last.pt")
+    assert state["epoch"] == 2 and state["config"]["epochs"] == 2
+    assert state["config"]["limit_train"] == 4 and state["config"]["size"] == [32, 48]
     # --bundle re-exports an existing checkpoint without training.
     again = tmp_path / "again.safetensors"
     args = parser.parse_args(
-        [
-            "train",
-            "--bundle",
-            str(out / "best.pt"),
-            "--export-bundled",
-            str(again),
-            "--latency-frames",
-            "0",
-        ]
+        ["train", "--bundle", str(out / "best.pt"), "--export-bundled", str(again)]
+        + ["--latency-frames", "0"]
     )
-    assert (
-        args.func(args) == 0 and read_spec(again).metrics["val_miou"] == spec.metrics["val_miou"]
-    )
+    assert args.func(args) == 0 and 0 <= read_spec(again).metrics["val_miou"] <= 1
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--model", MODEL, "--data", "x", "--crop", "12"])
     args = parser.parse_args(["train", "--bundle", str(out / "best.pt")])
@@ -269,7 +410,7 @@ def test_train_command_line_bundles_weights_with_a_model_card(data_root, tmp_pat
 
 
 def test_cpu_latency_of_bundled_weights(trained, tmp_path):
-    """The model card's latency path on the PyTorch backend (ONNX export is the backends' tests' business)."""
+    """The model card's latency path on the PyTorch backend (ONNX export: the backends' tests)."""
     from seg_ros.training import measure_cpu_latency
 
     _, result = trained
@@ -277,11 +418,8 @@ def test_cpu_latency_of_bundled_weights(trained, tmp_path):
     export_bundled(result.best_checkpoint, path, evaluate_val=False)
     image = np.random.default_rng(0).integers(0, 256, (72, 100, 3), dtype=np.uint8)
     latency = measure_cpu_latency(path, image, backend="torch", threads=1, frames=2)
-    assert (
-        latency["backend"].startswith("torch")
-        and latency["image"] == "100x72"
-        and latency["frames"] == 2
-    )
+    assert latency["backend"].startswith("torch") and latency["image"] == "100x72"
+    assert latency["frames"] == 2
     assert (
         0
         < latency["inference_ms_median"]

@@ -255,7 +255,8 @@ def run_compare(args, frame, frame_source: str) -> dict:
     """Every family's small variant on onnxruntime and torch, same frame, same run."""
     from seg_ros.backends import create_backend
     from seg_ros.models import load_model
-    from seg_ros.pipeline import CrfSettings, SegmentationPipeline
+    from seg_ros.commands.options import crf_explicit_from_args, crf_settings_from_args
+    from seg_ros.pipeline import SegmentationPipeline
 
     families = [args.model] if args.model else list(SMALL_VARIANTS)
     results, speedup, rows = [], {}, []
@@ -281,7 +282,9 @@ def run_compare(args, frame, frame_source: str) -> dict:
                 input_size=(height, width),
                 mean=spec.mean,
                 std=spec.std,
-                crf=CrfSettings(enabled=bool(args.crf), iterations=args.crf_iterations),
+                crf=crf_settings_from_args(args).with_model_parameters(
+                    spec.crf, crf_explicit_from_args(args)
+                ),
             )
             try:
                 result = measure(pipeline, frame, args.frames, args.warmup, f"{family} {kind}")

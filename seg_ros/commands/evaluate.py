@@ -19,6 +19,7 @@ examples:
   seg_ros evaluate --bag drive.mcap --image-topic /camera/image_raw --label-topic /camera/labels \\
       --json metrics.json --report report/
   seg_ros evaluate --images camvid/val --labels camvid/valannot --model deeplab --backend onnxruntime
+  seg_ros evaluate --data ../shared/datasets/camvid --split new-drive --json new_drive.json
 """
 
 
@@ -46,6 +47,18 @@ def register(subparsers) -> None:
     source.add_argument("--images", help="folder of images")
     source.add_argument(
         "--labels", help="folder of label images named like the images (any extension)"
+    )
+    source.add_argument(
+        "--data",
+        help="CamVid root: score the validation frames of --split (instead of the folders)",
+    )
+    source.add_argument(
+        "--split",
+        choices=("new-drive", "val"),
+        default="new-drive",
+        help="with --data: new-drive = drive 0006R0, held out of every new-drive training run "
+        "(predicts a new street); val = val/ (drive 0016E5, which training frames also come "
+        "from: optimistic)",
     )
     scoring = parser.add_argument_group("scoring")
     scoring.add_argument(
@@ -88,8 +101,10 @@ def register(subparsers) -> None:
 
 
 def _check_args(args) -> None:
-    if args.bag and (args.images or args.labels):
-        raise ValueError("give either --bag or --images/--labels, not both")
+    if sum(bool(x) for x in (args.bag, args.images or args.labels, args.data)) > 1:
+        raise ValueError("give one of --bag, --images/--labels or --data")
+    if args.data:
+        return
     if args.bag:
         if not args.image_topic or not args.label_topic:
             raise ValueError("--bag needs --image-topic and --label-topic")
@@ -102,6 +117,21 @@ def _check_args(args) -> None:
         raise ValueError("--output-bag needs --bag")
     if args.limit < 0:
         raise ValueError(f"--limit must be >= 0, got {args.limit}")
+
+
+def _split_source(root: str, split: str):
+    """Return a FolderSource over the validation frames of a CamVid split (one folder pair)."""
+    from seg_ros.datasets import split_pairs
+    from seg_ros.evaluation.sources import FolderSource
+
+    pairs = split_pairs("camvid", root, split)[1]
+    folders = {(image.parent, label.parent) for image, label in pairs}
+    if len(folders) != 1:
+        raise ValueError(f"the {split} split's validation frames span folders {sorted(folders)}")
+    (images, labels) = folders.pop()
+    source = FolderSource(images, labels)
+    source.paths = [image for image, _ in pairs]
+    return source
 
 
 def run(args) -> int:
@@ -126,6 +156,8 @@ def run(args) -> int:
 
             source = BagSource(args.bag, args.image_topic, args.label_topic)
             stack.callback(source.close)
+        elif args.data:
+            source = _split_source(args.data, args.split)
         else:
             from seg_ros.evaluation.sources import FolderSource
 
@@ -150,6 +182,8 @@ def run(args) -> int:
         description = (
             f"bag {args.bag} ({source.image_topic} vs {source.label_topic})"
             if args.bag
+            else f"CamVid {args.data} split {args.split}: {len(source)} validation frames"
+            if args.data
             else f"images {args.images} vs labels {args.labels}"
         )
         result = evaluate_frames(

@@ -180,7 +180,10 @@ def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     crf = parser.add_argument_group("dense CRF")
     crf.add_argument("--crf", action="store_true", help="refine with a dense CRF (slow on CPU)")
     crf.add_argument(
-        "--crf-iterations", type=_positive_int, default=5, help="mean-field iterations"
+        "--crf-iterations",
+        type=_positive_int,
+        default=None,
+        help="mean-field iterations (default: the model's fitted value from tune-crf, else 5)",
     )
     crf.add_argument(
         "--crf-downsample",
@@ -229,7 +232,22 @@ def pipeline_config_from_args(args: argparse.Namespace):
         input_width=args.width,
         threads=args.threads,
         backend_options=backend_options,
-        crf=CrfSettings(
-            enabled=bool(args.crf), iterations=args.crf_iterations, downsample=args.crf_downsample
-        ),
+        crf=crf_settings_from_args(args),
+        crf_explicit=crf_explicit_from_args(args),
     )
+
+
+def crf_settings_from_args(args: argparse.Namespace):
+    """Return the CRF flags as CrfSettings (flags not given keep the library defaults)."""
+    from seg_ros.pipeline import CrfSettings
+
+    return CrfSettings(
+        enabled=bool(args.crf),
+        iterations=args.crf_iterations or CrfSettings.iterations,
+        downsample=args.crf_downsample,
+    )
+
+
+def crf_explicit_from_args(args: argparse.Namespace) -> tuple:
+    """Name the CRF parameters given on the command line: the model's fitted ones fill the rest."""
+    return ("iterations",) if getattr(args, "crf_iterations", None) is not None else ()

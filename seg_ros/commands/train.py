@@ -7,7 +7,13 @@ import argparse
 from seg_ros.commands.options import FAMILIES
 
 EPILOG = """\
-Writes <output>/last.pt (resume with --resume), <output>/best.pt (best val mIoU)
+Splits (--split): val = train/ vs val/ (CamVid: the same drive 0016E5 on both
+sides, so it measures memory of a drive); new-drive = train/ + val/ without
+drive 0006R0 (367 frames) vs 0006R0 (101): use it for every choice; all =
+the 468 train + val frames, a fixed schedule and no selection (bundled models).
+
+Writes <output>/last.pt (resume with --resume), <output>/best.pt (best
+validation mIoU of the EMA weights; for --split all: the latest)
 and <output>/history.jsonl (one JSON line per epoch: epoch, step, lr, train_loss,
 val_miou, val_per_class_iou, val_pixel_accuracy, val_mean_class_accuracy,
 elapsed_s). --export-bundled writes best.pt as fp16 safetensors that
@@ -17,10 +23,15 @@ Data layouts: camvid: <data>/{train,val}/*.png + {train,val}annot/ (label 11 =
 void); cityscapes: leftImg8bit/ + gtFine/*_labelTrainIds.png (255 = void);
 folders: <data>/{train,val}/images/* + labels/<stem>.png (class index per pixel).
 
-Example (CPU, 2 h budget):
-  seg_ros train --model deeplab --version v3plus --backbone mobilenet_v3_large \\
-      --dataset camvid --data ../shared/datasets/camvid --crop 240x320 \\
-      --time-limit 120 --output runs/deeplab --export-bundled models/deeplab.safetensors
+--resume RUN/last.pt continues a run with its own settings, exactly where it
+stopped (Ctrl-C or --time-limit save it); only --epochs (a larger value
+extends the schedule), --time-limit, --threads, --workers, --device,
+--val-every and --save-every are taken from this command line.
+
+Example (CPU):
+  seg_ros train --model refinenet --backbone mobilenet_v2 --light-weight \\
+      --data ../shared/datasets/camvid --split new-drive --epochs 200 --output runs/lw
+  seg_ros train --resume runs/lw/last.pt --epochs 300     # extend it later
 """
 
 
@@ -83,6 +94,12 @@ def register(subparsers) -> None:
         help="data layout",
     )
     data.add_argument("--data", default="", help="dataset root folder (required unless --bundle)")
+    data.add_argument(
+        "--split",
+        choices=("val", "new-drive", "all"),
+        default="val",
+        help="training/validation split (see below; default val)",
+    )
     data.add_argument("--num-classes", type=int, default=0, help="classes (required for folders)")
     data.add_argument(
         "--class-table",
@@ -99,7 +116,8 @@ def register(subparsers) -> None:
         "--size",
         type=_size,
         default=(360, 480),
-        help="network size HxW: validation size and the size stored in the weights (default 360x480)",
+        help="network size HxW: validation size and the size stored in the weights "
+        "(default 360x480)",
     )
     data.add_argument(
         "--crop", type=_size, default=None, help="training crop HxW (default: --size)"
@@ -107,10 +125,19 @@ def register(subparsers) -> None:
     data.add_argument(
         "--scale-range",
         type=_pair,
-        default=(0.5, 1.0),
-        help="random scale LOW,HIGH relative to --size before cropping (default 0.5,1.0)",
+        default=(0.5, 2.0),
+        help="random scale LOW,HIGH relative to --size before cropping (default 0.5,2.0)",
     )
-    data.add_argument("--jitter", type=float, default=0.2, help="colour jitter strength (0 = off)")
+    photo = parser.add_argument_group("photometric augmentation (a new drive's camera; 0 = off)")
+    photo.add_argument(
+        "--jitter", type=float, default=0.3, help="brightness/contrast/saturation ±fraction"
+    )
+    photo.add_argument("--gamma", type=float, default=0.3, help="gamma in [1/(1+g), 1+g]")
+    photo.add_argument("--hue", type=float, default=8.0, help="hue shift ±degrees")
+    photo.add_argument("--blur", type=float, default=0.2, help="probability of a Gaussian blur")
+    photo.add_argument(
+        "--noise", type=float, default=6.0, help="max pixel noise standard deviation (0-255)"
+    )
     data.add_argument(
         "--limit-train", type=int, default=0, help="use only the first N training images"
     )
@@ -120,7 +147,10 @@ def register(subparsers) -> None:
 
     opt = parser.add_argument_group("optimisation")
     opt.add_argument(
-        "--epochs", type=int, default=100, help="epochs (the poly schedule spans them all)"
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs (the poly schedule spans them all; default 100, or the resumed run's)",
     )
     opt.add_argument("--batch-size", type=int, default=8)
     opt.add_argument(
@@ -129,9 +159,23 @@ def register(subparsers) -> None:
     opt.add_argument("--weight-decay", type=float, default=1e-4)
     opt.add_argument(
         "--class-weighting",
-        choices=("median", "none"),
-        default="median",
-        help="median-frequency class balancing (SegNet) or none",
+        choices=("median", "sqrt", "none"),
+        default="sqrt",
+        help="class balancing: median frequency (SegNet), its square root (default) or none",
+    )
+    opt.add_argument(
+        "--ohem",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="train on the hardest FRACTION of pixels only (e.g. 0.25; 0: all pixels)",
+    )
+    opt.add_argument(
+        "--ema",
+        type=float,
+        default=0.999,
+        metavar="DECAY",
+        help="moving average of the weights used for validation and export (0: off)",
     )
     opt.add_argument("--seed", type=int, default=0)
 
@@ -150,8 +194,7 @@ def register(subparsers) -> None:
         "--time-limit",
         type=float,
         default=0.0,
-        help="minutes of wall time: the poly schedule ends there (or at the last epoch, if sooner), "
-        "then it validates and keeps the best model (0: no limit)",
+        help="minutes of wall time, then stop with a resumable last.pt (0: no limit)",
     )
     runtime.add_argument(
         "--precise-bn",
@@ -162,6 +205,13 @@ def register(subparsers) -> None:
         "validation and export (0: keep the running averages)",
     )
     runtime.add_argument("--val-every", type=int, default=1, help="epochs between validations")
+    runtime.add_argument(
+        "--save-every",
+        type=float,
+        default=10.0,
+        metavar="MIN",
+        help="also write last.pt mid-epoch every MIN minutes (0: at epoch ends only)",
+    )
     runtime.add_argument("--output", default="", help="run folder (default: runs/<name>)")
     runtime.add_argument(
         "--resume", default="", help="continue from a last.pt checkpoint (schedule included)"
@@ -179,6 +229,21 @@ def register(subparsers) -> None:
         help="frames timed per backend for the model card's CPU latency (0: skip)",
     )
     runtime.add_argument(
+        "--recipe-run",
+        action="append",
+        default=[],
+        metavar="CHECKPOINT",
+        help="with --export-bundled: also report this run's validation scores in the card "
+        "(the best.pt of the same recipe on another split, e.g. new-drive); repeatable",
+    )
+    runtime.add_argument(
+        "--ablation",
+        default="",
+        metavar="JSON",
+        help="with --export-bundled: an ablation table for the card "
+        '(a JSON list of {"change": ..., "miou": ...} rows)',
+    )
+    runtime.add_argument(
         "--bundle",
         default="",
         metavar="CHECKPOINT",
@@ -187,31 +252,76 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+RESUME_OVERRIDES = (
+    "time_limit_min",
+    "threads",
+    "workers",
+    "device",
+    "val_every",
+    "save_every_min",
+)
+
+
+def _bundle(args, checkpoint) -> None:
     import logging
 
-    from seg_ros.training import TrainConfig, bundle, train
+    from seg_ros.training import bundle, load_ablation, load_training_checkpoint
 
-    log = logging.getLogger("seg_ros.train")
-    if args.bundle:
-        if not args.export_bundled:
-            raise ValueError("--bundle needs --export-bundled PATH (where to write the weights)")
-        card = bundle(args.bundle, args.export_bundled, latency_frames=args.latency_frames)
-        log.info("wrote %s and its model card %s", args.export_bundled, card)
-        return 0
+    runs = {}
+    for run in args.recipe_run:
+        split = load_training_checkpoint(run)["config"].get("split", "val")
+        runs[split] = run
+    card = bundle(
+        checkpoint,
+        args.export_bundled,
+        latency_frames=args.latency_frames,
+        recipe_runs=runs,
+        ablation=load_ablation(args.ablation) if args.ablation else None,
+    )
+    logging.getLogger("seg_ros.train").info(
+        "wrote %s and its model card %s", args.export_bundled, card
+    )
+
+
+def _resumed_config(args):
+    """Take the resumed run's own settings, with the few a new command line may change."""
+    from seg_ros.training import load_training_checkpoint
+    from seg_ros.training.config import from_plain
+
+    cfg = from_plain(load_training_checkpoint(args.resume)["config"])
+    cfg.resume = args.resume
+    if args.epochs is not None:
+        cfg.epochs = args.epochs
+    values = {
+        "time_limit_min": args.time_limit,
+        "threads": args.threads,
+        "workers": args.workers,
+        "device": args.device,
+        "val_every": args.val_every,
+        "save_every_min": args.save_every,
+    }
+    for key in RESUME_OVERRIDES:
+        setattr(cfg, key, values[key])
+    return cfg
+
+
+def _new_config(args):
+    from seg_ros.training import TrainConfig
+
     if not args.model or not args.data:
-        raise ValueError("seg_ros train needs --model and --data")
+        raise ValueError("seg_ros train needs --model and --data (or --resume)")
     options = {
         key: getattr(args, key)
         for key in ("backbone", "version", "output_stride", "light_weight")
         if getattr(args, key) is not None
     }
     name = args.name or f"{args.model}_{args.dataset}"
-    cfg = TrainConfig(
+    return TrainConfig(
         model=args.model,
         model_options=options,
         dataset=args.dataset,
         data=args.data,
+        split=args.split,
         num_classes=args.num_classes,
         class_table=args.class_table,
         ignore_index=args.ignore_index,
@@ -219,36 +329,70 @@ def run(args: argparse.Namespace) -> int:
         crop=args.crop or (0, 0),
         scale_range=args.scale_range,
         jitter=args.jitter,
-        epochs=args.epochs,
+        gamma=args.gamma,
+        hue=args.hue,
+        blur=args.blur,
+        noise=args.noise,
+        epochs=100 if args.epochs is None else args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         weight_decay=args.weight_decay,
         class_weighting=args.class_weighting,
+        ohem=args.ohem,
+        ema=args.ema,
         workers=args.workers,
         threads=args.threads,
         device=args.device,
         amp=not args.no_amp,
         time_limit_min=args.time_limit,
         val_every=args.val_every,
+        save_every_min=args.save_every,
         precise_bn=args.precise_bn,
         output=args.output or f"runs/{name}",
-        resume=args.resume,
         pretrained_backbone=args.pretrained_backbone,
         seed=args.seed,
         limit_train=args.limit_train,
         limit_val=args.limit_val,
         name=name,
     )
-    result = train(cfg)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train (or resume, or only bundle) as the flags say; 130 when interrupted (Ctrl-C, TERM)."""
+    import logging
+    import signal
+    from pathlib import Path
+
+    from seg_ros.training import train
+
+    log = logging.getLogger("seg_ros.train")
+    if args.bundle:
+        if not args.export_bundled:
+            raise ValueError("--bundle needs --export-bundled PATH (where to write the weights)")
+        _bundle(args, args.bundle)
+        return 0
+    cfg = _resumed_config(args) if args.resume else _new_config(args)
+    if args.resume and args.output:
+        cfg.output = args.output
+    elif args.resume:
+        cfg.output = str(Path(args.resume).parent)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # kill / session end: save, then stop
+    try:
+        result = train(cfg)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if result.interrupted:
+        return 130
     log.info(
-        "best val mIoU %.4f -> %s (last: %s)",
+        "best validation mIoU %.4f -> %s (last: %s)",
         result.best_miou,
         result.best_checkpoint,
         result.last_checkpoint,
     )
     if args.export_bundled:
-        card = bundle(
-            result.best_checkpoint, args.export_bundled, latency_frames=args.latency_frames
-        )
-        log.info("wrote %s and its model card %s", args.export_bundled, card)
+        _bundle(args, result.best_checkpoint)
     return 0

@@ -46,6 +46,7 @@ class ModelSpec:
     weights_path: str = ""  # '' = random initialisation
     weights_sha256: str = ""
     metrics: dict = field(default_factory=dict)  # e.g. {'val_miou': 0.52}
+    crf: dict = field(default_factory=dict)  # dense-CRF parameters fitted by `seg_ros tune-crf`
 
     def to_json(self) -> str:
         data = asdict(self)

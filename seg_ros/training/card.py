@@ -1,0 +1,205 @@
+"""Model cards: models/<name>.md beside the weights, written from the weights' own metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from seg_ros.training.device import cpu_name
+
+EVALUATION_TITLES = {
+    "new-drive": "new drive (0006R0 held out: a street the model never saw)",
+    "val": "val (drive 0016E5, which training frames also come from: optimistic)",
+}
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _recipe_lines(recipe: dict) -> list[str]:
+    photometric = recipe.get("photometric") or {"jitter": recipe.get("colour_jitter")}
+    split = recipe.get("split", "val")
+    selection = (
+        f"the {split} split's validation chose the checkpoint"
+        if recipe.get("selected_on_val")
+        else "the model at the end of a fixed schedule (no checkpoint selection)"
+    )
+    return [
+        f"- data: {recipe.get('dataset')} split `{split}` "
+        f"({recipe.get('training_images') or '?'} training images); {selection}; "
+        "no test data was used for training or any choice.",
+        f"- {recipe.get('epochs')} epochs, {recipe.get('steps')} steps of batch "
+        f"{recipe.get('batch_size')}; random scale {recipe.get('scale_range')} of the network "
+        f"size, crop {recipe.get('crop')} (HxW), horizontal flip; photometric "
+        + ", ".join(f"{k} {v}" for k, v in photometric.items()),
+        f"- {recipe.get('optimizer')} lr {recipe.get('lr')}, weight decay "
+        f"{recipe.get('weight_decay')} (not on norms/biases), {recipe.get('schedule')} schedule"
+        + (
+            f"; weights averaged (EMA, decay {recipe['ema']}) for validation and export"
+            if recipe.get("ema")
+            else ""
+        ),
+        f"- loss: cross-entropy, void ignored, {recipe.get('class_weighting')} class weights "
+        f"{recipe.get('class_weights')}"
+        + (
+            f", hardest {100 * recipe['ohem']:.0f} % of pixels (OHEM)"
+            if recipe.get("ohem")
+            else ""
+        ),
+        "- ImageNet backbone weights from a local file"
+        if recipe.get("pretrained_backbone")
+        else "- no ImageNet weights (none can be downloaded here): random initialisation",
+        f"- wall time {recipe.get('train_seconds', 0) / 60:.0f} min with "
+        f"{recipe.get('threads') or 'default'} torch thread(s) on {cpu_name()} "
+        f"({os.cpu_count()} cores), {'autocast' if recipe.get('amp') else 'fp32'}",
+    ]
+
+
+def _score_lines(metrics: dict, names: list[str]) -> list[str]:
+    evaluations = metrics.get("evaluations") or {}
+    if not evaluations and "val_miou" in metrics:  # weights bundled before evaluations existed
+        evaluations = {
+            "val": {
+                "miou": metrics["val_miou"],
+                "pixel_accuracy": metrics.get("val_pixel_accuracy"),
+                "mean_class_accuracy": metrics.get("val_mean_class_accuracy"),
+                "per_class_iou": metrics.get("val_per_class_iou", {}),
+            }
+        }
+    if not evaluations:
+        return ["Not measured (no validation split)."]
+    order = sorted(evaluations, key=lambda s: (s != "new-drive", s))
+    lines = [
+        "fp32 inference with the weights as shipped, at the network size, upsampled to the "
+        "labels' resolution; void ignored. Other runs of the same recipe are marked with their "
+        "split (the new-drive run trains without drive 0006R0).",
+        "",
+        "| | " + " | ".join(EVALUATION_TITLES.get(s, s) for s in order) + " |",
+        "|---|" + "---|" * len(order),
+    ]
+    rows = [("**mIoU**", "miou"), ("pixel accuracy", "pixel_accuracy")]
+    rows.append(("mean class accuracy", "mean_class_accuracy"))
+    for title, key in rows:
+        lines.append(
+            f"| {title} | " + " | ".join(_pct(evaluations[s].get(key)) for s in order) + " |"
+        )
+    for name in names:
+        if any(name in evaluations[s].get("per_class_iou", {}) for s in order):
+            cells = [_pct(evaluations[s].get("per_class_iou", {}).get(name)) for s in order]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _ablation_lines(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    keys = [k for k in rows[0] if k != "change"]
+    lines = ["", "## Ablation (short runs on the new-drive split)", ""]
+    lines += ["| change | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for row in rows:
+        cells = [
+            _pct(row.get(k)) if isinstance(row.get(k), float) and row[k] <= 1 else str(row.get(k))
+            for k in keys
+        ]
+        lines.append(f"| {row['change']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _crf_lines(crf: dict) -> list[str]:
+    if not crf:
+        return []
+    fitted = {k: v for k, v in crf.items() if k not in ("tuned_on", "objective", "scores")}
+    lines = ["", "## Dense CRF", ""]
+    lines.append(
+        f"Fitted by `seg_ros tune-crf` on {crf.get('tuned_on', '?')} "
+        f"(objective: {crf.get('objective', '?')}); the node, `evaluate --crf` and "
+        "`benchmark --crf` use these unless CRF parameters are set explicitly: "
+        f"`{json.dumps(fitted, sort_keys=True)}`."
+    )
+    for label, values in (crf.get("scores") or {}).items():
+        lines.append(
+            f"- {label}: mIoU {_pct(values.get('miou'))}, "
+            f"boundary F1 {_pct(values.get('boundary_f1'))}"
+        )
+    return lines
+
+
+def write_model_card(weights: str | Path, latencies: list[dict], *, notes: str = "") -> Path:
+    """Write models/<name>.md beside the weights: architecture, recipe, scores, CRF, latency."""
+    from seg_ros.classes import load_class_table
+    from seg_ros.models import build_model, read_spec, variant_name
+    from seg_ros.models.checkpoint import file_sha256
+
+    weights = Path(weights)
+    spec = read_spec(weights)
+    metrics, recipe = spec.metrics, spec.metrics.get("training", {})
+    params = sum(
+        p.numel() for p in build_model(spec.family, spec.num_classes, **spec.options).parameters()
+    )
+    names = (
+        load_class_table(spec.class_table).names
+        if spec.class_table
+        else sorted(metrics.get("val_per_class_iou", {}))
+    )
+    lines = [
+        f"# {spec.name}",
+        "",
+        f"`{weights.name}`: {variant_name(spec.family, spec.options)}, trained by `seg_ros train` "
+        f"on {recipe.get('dataset', '?')} ({spec.num_classes} classes, class table "
+        f"`{spec.class_table}`).",
+        "",
+        "## Architecture",
+        "",
+        f"- family `{spec.family}`, options `{json.dumps(spec.options, sort_keys=True)}`",
+        f"- {params / 1e6:.2f} M parameters; file {weights.stat().st_size / 2**20:.1f} MiB "
+        f"(fp16 safetensors), sha256 `{file_sha256(weights)[:16]}…`",
+        f"- network input {spec.input_width}x{spec.input_height} (width x height); the pipeline "
+        "resizes any frame to it and the label back to the frame's size; ImageNet mean/std",
+        "",
+        "## Training",
+        "",
+        *_recipe_lines(recipe),
+        "",
+        "## Scores",
+        "",
+        *_score_lines(metrics, names),
+        *_ablation_lines(metrics.get("ablation") or []),
+        *_crf_lines(getattr(spec, "crf", None) or {}),
+        "",
+        "## CPU latency",
+        "",
+    ]
+    if not latencies:
+        lines.append("Not measured.")
+    else:
+        lines += [
+            "Whole pipeline (resize, normalise, inference, argmax head, resize back) on a "
+            f"{latencies[0]['image']} frame, median of {latencies[0]['frames']} after 3 warm-up "
+            "frames (`seg_ros.training.measure_cpu_latency`).",
+            "",
+            "| backend | threads | pipeline median ms | p90 ms | inference median ms |",
+            "|---|---|---|---|---|",
+        ]
+        for entry in latencies:
+            lines.append(
+                f"| {entry['backend']} | {entry['threads']} | {entry['pipeline_ms_median']} | "
+                f"{entry['pipeline_ms_p90']} | {entry['inference_ms_median']} |"
+            )
+    lines += [
+        "",
+        "## Use",
+        "",
+        f"`seg_ros segment --weights {weights.name} …`, or the node parameter `weights`; "
+        f"`--model {spec.family}` alone picks these weights.",
+        "",
+        "Trained on CamVid (CC BY-NC 4.0, research use): check that licence before "
+        "commercial use.",
+        "",
+    ]
+    if notes:
+        lines += ["## Notes", "", notes, ""]
+    card = weights.with_suffix(".md")
+    card.write_text("\n".join(lines))
+    return card

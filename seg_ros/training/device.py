@@ -1,0 +1,52 @@
+"""Where a run computes: the device, and the mixed-precision type that is worth it there."""
+
+from __future__ import annotations
+
+import torch
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: where bf16 autocast speeds training up instead of emulating it."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """Return the mixed-precision type for this device, or None for plain fp32."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+def pick_device(name: str) -> torch.device:
+    """Resolve auto to CUDA where present; refuse a CUDA device that is not there."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for but CUDA is not available")
+    return device
+
+
+def cpu_name() -> str:
+    """Return the CPU's model name, for model cards."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in handle
+                    if line.startswith("model name")
+                ),
+                "CPU",
+            )
+    except OSError:
+        return "CPU"

@@ -1,0 +1,42 @@
+"""CPU latency of bundled weights through the whole pipeline, for the model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def measure_cpu_latency(
+    weights: str | Path,
+    image: np.ndarray,
+    *,
+    backend: str = "onnxruntime",
+    threads: int = 2,
+    frames: int = 20,
+) -> dict:
+    """Median and p90 ms of the whole pipeline (and of inference alone) on one RGB frame."""
+    from seg_ros.pipeline import PipelineConfig, build_pipeline
+    from seg_ros.timing import time_calls
+
+    built = build_pipeline(PipelineConfig(weights=str(weights), backend=backend, threads=threads))
+    inference: list[float] = []
+
+    def process():
+        inference.append(built.pipeline.process(image).timings_ms["inference"])
+
+    try:
+        # 3 warm-up frames: allocations, ORT graph optimisation.
+        totals = time_calls(process, frames, 3, f"latency {backend}")
+        inference = inference[3:]
+    finally:
+        built.pipeline.backend.close()
+    return {
+        "backend": built.backend_name,
+        "threads": threads,
+        "image": f"{image.shape[1]}x{image.shape[0]}",
+        "pipeline_ms_median": round(float(np.median(totals)), 1),
+        "pipeline_ms_p90": round(float(np.percentile(totals, 90)), 1),
+        "inference_ms_median": round(float(np.median(inference)), 1),
+        "frames": frames,
+    }
