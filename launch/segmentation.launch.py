@@ -1,6 +1,7 @@
 """Start seg_ros' segmentation node (and optionally RViz on its overlay).
 
     ros2 launch seg_ros segmentation.launch.py model:=deeplab image:=/camera/image_raw rviz:=true
+    ros2 launch seg_ros segmentation.launch.py cameras:=front,rear,left,right  # one model, batched
 
 Thin on purpose: the parameter list comes from seg_ros.node_parameters.launch_parameters,
 which validates the arguments and is tested without ROS's launch packages.
@@ -26,6 +27,12 @@ ARGUMENTS = {
     "precision": ("", "fp32 | fp16 | int8; empty = the params file's choice"),
     "use_crf": ("", "true | false: dense-CRF refinement; empty = the params file's choice"),
     "image": ("image", "input image topic (image_transport compressed adds /compressed)"),
+    "cameras": (
+        "",
+        "comma-separated camera names, each read from <name>/image (relative to the namespace) "
+        "and published on ~/<name>/...; empty = the single image input",
+    ),
+    "lifecycle": ("false", "true: the managed node (configure and activate it to start)"),
     "namespace": ("", "namespace of the node"),
     "params_file": (str(default_params_file()), "the node's parameter YAML"),
     "rviz": ("false", "true: open RViz showing the overlay and colour mask"),
@@ -37,7 +44,11 @@ def _actions(context):
     actions = [
         Node(
             package="seg_ros",
-            executable="segmentation_node",
+            executable=(
+                "segmentation_lifecycle_node"
+                if parse_launch_bool("lifecycle", arg["lifecycle"])
+                else "segmentation_node"
+            ),
             name=NODE_NAME,
             namespace=arg["namespace"],
             parameters=launch_parameters(
@@ -45,6 +56,7 @@ def _actions(context):
                 backend=arg["backend"],
                 precision=arg["precision"],
                 use_crf=arg["use_crf"],
+                cameras=arg["cameras"],
                 params_file=arg["params_file"],
             ),
             remappings=[("image", arg["image"])],

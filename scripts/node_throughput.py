@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
-"""Flood the segmentation node with camera frames and compare its output rate with the backend alone.
+"""Play cameras into the segmentation node at a fixed rate; compare with the backend alone.
 
-    .venv/bin/python scripts/node_throughput.py --seconds 20 --model deeplab --backend onnxruntime
+    .venv/bin/python scripts/node_throughput.py --seconds 20 --rate 30 --frame-size 640x480
+    .venv/bin/python scripts/node_throughput.py --cameras 1,2,4 --layout both --seconds 20
 
-1. starts ``python -m seg_ros.node`` as its own process (the parameters below, via --params-file);
-2. times the same model, backend and network size without ROS (``backend.infer`` in a loop,
-   the number ``seg_ros benchmark`` reports) while the node waits idle;
-3. publishes WIDTHxHEIGHT rgb8 frames at --rate Hz for --seconds with label, confidence, colour
-   and overlay all subscribed, and measures the output rate and the output age (receive time
-   minus send time) in the first and second half: an age that grows means a queue builds up.
+1. times the model, backend and network size without ROS (``backend.infer`` on a batch of
+   one in a loop: the number ``seg_ros benchmark`` reports);
+2. for each camera count and layout starts the node(s) as their own processes:
+   ``one-node`` is one node with ``cameras: [cam0, cam1, ...]`` (one model, batched), or the
+   single ``image`` input for one camera; ``separate-nodes`` is one single-camera node per
+   camera, each with its own model;
+3. publishes WIDTHxHEIGHT rgb8 frames on every camera at --rate Hz (paced by the clock, not a
+   busy loop) for --seconds with label, confidence, colour and overlay all subscribed, and
+   measures the output rate (frames whose four outputs all arrived), the output age (receive
+   minus send time) in each half of the run (an age that grows means a queue builds up), the
+   node's own per-stage p50s from /diagnostics (decode + preprocess + postprocess + publish:
+   what the node adds to the network) and the resident memory (VmRSS) of the node processes.
 
 Prints one JSON object (and writes it to --json when given).
 """
@@ -30,35 +37,35 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from tqdm import tqdm
 
 OUTPUTS = ("label", "confidence", "color", "overlay")
+NODE_STAGES = ("decode", "preprocess", "postprocess", "publish")  # everything but the network
+NAMESPACE = "throughput"
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=20.0, help="flood duration")
+    parser.add_argument("--seconds", type=float, default=20.0, help="how long each run plays")
+    parser.add_argument("--rate", type=float, default=30.0, help="frames per second per camera")
+    parser.add_argument("--frame-size", default="640x480", help="WIDTHxHEIGHT of the frames")
     parser.add_argument(
-        "--rate", type=float, default=30.0, help="frames per second sent (above the node's rate)"
+        "--cameras", default="1", help="comma-separated camera counts to run, e.g. 1,2,4"
     )
     parser.add_argument(
-        "--frame-size", default="640x480", help="WIDTHxHEIGHT of the camera frames"
+        "--layout",
+        choices=("one-node", "separate-nodes", "both"),
+        default="one-node",
+        help="several cameras in one node, one node per camera, or both",
     )
     parser.add_argument("--model", default="deeplab")
     parser.add_argument("--backbone", default="mobilenet_v3_large")
     parser.add_argument("--weights", default="")
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--precision", default="fp32")
-    parser.add_argument(
-        "--height", type=int, default=0, help="network input height (0: the model's)"
-    )
-    parser.add_argument(
-        "--width", type=int, default=0, help="network input width (0: the model's)"
-    )
+    parser.add_argument("--height", type=int, default=0, help="network input height (0: model's)")
+    parser.add_argument("--width", type=int, default=0, help="network input width (0: model's)")
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument(
-        "--qos-depth", type=int, default=0, help="the node's qos.depth (0: its default)"
-    )
+    parser.add_argument("--reliability", default="", help="the node's qos.reliability")
     parser.add_argument("--json", default="", help="also write the results here")
     return parser.parse_args()
 
@@ -74,193 +81,232 @@ def node_parameters(args) -> dict:
         "input_width": args.width,
         "threads": args.threads,
     }
-    if args.qos_depth:
-        parameters["qos.depth"] = args.qos_depth
+    if args.reliability:
+        parameters["qos.reliability"] = args.reliability
     return parameters
 
 
 def backend_only_rate(parameters: dict, seconds: float) -> tuple[float, str]:
-    """Inferences per second of the backend alone, on the node's network input, as the benchmark does it."""
+    """Return inferences per second of the backend alone on the node's network input."""
     from seg_ros.node_parameters import pipeline_config, validate
     from seg_ros.pipeline import COMPACT_OUTPUTS, build_pipeline
 
     built = build_pipeline(pipeline_config(validate(parameters)))
     pipeline = built.pipeline
-    _, batch = pipeline.preprocess(
-        np.zeros((pipeline.input_height, pipeline.input_width, 3), np.uint8)
-    )
+    batch = np.zeros((1, 3, pipeline.input_height, pipeline.input_width), np.float32)
     for _ in range(3):  # warm-up
         pipeline.backend.infer(batch, COMPACT_OUTPUTS)
     count, start = 0, time.perf_counter()
-    with tqdm(desc="backend only", unit="s", total=int(seconds)) as bar:
-        while (elapsed := time.perf_counter() - start) < seconds:
-            pipeline.backend.infer(batch, COMPACT_OUTPUTS)
-            count += 1
-            if int(elapsed) > bar.n:
-                bar.update(int(elapsed) - bar.n)
+    while time.perf_counter() - start < seconds:
+        pipeline.backend.infer(batch, COMPACT_OUTPUTS)
+        count += 1
     rate = count / (time.perf_counter() - start)
     pipeline.backend.close()
     return rate, built.backend_name
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def start_nodes(parameters: dict, cameras: int, layout: str, workdir: Path) -> list:
+    """Return [(process, {camera: (input topic, output prefix)}, log path)]."""
+    from seg_ros.node_parameters import NODE_NAME
+
+    plans = []
+    if layout == "one-node" and cameras > 1:
+        names = [f"cam{i}" for i in range(cameras)]
+        topics = {n: (f"/{NAMESPACE}/{n}/image", f"/{NAMESPACE}/{NODE_NAME}/{n}") for n in names}
+        plans.append(("n0", {**parameters, "cameras": names}, topics, []))
+    else:
+        for i in range(cameras):
+            namespace = f"/{NAMESPACE}/n{i}"
+            topics = {f"cam{i}": (f"{namespace}/image", f"{namespace}/{NODE_NAME}")}
+            plans.append((f"n{i}", parameters, topics, ["-r", f"__ns:={namespace}"]))
+    started = []
+    for tag, values, topics, remaps in plans:
+        params_file = workdir / f"{tag}.yaml"
+        params_file.write_text(yaml.safe_dump({f"/**/{NODE_NAME}": {"ros__parameters": values}}))
+        log_path = workdir / f"{tag}.log"
+        if not remaps:
+            remaps = ["-r", f"__ns:=/{NAMESPACE}"]
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "seg_ros.node", "--ros-args", "--params-file"]
+                + [str(params_file)]
+                + remaps,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        started.append((process, topics, log_path))
+    return started
+
+
+def stop_nodes(started: list) -> None:
+    for process, _, _ in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    for process, _, _ in started:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _median_ms(values: list[float]) -> float | None:
+    return round(1e3 * statistics.median(values), 1) if values else None
+
+
+def play(args, parameters: dict, cameras: int, layout: str, frame: np.ndarray) -> dict:
+    """Run one arrangement; return its measurements."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from seg_ros.image_cdr import parse_image
+
+    workdir = Path(tempfile.mkdtemp(prefix="seg_ros_throughput_"))
+    started = start_nodes(parameters, cameras, layout, workdir)
+    topics = {name: t for _, mapping, _ in started for name, t in mapping.items()}
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    probe = rclpy.create_node("throughput_probe", context=context)
+    lock = threading.Lock()
+    sent: dict[tuple[str, int], float] = {}
+    arrivals: dict[tuple[str, int], list[float]] = {}
+    diagnostics: dict[str, dict] = {}
+
+    def collect(data: bytes) -> None:  # raw: only the header is read
+        now = time.perf_counter()
+        raw = parse_image(data)
+        key = (raw.frame_id, raw.stamp[0])
+        with lock:
+            if key in sent:
+                arrivals.setdefault(key, []).append(now)
+
+    def on_diagnostics(msg) -> None:
+        with lock:
+            for status in msg.status:
+                if status.name.startswith(f"/{NAMESPACE}/"):
+                    diagnostics[status.name] = {kv.key: kv.value for kv in status.values}
+
+    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    for _, prefix in topics.values():
+        for name in OUTPUTS:
+            probe.create_subscription(Image, f"{prefix}/{name}", collect, reliable, raw=True)
+    probe.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+    publishers = {
+        name: probe.create_publisher(Image, topic, QoSProfile(depth=1))
+        for name, (topic, _) in topics.items()
+    }
+    executor = MultiThreadedExecutor(num_threads=2, context=context)
+    executor.add_node(probe)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    height, width = frame.shape[:2]
+    data = array.array("B")
+    data.frombytes(frame.tobytes())
+    try:
+        deadline = time.monotonic() + 900
+        while not (
+            all(p.get_subscription_count() for p in publishers.values())
+            and len(diagnostics) >= len(started)
+        ):
+            for process, _, log_path in started:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"a node did not start:\n{log_path.read_text()}")
+            time.sleep(0.5)
+        time.sleep(2.0)  # let every node settle before the clock starts
+        start = time.perf_counter()
+        period = 1.0 / args.rate
+        number = 0
+        while time.perf_counter() - start < args.seconds:
+            number += 1
+            for name, publisher in publishers.items():
+                msg = Image(height=height, width=width, encoding="rgb8", step=width * 3)
+                msg.data = data
+                msg.header.stamp.sec = number
+                msg.header.frame_id = name
+                with lock:
+                    sent[(name, number)] = time.perf_counter()
+                publisher.publish(msg)
+            time.sleep(max(0.0, start + number * period - time.perf_counter()))
+        play_end = time.perf_counter()
+        time.sleep(2.0)  # the last outputs and one more diagnostics report
+        rss = [rss_mib(process.pid) for process, _, _ in started]
+        with lock:
+            done = sorted(
+                (max(times), max(times) - sent[key], key[0])
+                for key, times in arrivals.items()
+                if len(times) == len(OUTPUTS)
+            )
+            final = dict(diagnostics)
+    finally:
+        executor.shutdown()
+        probe.destroy_node()
+        rclpy.try_shutdown(context=context)
+        stop_nodes(started)
+    half = start + args.seconds / 2
+    warm = [when for when, _, _ in done if start + 2.0 <= when <= play_end]
+    output_rate = (len(warm) - 1) / (warm[-1] - warm[0]) if len(warm) > 1 else 0.0
+    ages = [age for _, age, _ in done]
+    stage_p50 = {}
+    for name, values in final.items():
+        if "input_topic" not in values:
+            continue  # the shared backend's status
+        stage_p50[values["input_topic"]] = {
+            stage: float(values[f"{stage}_p50_ms"])
+            for stage in NODE_STAGES + ("inference", "age")
+            if f"{stage}_p50_ms" in values
+        }
+    node_stages = [sum(s.get(stage, 0.0) for stage in NODE_STAGES) for s in stage_p50.values()]
+    return {
+        "cameras": cameras,
+        "layout": layout if cameras > 1 else "one-node",
+        "nodes": len(started),
+        "sent_rate_hz_per_camera": round(number / (play_end - start), 2),
+        "output_rate_hz_total": round(output_rate, 2),
+        "frames_complete": len(done),
+        "frames_sent": number * cameras,
+        "age_ms_p50": _median_ms(ages),
+        "age_ms_p95": round(1e3 * float(np.percentile(ages, 95)), 1) if ages else None,
+        "age_ms_first_half_p50": _median_ms([a for w, a, _ in done if w < half]),
+        "age_ms_second_half_p50": _median_ms([a for w, a, _ in done if w >= half]),
+        "node_stages_p50_ms": round(max(node_stages), 2) if node_stages else None,
+        "stage_p50_ms": stage_p50,
+        "rss_mib_total": round(sum(rss), 1),
+        "rss_mib_per_node": [round(v, 1) for v in rss],
+        "node_diagnostics": final,
+    }
 
 
 def main() -> int:
     args = parse_args()
     width, height = (int(v) for v in args.frame_size.lower().split("x"))
     os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 60))
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
-
-    from seg_ros.node_parameters import NODE_NAME
-
     parameters = node_parameters(args)
-    workdir = Path(tempfile.mkdtemp(prefix="seg_ros_throughput_"))
-    params_file = workdir / "params.yaml"
-    params_file.write_text(yaml.safe_dump({f"/**/{NODE_NAME}": {"ros__parameters": parameters}}))
-    log_path = workdir / "node.log"
-    with log_path.open("wb") as log:
-        node_process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "seg_ros.node",
-                "--ros-args",
-                "--params-file",
-                str(params_file),
-                "-r",
-                "__ns:=/throughput",
-                "-r",
-                "image:=/throughput/camera",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-    rclpy.init()
-    probe = rclpy.create_node("throughput_probe")
-    sent: dict[int, float] = {}  # frame number -> send time
-    received: dict[str, list[tuple[int, float]]] = {
-        name: [] for name in OUTPUTS
-    }  # (frame number, receive time)
-    diagnostics: list[dict] = []
-    lock = threading.Lock()
-
-    def collector(name):
-        def collect(msg):
-            now = time.perf_counter()
-            with lock:
-                if msg.header.stamp.sec in sent:
-                    received[name].append((msg.header.stamp.sec, now))
-
-        return collect
-
-    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    for name in OUTPUTS:
-        probe.create_subscription(
-            Image, f"/throughput/{NODE_NAME}/{name}", collector(name), reliable
-        )
-
-    def on_diagnostics(msg):
-        for status in msg.status:
-            if status.name.startswith(f"/throughput/{NODE_NAME}"):
-                with lock:
-                    diagnostics.append({kv.key: kv.value for kv in status.values})
-
-    probe.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
-    publisher = probe.create_publisher(Image, "/throughput/camera", QoSProfile(depth=1))
-    executor = SingleThreadedExecutor()
-    executor.add_node(probe)
-    threading.Thread(target=executor.spin, daemon=True).start()
-    try:
-        deadline = time.monotonic() + 600
-        while not diagnostics or publisher.get_subscription_count() == 0:
-            if node_process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the node did not start:\n{log_path.read_text()}")
-            time.sleep(0.5)
-        node_setup = dict(diagnostics[-1])
-
-        backend_rate, backend_name = backend_only_rate(parameters, min(args.seconds, 15.0))
-
-        rng = np.random.default_rng(0)
-        frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-        data = array.array("B")
-        data.frombytes(frame.tobytes())
-        start = time.perf_counter()
-        period = 1.0 / args.rate
-        number = 0
-        with tqdm(total=int(args.seconds), desc="flooding the node", unit="s") as bar:
-            while (now := time.perf_counter()) - start < args.seconds:
-                number += 1
-                msg = Image(height=height, width=width, encoding="rgb8", step=width * 3)
-                msg.data = data
-                msg.header.stamp.sec = number
-                msg.header.frame_id = "camera"
-                with lock:
-                    sent[number] = time.perf_counter()
-                publisher.publish(msg)
-                if int(now - start) > bar.n:
-                    bar.update(int(now - start) - bar.n)
-                time.sleep(max(0.0, start + number * period - time.perf_counter()))
-        flood_end = time.perf_counter()
-        time.sleep(2.0)  # the last outputs and one more diagnostics report
-        with lock:
-            # A frame counts once all its outputs arrived; its age is when the last one did.
-            arrivals: dict[int, list[float]] = {}
-            for values in received.values():
-                for stamp, when in values:
-                    arrivals.setdefault(stamp, []).append(when)
-            done = sorted(
-                (max(times), max(times) - sent[stamp])
-                for stamp, times in arrivals.items()
-                if len(times) == len(OUTPUTS)
-            )
-            counts = {name: len(values) for name, values in received.items()}
-            final = dict(diagnostics[-1])
-        half = start + args.seconds / 2
-        ages_first = [age for when, age in done if when < half]
-        ages_second = [age for when, age in done if when >= half]
-        warm = [
-            when for when, _ in done if start + 2.0 <= when <= flood_end
-        ]  # skip the first two seconds
-        node_rate = (len(warm) - 1) / (warm[-1] - warm[0]) if len(warm) > 1 else 0.0
-        result = {
-            "model": node_setup.get("model_name"),
-            "backend": backend_name,
-            "node_backend": node_setup.get("backend"),
-            "network_input": node_setup.get("input_size"),
-            "frame_size": f"{width}x{height}",
-            "sent_rate_hz": round(number / (flood_end - start), 2),
-            "backend_only_rate_hz": round(backend_rate, 2),
-            "node_output_rate_hz": round(node_rate, 2),
-            "ratio": round(node_rate / backend_rate, 3) if backend_rate else None,
-            "outputs_received": counts,
-            "frames_complete": len(done),
-            "frames_sent": number,
-            "age_ms_first_half_median": round(1e3 * statistics.median(ages_first), 1)
-            if ages_first
-            else None,
-            "age_ms_second_half_median": round(1e3 * statistics.median(ages_second), 1)
-            if ages_second
-            else None,
-            "age_ms_second_half_p95": round(1e3 * float(np.percentile(ages_second, 95)), 1)
-            if ages_second
-            else None,
-            "node_diagnostics": {
-                k: final[k] for k in final if k.endswith("_ms") or k.startswith("frames_")
-            },
-        }
-    finally:
-        executor.shutdown()
-        probe.destroy_node()
-        rclpy.try_shutdown()
-        if node_process.poll() is None:
-            node_process.send_signal(signal.SIGINT)
-            try:
-                node_process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                node_process.kill()
+    backend_rate, backend_name = backend_only_rate(parameters, min(args.seconds, 15.0))
+    frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    layouts = ("one-node", "separate-nodes") if args.layout == "both" else (args.layout,)
+    runs = []
+    for count in (int(v) for v in args.cameras.split(",")):
+        for layout in layouts if count > 1 else ("one-node",):
+            run = play(args, parameters, count, layout, frame)
+            run["ratio_to_backend_alone"] = round(run["output_rate_hz_total"] / backend_rate, 3)
+            print(json.dumps({k: v for k, v in run.items() if k != "node_diagnostics"}))
+            runs.append(run)
+    result = {
+        "model": args.model,
+        "backend": backend_name,
+        "frame_size": f"{width}x{height}",
+        "rate_hz_per_camera": args.rate,
+        "backend_only_rate_hz": round(backend_rate, 2),
+        "runs": runs,
+    }
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

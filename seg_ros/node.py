@@ -1,15 +1,21 @@
 """The segmentation node: camera images in; label, confidence, colour and overlay images out.
 
-Threads, so the node adds almost nothing to the network's own time:
+One model serves one camera (input ``image``) or several (parameter
+``cameras``: ``<name>/image`` in, ``~/<name>/label`` etc. out). Threads, so the
+node adds almost nothing to the network's own time:
 
-- the executor's subscription callback only puts the newest message in a
-  one-slot mailbox (an unprocessed message it overwrites counts as dropped);
-- the inference worker decodes and segments the newest frame;
-- the publisher thread turns the previous result into messages and publishes
-  them while the worker already runs the next inference.
+- the executor's subscription callbacks only keep each camera's newest
+  serialised frame (one that is overwritten before use counts as dropped);
+- the inference worker parses and decodes the waiting frames and segments
+  them as one batch;
+- the publisher thread publishes the previous batch's outputs while the
+  worker already runs the next one.
 
-Outputs nobody subscribes to are not computed. Everything ROS-free (parameter
-table, pipeline, codec, statistics) lives in its own module.
+Outputs nobody subscribes to are not computed, and a camera nobody listens to
+is not subscribed to. ``SegmentationCore`` holds all of it so the plain node
+(here) and the lifecycle node (seg_ros.lifecycle_node) share one
+implementation; everything ROS-free (parameter table, pipeline, codec,
+statistics) lives in its own module.
 """
 
 from __future__ import annotations
@@ -28,18 +34,19 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     SetParametersResult,
 )
-from rclpy.exceptions import ParameterException
+from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException
 from rclpy.logging import get_logger
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
+from std_srvs.srv import SetBool
 
 from seg_ros import node_parameters as params
-from seg_ros.image_codec import ImageDecodeError, decode_compressed, decode_image, to_ros_image
+from seg_ros.camera_inputs import Camera
+from seg_ros.image_codec import ImageDecodeError
 from seg_ros.pipeline import SegmentationResult, build_pipeline
-from seg_ros.stats import NodeStats
-from seg_ros.visualize import colorize, overlay
+from seg_ros.stats import BackendStats
 
 try:  # only on a full ROS install
     from vision_msgs.msg import LabelInfo, VisionClass
@@ -48,6 +55,7 @@ except ImportError:
 
 WARN_PERIOD_S = 5.0  # the same bad-input warning at most this often
 DIAGNOSTICS_PERIOD_S = 1.0
+SUBSCRIBER_POLL_S = 0.5  # how often output subscriber counts decide the input subscriptions
 
 
 def _descriptor(spec: params.ParameterSpec) -> ParameterDescriptor:
@@ -73,87 +81,165 @@ def _descriptor(spec: params.ParameterSpec) -> ParameterDescriptor:
     return descriptor
 
 
+def declare_parameters(node) -> None:
+    """Declare every parameter of the table on ``node``; ValueError for a bad params file."""
+    try:
+        for spec in params.PARAMETERS:
+            if isinstance(spec.default, tuple):  # rclpy cannot tell an empty list's type
+                node.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY, _descriptor(spec))
+            else:
+                node.declare_parameter(spec.name, spec.default, _descriptor(spec))
+    except ParameterException as exc:  # wrong type or out of range in the params file
+        raise ValueError(f"bad parameter: {exc}") from exc
+
+
+def parameter_values(node) -> dict:
+    """Read the declared parameters' values and validate them (ValueError naming every problem)."""
+    values = {}
+    for spec in params.PARAMETERS:
+        try:
+            values[spec.name] = node.get_parameter(spec.name).value
+        except ParameterUninitializedException:
+            values[spec.name] = spec.default
+    return params.validate(values)
+
+
 @dataclass
 class _Frame:
-    """One segmented frame on its way to the publisher thread."""
+    """One frame of a batch on its way from the worker to the publisher thread."""
 
-    header: object
+    camera: Camera
+    header: bytes  # the input's serialised header, copied into every output
     image: np.ndarray  # decoded input (RGB or mono), for the overlay
-    result: SegmentationResult
     arrival: float  # time.monotonic() when the message arrived
     timings_ms: dict
+    result: SegmentationResult | None = None
 
 
-class SegmentationNode(Node):
-    def __init__(self, **node_kwargs):
-        super().__init__(params.NODE_NAME, **node_kwargs)
+class SegmentationCore:
+    """Parameters, model, cameras, worker threads, ``~/enable`` and /diagnostics of one node.
+
+    ``load`` builds the model, ``start`` creates the cameras' topics and the
+    threads, ``stop`` undoes ``start``, ``unload`` frees the model: the plain
+    node calls the first two at once, the lifecycle node one per transition.
+    """
+
+    def __init__(self, node):
+        self.node = node
+        self._logger = node.get_logger()
         self._cond = threading.Condition()
-        self._pending: tuple[object, float] | None = None  # newest message, arrival time
-        self._ready: _Frame | None = None  # segmented, waiting for the publisher thread
-        self._running = True
+        self._running = False
         self._threads: list[threading.Thread] = []
-        self._pipeline = None
-        self._values = self._declare_parameters()
-        built = build_pipeline(params.pipeline_config(self._values))
-        self._pipeline = built.pipeline
-        self._spec = built.spec
-        self._table = built.class_table
-        self._backend_name = built.backend_name
-        self._palette = self._table.palette()
-        self._declare_class_parameters()
-
-        self._stats = NodeStats()
+        self._ready: list[_Frame] | None = None  # segmented, waiting for the publisher thread
+        self.cameras: list[Camera] = []
+        self.pipeline = None
+        self.enabled = True
+        self.state = "unconfigured"
+        self.error = ""  # why the last transition failed, shown in /diagnostics
         self._warned: dict[str, float] = {}
+        self._backend_stats = BackendStats()
+        declare_parameters(node)
+        self.values = parameter_values(node)
+        node.add_on_set_parameters_callback(self._check_parameters)
+        if hasattr(node, "add_post_set_parameters_callback"):  # Iron and later
+            node.add_post_set_parameters_callback(self._apply_parameters)
+            self._apply_in_check = False
+        else:  # Humble: apply once validated, inside the validating callback
+            self._apply_in_check = True
+        node.create_service(SetBool, "~/enable", self._on_enable)
+        self._diagnostics = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        node.create_timer(DIAGNOSTICS_PERIOD_S, self.publish_diagnostics)
+        node.create_timer(SUBSCRIBER_POLL_S, self.update_subscriptions)
 
-        out_qos = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST,
-            depth=self._values["qos.depth"],
-            reliability=ReliabilityPolicy.RELIABLE,
-        )
-        self._outputs = {
-            name: self.create_publisher(Image, f"~/{name}", out_qos) for name in params.OUTPUTS
-        }
+    # --- transitions ------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Build the model and backend; ValueError, FileNotFoundError or RuntimeError say why."""
+        self.values = parameter_values(self.node)
+        built = build_pipeline(params.pipeline_config(self.values))
+        self.pipeline = built.pipeline
+        self.spec = built.spec
+        self.table = built.class_table
+        self.backend_name = built.backend_name
+        self.palette = self.table.palette()
+        self._declare_class_parameters()
         self._publish_label_info()
-        self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._subscribe()
+        self.state = "inactive"
+        self.error = ""
+        self._logger.info(
+            f"{self.spec.family} ({self.spec.name}) on {self.backend_name} at "
+            f"{self.pipeline.input_width}x{self.pipeline.input_height}, "
+            f"{self.table.num_classes} classes ({self.table.name})"
+        )
 
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+    def start(self) -> None:
+        """Create every camera's publishers, start the worker threads, subscribe where wanted."""
+        self.cameras = [
+            Camera(self.node, name, self.values, self._on_frame)
+            for name in (self.values["cameras"] or ("",))
+        ]
+        self._running = True
         self._threads = [
             threading.Thread(target=self._inference_loop, name="seg_inference", daemon=True),
             threading.Thread(target=self._publish_loop, name="seg_publish", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
-        self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
-        self.get_logger().info(
-            f"segmenting {self._input_topic} with {self._spec.family} ({self._spec.name}) on {self._backend_name} "
-            f"at {self._pipeline.input_width}x{self._pipeline.input_height}, {self._table.num_classes} classes "
-            f"({self._table.name})"
-        )
+        self.state = "active"
+        self.update_subscriptions()
+        self._logger.info("segmenting " + ", ".join(camera.input_topic for camera in self.cameras))
 
-    # --- set-up -----------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop the threads, remove the cameras' subscriptions and publishers; keep the model."""
+        with self._cond:
+            self._running = False
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=10.0)
+        self._threads = []
+        self._ready = None
+        for camera in self.cameras:
+            camera.destroy()
+        self.cameras = []
+        self.state = "inactive"
 
-    def _declare_parameters(self) -> dict:
-        try:
-            for spec in params.PARAMETERS:
-                self.declare_parameter(spec.name, spec.default, _descriptor(spec))
-        except ParameterException as exc:  # wrong type or out of range in the params file
-            raise ValueError(f"bad parameter: {exc}") from exc
-        return params.validate(
-            {spec.name: self.get_parameter(spec.name).value for spec in params.PARAMETERS}
-        )
+    def unload(self) -> None:
+        """Free the model and its GPU memory."""
+        if self.pipeline is not None:
+            self.pipeline.backend.close()
+        self.pipeline = None
+        if getattr(self, "_label_info", None) is not None:
+            self.node.destroy_publisher(self._label_info)
+            self._label_info = None
+        try:  # cached GPU blocks go back to the driver
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+        self.state = "unconfigured"
+
+    def shutdown(self) -> None:
+        if self._running:
+            self.stop()
+        self.unload()
+
+    # --- set-up -------------------------------------------------------------------------------
 
     def _declare_class_parameters(self) -> None:
         """Class names and colours from the class table, for tools without vision_msgs."""
-        self.declare_parameter(
+        if self.node.has_parameter("classes.names"):  # a second configure of a lifecycle node
+            return
+        self.node.declare_parameter(
             "classes.names",
-            list(self._table.names),
+            list(self.table.names),
             ParameterDescriptor(read_only=True, description="Class names, index = label value."),
             ignore_override=True,
         )
-        self.declare_parameter(
+        self.node.declare_parameter(
             "classes.colors",
-            [int(v) for v in self._table.colors.reshape(-1)],
+            [int(v) for v in self.table.colors.reshape(-1)],
             ParameterDescriptor(
                 read_only=True,
                 description="Class colours as flattened [R, G, B, ...], index = label value.",
@@ -170,112 +256,125 @@ class SegmentationNode(Node):
             reliability=ReliabilityPolicy.RELIABLE,
             durability=DurabilityPolicy.TRANSIENT_LOCAL,
         )
-        self._label_info = self.create_publisher(LabelInfo, "~/label_info", latched)
+        self._label_info = self.node.create_publisher(LabelInfo, "~/label_info", latched)
         info = LabelInfo()
-        info.header.stamp = self.get_clock().now().to_msg()
+        info.header.stamp = self.node.get_clock().now().to_msg()
         info.class_map = [
-            VisionClass(class_id=i, class_name=name) for i, name in enumerate(self._table.names)
+            VisionClass(class_id=i, class_name=name) for i, name in enumerate(self.table.names)
         ]
         info.threshold = 0.0
         self._label_info.publish(info)
 
-    def _subscribe(self) -> None:
-        depth_one = dict(history=HistoryPolicy.KEEP_LAST, depth=1)
-        if self._values["qos.reliability"] == "reliable":
-            qos = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, **depth_one)
-        else:  # the sensor-data profile, newest frame only
-            qos = QoSProfile(
-                reliability=ReliabilityPolicy.BEST_EFFORT,
-                durability=DurabilityPolicy.VOLATILE,
-                **depth_one,
-            )
-        if self._values["image_transport"] == "compressed":
-            # image_transport style: the (remapped) base topic + /compressed.
-            self._input_topic = self.resolve_topic_name("image") + "/compressed"
-            self._decode = decode_compressed
-            msg_type = CompressedImage
-        else:
-            self._input_topic = self.resolve_topic_name("image")
-            self._decode = decode_image
-            msg_type = Image
-        self._subscription = self.create_subscription(
-            msg_type, self._input_topic, self._on_image, qos
-        )
+    # --- run-time control ---------------------------------------------------------------------
 
-    # --- parameters at run time ---------------------------------------------------------------
-
-    def _on_set_parameters(self, changes) -> SetParametersResult:
+    def _check_parameters(self, changes) -> SetParametersResult:
         for change in changes:
-            reason = params.check_change(change.name, change.value)
+            if not self.node.has_parameter(change.name):
+                continue  # being declared (the class table's read-only parameters)
+            if self.pipeline is None and change.name in params.SPECS:
+                reason = params.SPECS[change.name].check(change.value)  # applied at configure
+            else:
+                reason = params.check_change(change.name, change.value)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
-        values = dict(self._values)
-        values.update({change.name: change.value for change in changes})
-        self._values = values  # one reference swap: the worker threads see old or new, never half
-        self._pipeline.set_crf(params.crf_settings(values))
+        if self._apply_in_check:
+            self._apply_parameters(changes)
         return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, changes) -> None:
+        values = dict(self.values)
+        values.update({c.name: c.value for c in changes if c.name in params.SPECS})
+        values["cameras"] = tuple(values["cameras"] or ())
+        self.values = values  # one reference swap: the worker threads see old or new, never half
+        if self.pipeline is not None:
+            self.pipeline.set_crf(params.crf_settings(values))
+        self.update_subscriptions()
+
+    def _on_enable(self, request, response):
+        self.enabled = bool(request.data)
+        self.update_subscriptions()
+        response.success = True
+        response.message = "enabled" if self.enabled else "disabled: no subscriptions, no work"
+        self._logger.info(f"~/enable: {response.message}")
+        return response
+
+    def update_subscriptions(self) -> None:
+        """Subscribe to a camera only while the node runs, is enabled and an output is wanted."""
+        values = self.values
+        for camera in self.cameras:
+            needed = self._running and self.enabled and camera.wanted(values)
+            if camera.update_subscription(needed) and not needed:
+                with self._cond:
+                    camera.pending = None
 
     # --- frames -------------------------------------------------------------------------------
 
-    def _on_image(self, msg) -> None:
+    def _on_frame(self, camera: Camera, data: bytes) -> None:
         arrival = time.monotonic()
-        self._stats.frame_received()
+        camera.stats.frame_received()
         with self._cond:
-            if self._pending is not None:
-                self._stats.frame_dropped()
-            self._pending = (msg, arrival)
+            if camera.pending is not None:
+                camera.stats.frame_dropped()
+            camera.pending = (data, arrival)
             self._cond.notify_all()
-
-    def _wants(self, output: str, values: dict) -> bool:
-        return values[f"publish.{output}"] and self._outputs[output].get_subscription_count() > 0
 
     def _inference_loop(self) -> None:
         while True:
             with self._cond:
-                while self._running and self._pending is None:
+                while self._running and not any(c.pending for c in self.cameras):
                     self._cond.wait()
                 if not self._running:
                     return
-                msg, arrival = self._pending
-                self._pending = None
-            frame = self._segment(msg, arrival)
-            if frame is None:
+                waiting = [(camera, camera.pending) for camera in self.cameras if camera.pending]
+                for camera, _ in waiting:
+                    camera.pending = None
+            frames = self._segment(waiting)
+            if not frames:
                 continue
             with self._cond:
                 while self._running and self._ready is not None:
                     self._cond.wait()
-                self._ready = frame
+                self._ready = frames
                 self._cond.notify_all()
 
-    def _segment(self, msg, arrival: float) -> _Frame | None:
-        values = self._values
-        if not any(self._wants(name, values) for name in params.OUTPUTS):
-            self._stats.frame_skipped()
-            return None
-        t0 = time.perf_counter()
+    def _segment(self, waiting) -> list[_Frame]:
+        values = self.values
+        frames = []
+        for camera, (data, arrival) in waiting:
+            if not (self.enabled and camera.wanted(values)):
+                camera.stats.frame_skipped()
+                continue
+            t0 = time.perf_counter()
+            try:
+                header, image = camera.decode(data)
+            except ImageDecodeError as exc:
+                self._bad_frame(camera, str(exc))
+                continue
+            decode_ms = (time.perf_counter() - t0) * 1e3
+            frames.append(_Frame(camera, header, image, arrival, {"decode": decode_ms}))
+        if not frames:
+            return []
+        want_probabilities = any(f.camera.wants("probabilities", values) for f in frames)
         try:
-            image = self._decode(msg)
-            t1 = time.perf_counter()
-            result = self._pipeline.process(
-                image, want_probabilities=self._wants("probabilities", values)
-            )
-        except ImageDecodeError as exc:
-            return self._bad_frame(str(exc))
+            results = self.pipeline.process_batch([f.image for f in frames], want_probabilities)
         except Exception as exc:  # a bad frame must never stop the node
-            return self._bad_frame(f"segmentation failed ({type(exc).__name__}: {exc})")
-        return _Frame(
-            msg.header, image, result, arrival, {"decode": (t1 - t0) * 1e3, **result.timings_ms}
-        )
+            for frame in frames:
+                self._bad_frame(frame.camera, f"segmentation failed ({type(exc).__name__}: {exc})")
+            return []
+        self._backend_stats.batch_done(len(frames), results[0].timings_ms["inference"])
+        for frame, result in zip(frames, results):
+            frame.result = result
+            frame.timings_ms.update(result.timings_ms)
+        return frames
 
-    def _bad_frame(self, reason: str) -> None:
-        self._stats.frame_bad()
+    def _bad_frame(self, camera: Camera, reason: str) -> None:
+        camera.stats.frame_bad()
         now = time.monotonic()
         if now - self._warned.get(reason, -WARN_PERIOD_S) >= WARN_PERIOD_S:
             if len(self._warned) > 100:
                 self._warned.clear()
             self._warned[reason] = now
-            self.get_logger().warning(f"skipping a frame on {self._input_topic}: {reason}")
-        return None
+            self._logger.warning(f"skipping a frame on {camera.input_topic}: {reason}")
 
     def _publish_loop(self) -> None:
         while True:
@@ -284,75 +383,72 @@ class SegmentationNode(Node):
                     self._cond.wait()
                 if not self._running:
                     return
-                frame, self._ready = self._ready, None
+                frames, self._ready = self._ready, None
                 self._cond.notify_all()
-            t0 = time.perf_counter()
-            try:
-                self._publish(frame)
-            except Exception as exc:  # e.g. the context shut down under us
-                if self._running:
-                    self.get_logger().error(f"publishing failed: {type(exc).__name__}: {exc}")
-                continue
-            timings = dict(frame.timings_ms)
-            timings["publish"] = (time.perf_counter() - t0) * 1e3
-            timings["age"] = (time.monotonic() - frame.arrival) * 1e3
-            self._stats.frame_published(timings)
-
-    def _publish(self, frame: _Frame) -> None:
-        values = self._values
-        result, header = frame.result, frame.header
-        if self._wants("label", values):
-            encoding = "mono8" if result.label.dtype == np.uint8 else "mono16"
-            self._outputs["label"].publish(to_ros_image(result.label, encoding, header, Image))
-        if self._wants("confidence", values):
-            self._outputs["confidence"].publish(
-                to_ros_image(result.confidence, "32FC1", header, Image)
-            )
-        want_color, want_overlay = self._wants("color", values), self._wants("overlay", values)
-        if want_color or want_overlay:
-            color = colorize(result.label, self._palette)
-            if want_color:
-                self._outputs["color"].publish(to_ros_image(color, "rgb8", header, Image))
-            if want_overlay:
-                blended = overlay(frame.image, color, values["overlay_alpha"])
-                self._outputs["overlay"].publish(to_ros_image(blended, "rgb8", header, Image))
-        if result.probabilities is not None and self._wants("probabilities", values):
-            encoding = f"32FC{result.probabilities.shape[2]}"
-            self._outputs["probabilities"].publish(
-                to_ros_image(result.probabilities, encoding, header, Image)
-            )
+            values = self.values
+            for frame in frames:
+                t0 = time.perf_counter()
+                try:
+                    frame.camera.publish(
+                        frame.header, frame.image, frame.result, values, self.palette
+                    )
+                except Exception as exc:  # e.g. the context shut down under us
+                    if self._running:
+                        self._logger.error(f"publishing failed: {type(exc).__name__}: {exc}")
+                    continue
+                timings = frame.timings_ms
+                timings["publish"] = (time.perf_counter() - t0) * 1e3
+                timings["age"] = (time.monotonic() - frame.arrival) * 1e3
+                frame.camera.stats.frame_published(timings)
 
     # --- diagnostics --------------------------------------------------------------------------
 
-    def _publish_diagnostics(self) -> None:
-        snap = self._stats.snapshot()
-        status = DiagnosticStatus(
-            name=f"{self.get_fully_qualified_name()}: segmentation", hardware_id=self._backend_name
-        )
-        if snap["input_rate"] > 0 and snap["output_rate"] == 0 and snap["skipped"] == 0:
-            status.level, status.message = (
-                DiagnosticStatus.WARN,
-                "frames arrive but none is published",
-            )
-        elif snap["bad_recent"]:
-            status.level, status.message = (
-                DiagnosticStatus.WARN,
-                f"{snap['bad_recent']} bad frames in the last second",
-            )
-        else:
-            status.level = DiagnosticStatus.OK
-            status.message = f"{snap['output_rate']:.1f} Hz out of {snap['input_rate']:.1f} Hz in"
-        values = self._values
+    def _state_line(self) -> tuple[int, str] | None:
+        """(level, message) when the node is not segmenting for a reason of its own."""
+        if self.error:
+            return DiagnosticStatus.ERROR, self.error
+        if self.state != "active":
+            return DiagnosticStatus.OK, f"{self.state} (lifecycle)"
+        if not self.enabled:
+            return DiagnosticStatus.OK, "disabled by ~/enable: no work"
+        return None
+
+    def _backend_entries(self) -> dict:
+        values = self.values
         entries = {
-            "model": self._spec.family,
-            "model_name": self._spec.name,
-            "weights": self._spec.weights_path or "random initialisation",
-            "backend": self._backend_name,
-            "precision": str(getattr(self._pipeline.backend, "precision", values["precision"])),
-            "input_size": f"{self._pipeline.input_width}x{self._pipeline.input_height}",
-            "classes": f"{self._table.num_classes} ({self._table.name})",
-            "crf": "on" if values["crf.enabled"] else "off",
-            "input_topic": self._input_topic,
+            "state": self.state,
+            "enabled": "true" if self.enabled else "false",
+        }
+        if self.pipeline is None:
+            return entries
+        batches = self._backend_stats.snapshot()
+        entries.update(
+            {
+                "model": self.spec.family,
+                "model_name": self.spec.name,
+                "weights": self.spec.weights_path or "random initialisation",
+                "backend": self.backend_name,
+                "precision": str(getattr(self.pipeline.backend, "precision", values["precision"])),
+                "input_size": f"{self.pipeline.input_width}x{self.pipeline.input_height}",
+                "classes": f"{self.table.num_classes} ({self.table.name})",
+                "crf": "on" if values["crf.enabled"] else "off",
+                "cameras": str(len(self.cameras)),
+                "batch_size_mean": f"{batches['batch_size_mean']:.2f}",
+                "batch_rate_hz": f"{batches['batch_rate']:.2f}",
+            }
+        )
+        if batches["frames"]:
+            entries["batch_inference_p50_ms"] = f"{batches['inference_ms'][0]:.2f}"
+            entries["batch_inference_p95_ms"] = f"{batches['inference_ms'][1]:.2f}"
+        return entries
+
+    @staticmethod
+    def _camera_entries(camera: Camera) -> tuple[dict, dict]:
+        snap = camera.stats.snapshot()
+        entries = {
+            "camera": camera.name or "image",
+            "input_topic": camera.input_topic,
+            "subscribed": "true" if camera.subscription is not None else "false",
             "input_rate_hz": f"{snap['input_rate']:.2f}",
             "output_rate_hz": f"{snap['output_rate']:.2f}",
             "frames_received": str(snap["received"]),
@@ -364,26 +460,71 @@ class SegmentationNode(Node):
         for stage, (p50, p95) in snap["latency_ms"].items():
             entries[f"{stage}_p50_ms"] = f"{p50:.2f}"
             entries[f"{stage}_p95_ms"] = f"{p95:.2f}"
-        status.values = [KeyValue(key=key, value=value) for key, value in entries.items()]
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
+        return entries, snap
+
+    @staticmethod
+    def _camera_level(snap: dict) -> tuple[int, str]:
+        if snap["input_rate"] > 0 and snap["output_rate"] == 0 and snap["skipped"] == 0:
+            return DiagnosticStatus.WARN, "frames arrive but none is published"
+        if snap["bad_recent"]:
+            return DiagnosticStatus.WARN, f"{snap['bad_recent']} bad frames in the last second"
+        return (
+            DiagnosticStatus.OK,
+            f"{snap['output_rate']:.1f} Hz out of {snap['input_rate']:.1f} Hz in",
+        )
+
+    def publish_diagnostics(self) -> None:
+        """Publish a status per camera plus the shared backend (one in all for one camera)."""
+        name = self.node.get_fully_qualified_name()
+        hardware = getattr(self, "backend_name", "") or "none"
+        state = self._state_line()
+        backend = DiagnosticStatus(name=f"{name}: segmentation", hardware_id=hardware)
+        backend.level, backend.message = state or (DiagnosticStatus.OK, "segmenting")
+        entries = self._backend_entries()
+        statuses = [backend]
+        single = not self.values["cameras"]
+        for camera in self.cameras:
+            camera_entries, snap = self._camera_entries(camera)
+            level, message = state or self._camera_level(snap)
+            if single:
+                backend.level, backend.message = level, message
+                entries.update(camera_entries)
+                continue
+            status = DiagnosticStatus(
+                name=f"{name}: camera {camera.name}",
+                hardware_id=hardware,
+                level=level,
+                message=message,
+            )
+            status.values = [KeyValue(key=k, value=v) for k, v in camera_entries.items()]
+            statuses.append(status)
+        if not single:
+            backend.name = f"{name}: backend"
+        backend.values = [KeyValue(key=k, value=v) for k, v in entries.items()]
+        array = DiagnosticArray(status=statuses)
+        array.header.stamp = self.node.get_clock().now().to_msg()
         self._diagnostics.publish(array)
 
-    # --- shutdown -----------------------------------------------------------------------------
+
+class SegmentationNode(Node):
+    """The plain node: loads the model and starts segmenting in its constructor."""
+
+    def __init__(self, **node_kwargs):
+        super().__init__(params.NODE_NAME, **node_kwargs)
+        self.core = None  # rclpy's shutdown destroys the node even when the constructor failed
+        self.core = SegmentationCore(self)
+        self.core.load()
+        self.core.start()
 
     def destroy_node(self) -> None:
-        with self._cond:
-            self._running = False
-            self._cond.notify_all()
-        for thread in self._threads:
-            thread.join(timeout=5.0)
-        if self._pipeline is not None:
-            self._pipeline.backend.close()
+        if self.core is not None:
+            self.core.shutdown()
         super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> int:
     """Console script ``segmentation_node``: 0 after a clean shutdown, 1 when it cannot start."""
+    # -- Fast DDS transport set-up (seg_ros.dds) goes here, before rclpy.init(). --
     rclpy.init(args=args)
     logger = get_logger(params.NODE_NAME)
     try:

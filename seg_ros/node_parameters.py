@@ -9,6 +9,7 @@ YAML files the node gets through ``--params-file``).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 TRANSPORTS = ("raw", "compressed")
 RELIABILITIES = ("best_effort", "reliable")
 OUTPUTS = ("label", "confidence", "color", "overlay", "probabilities")
+# A camera name is a relative ROS name: it prefixes the camera's input and output topics.
+_CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$")
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class ParameterSpec:
     """One node parameter: its type comes from the default's Python type."""
 
     name: str
-    default: bool | int | float | str
+    default: bool | int | float | str | tuple
     description: str
     choices: tuple[str, ...] = ()  # allowed strings; empty = any
     minimum: float | None = None  # inclusive range for int/float
@@ -39,16 +42,22 @@ class ParameterSpec:
     runtime: bool = False  # may change while the node runs (else: needs a restart)
 
     def check(self, value) -> str | None:
-        """The reason ``value`` is unacceptable, or None when it is fine."""
+        """Return why ``value`` is unacceptable, or None when it is fine."""
         kind = type(self.default)
+        if kind is tuple:
+            return _check_camera_names(self.name, value)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if type(value) is not kind:
-            return f"{self.name} must be of type {kind.__name__}, got {value!r} ({type(value).__name__})"
+            return (
+                f"{self.name} must be of type {kind.__name__}, "
+                f"got {value!r} ({type(value).__name__})"
+            )
         if kind is float and not math.isfinite(value):
             return f"{self.name} must be a finite number, got {value!r}"
         if self.choices and value not in self.choices:
-            return f"{self.name} must be one of {', '.join(repr(c) for c in self.choices)}, got {value!r}"
+            allowed = ", ".join(repr(c) for c in self.choices)
+            return f"{self.name} must be one of {allowed}, got {value!r}"
         if (
             self.minimum is not None
             and value < self.minimum
@@ -57,8 +66,25 @@ class ParameterSpec:
         ):
             return f"{self.name} must be in [{self.minimum:g}, {self.maximum:g}], got {value!r}"
         if kind is int and self.step > 1 and (value - int(self.minimum or 0)) % self.step:
-            return f"{self.name} must be a multiple of {self.step} from {self.minimum:g}, got {value!r}"
+            return (
+                f"{self.name} must be a multiple of {self.step} from {self.minimum:g}, "
+                f"got {value!r}"
+            )
         return None
+
+
+def _check_camera_names(name: str, value) -> str | None:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        return f"{name} must be a list of strings, got {value!r}"
+    bad = [v for v in value if not _CAMERA_NAME.match(v)]
+    if bad:
+        return (
+            f"{name}: {', '.join(repr(v) for v in bad)} is not a relative ROS name "
+            "(letters, digits, _ and /, starting with a letter)"
+        )
+    if len(set(value)) != len(value):
+        return f"{name} lists a camera twice: {list(value)!r}"
+    return None
 
 
 _RESTART = " Fixed at start-up: restart the node to change it."
@@ -74,8 +100,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "backbone",
         "",
         "Backbone (segnet: vgg16_bn|basic; deeplab: resnet50|resnet101|"
-        "mobilenet_v3_large; refinenet: resnet101|resnet50|mobilenet_v2); empty = the bundled variant."
-        + _RESTART,
+        "mobilenet_v3_large; refinenet: resnet101|resnet50|mobilenet_v2); "
+        "empty = the bundled variant." + _RESTART,
     ),
     ParameterSpec(
         "version",
@@ -176,6 +202,13 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "tensorrt.calibration_topic", "", "Image topic in tensorrt.calibration_bag." + _RESTART
     ),
     # Topics and QoS: fixed once the subscription and publishers exist.
+    ParameterSpec(
+        "cameras",
+        (),
+        "Camera names: each subscribes to <name>/image and publishes ~/<name>/label etc., "
+        "all served by one model in batches; empty = one camera on image with outputs ~/label etc."
+        + _RESTART,
+    ),
     ParameterSpec(
         "image_transport",
         "raw",
@@ -295,7 +328,10 @@ def check_change(name: str, value) -> str | None:
     if spec is None:
         return f"unknown parameter {name!r}"
     if not spec.runtime:
-        return f"{name} cannot change at run time (it rebuilds the model, backend or topics): restart the node"
+        return (
+            f"{name} cannot change at run time (it rebuilds the model, backend or topics): "
+            "restart the node"
+        )
     return spec.check(value)
 
 
@@ -315,7 +351,13 @@ def validate(values: dict) -> dict:
         raise ValueError("invalid segmentation_node parameters: " + "; ".join(problems))
     merged = defaults()
     merged.update({name: value for name, value in values.items() if name in SPECS})
+    merged["cameras"] = tuple(merged["cameras"])
     return merged
+
+
+def parse_camera_list(text: str) -> list[str]:
+    """``front,rear`` or ``[front, rear]`` (a launch argument) -> ['front', 'rear']."""
+    return [name for name in re.split(r"[\s,]+", text.strip().strip("[]")) if name]
 
 
 def crf_settings(values: dict) -> CrfSettings:
@@ -380,7 +422,7 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def read_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict:
-    """The flat parameter values a ROS 2 params file gives ``node_name`` (``/**`` entries included)."""
+    """Read the flat parameter values a params file gives ``node_name`` (``/**`` included)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"parameter file {path} does not exist")
@@ -420,9 +462,10 @@ def launch_parameters(
     backend: str = "",
     precision: str = "",
     use_crf: str = "",
+    cameras: str = "",
     params_file: str = "",
 ) -> list:
-    """The node's ``parameters=`` list for launch_ros: the params file, then the launch arguments.
+    """Build the node's ``parameters=`` for launch_ros: the params file, then the arguments.
 
     Empty arguments keep the file's values. Everything is validated here so a bad
     ``ros2 launch ... model:=foo`` fails with the reason before any process starts.
@@ -438,12 +481,14 @@ def launch_parameters(
         overrides["precision"] = precision
     if use_crf:
         overrides["crf.enabled"] = parse_launch_bool("use_crf", use_crf)
+    if cameras:
+        overrides["cameras"] = parse_camera_list(cameras)
     validate({**file_values, **overrides})
     return [str(path), overrides] if overrides else [str(path)]
 
 
 def rviz_remappings(namespace: str = "", node_name: str = NODE_NAME) -> list[tuple[str, str]]:
-    """Point the RViz config's displays (written for /segmentation_node/*) at the node in ``namespace``."""
+    """Point the RViz config's displays (for /segmentation_node/*) at the node in ``namespace``."""
     namespace = namespace.strip("/")
     if not namespace:
         return []

@@ -52,7 +52,7 @@ class CrfSettings:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Everything needed to build a pipeline; the node's parameters and the CLI flags map onto it."""
+    """Everything needed to build a pipeline; the node's parameters and CLI flags map onto it."""
 
     model: str = ""  # segnet | deeplab | refinenet; "" = the best bundled model
     weights: str = ""  # "" = the family's bundled weights (random init with a warning if none)
@@ -79,7 +79,7 @@ class SegmentationResult:
 
 
 class SegmentationPipeline:
-    """One backend plus the pre/post-processing around it. Not thread-safe: one caller at a time."""
+    """One backend plus the pre/post-processing around it. Not thread-safe: one caller at once."""
 
     def __init__(
         self,
@@ -100,6 +100,17 @@ class SegmentationPipeline:
         self._offset = (-np.asarray(mean, np.float32) * 255.0 / std_arr).reshape(1, 1, 3)
         self.crf = crf or CrfSettings()
         self.label_dtype = np.uint8 if self.num_classes <= 254 else np.uint16
+        self._tensors = None
+        if getattr(backend, "tensor_device", None) is not None:
+            from seg_ros.pipeline_torch import TorchStages
+
+            self._tensors = TorchStages(
+                backend,
+                input_size=(self.input_height, self.input_width),
+                mean=mean,
+                std=std,
+                label_dtype=self.label_dtype,
+            )
 
     def set_crf(self, crf: CrfSettings) -> None:
         """Swap CRF settings; applies from the next frame."""
@@ -125,29 +136,69 @@ class SegmentationPipeline:
         return small, np.ascontiguousarray(batch.transpose(2, 0, 1)[None])
 
     def process(self, image: np.ndarray, want_probabilities: bool = False) -> SegmentationResult:
+        """Segment one image (see ``process_batch``)."""
+        return self.process_batch([image], want_probabilities)[0]
+
+    def process_batch(
+        self, images: list[np.ndarray], want_probabilities: bool = False
+    ) -> list[SegmentationResult]:
+        """Segment images of any sizes in one backend call (chunks of the backend's batch limit).
+
+        A backend that runs on torch tensors (``tensor_device``) gets resizing,
+        normalisation and the head's outputs resized back on its device
+        (seg_ros.pipeline_torch); the dense CRF and other backends run here on numpy.
+        Every result's timings hold the whole batch's inference time.
+        """
         crf = self.crf
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        small, batch = self.preprocess(image)
-        t1 = time.perf_counter()
-        timings["preprocess"] = (t1 - t0) * 1e3
-
         need_full = want_probabilities or crf.enabled
-        out = self.backend.infer(batch, FULL_OUTPUTS if need_full else COMPACT_OUTPUTS)
-        t2 = time.perf_counter()
-        timings["inference"] = (t2 - t1) * 1e3
+        names = FULL_OUTPUTS if need_full else COMPACT_OUTPUTS
+        if self._tensors is not None and not crf.enabled:
+            return self._tensors.process(images, names, want_probabilities)
+        prepared, preprocess_ms = [], []
+        for image in images:
+            t0 = time.perf_counter()
+            prepared.append(self.preprocess(image))
+            preprocess_ms.append((time.perf_counter() - t0) * 1e3)
+        t1 = time.perf_counter()
+        out = self._infer(np.concatenate([batch for _, batch in prepared]), names)
+        inference_ms = (time.perf_counter() - t1) * 1e3
+        results = []
+        for i, (image, (small, _)) in enumerate(zip(images, prepared)):
+            timings = {"preprocess": preprocess_ms[i], "inference": inference_ms}
+            own = {name: value[i] for name, value in out.items()}
+            results.append(self._postprocess(image, small, own, timings, want_probabilities, crf))
+        return results
 
+    def _infer(self, batch: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        limit = max(1, int(getattr(self.backend, "max_batch", 1)))
+        if len(batch) <= limit:
+            return self.backend.infer(batch, names)
+        parts = [
+            self.backend.infer(batch[i : i + limit], names) for i in range(0, len(batch), limit)
+        ]
+        return {name: np.concatenate([part[name] for part in parts]) for name in names}
+
+    def _postprocess(
+        self,
+        image: np.ndarray,
+        small: np.ndarray,
+        out: dict[str, np.ndarray],
+        timings: dict[str, float],
+        want_probabilities: bool,
+        crf: CrfSettings,
+    ) -> SegmentationResult:
+        t2 = time.perf_counter()
         probabilities = None
-        if need_full:
-            probabilities = out["probabilities"][0]
+        if "probabilities" in out:
+            probabilities = out["probabilities"]
             if crf.enabled:
                 probabilities = dense_crf(small, probabilities, **crf.kwargs())
                 timings["crf"] = (time.perf_counter() - t2) * 1e3
             label = probabilities.argmax(axis=0)
             confidence = probabilities.max(axis=0)
         else:
-            label = out["label"][0]
-            confidence = out["confidence"][0]
+            label = out["label"]
+            confidence = out["confidence"]
         t3 = time.perf_counter()
 
         height, width = image.shape[:2]
@@ -179,7 +230,10 @@ class BuiltPipeline:
 
 
 def build_pipeline(config: PipelineConfig) -> BuiltPipeline:
-    """Load the model, start the backend and wrap both; raises ValueError/FileNotFoundError/RuntimeError."""
+    """Load the model, start the backend and wrap both.
+
+    Raises ValueError, FileNotFoundError or RuntimeError with the reason.
+    """
     from seg_ros.backends import create_backend
     from seg_ros.classes import generic_table, load_class_table
     from seg_ros.models import load_model
@@ -197,7 +251,8 @@ def build_pipeline(config: PipelineConfig) -> BuiltPipeline:
     if table.num_classes != spec.num_classes:
         if config.class_table:
             raise ValueError(
-                f"class table {table.name!r} has {table.num_classes} classes but the model predicts {spec.num_classes}"
+                f"class table {table.name!r} has {table.num_classes} classes but the model "
+                f"predicts {spec.num_classes}"
             )
         table = generic_table(spec.num_classes)
     height = config.input_height or spec.input_height

@@ -52,6 +52,9 @@ class LatencyWindow:
             return tuple(float("nan") for _ in qs)
         return tuple(float(v) for v in np.percentile(np.fromiter(self._samples, float), qs))
 
+    def mean(self) -> float:
+        return sum(self._samples) / len(self._samples) if self._samples else 0.0
+
     def __len__(self) -> int:
         return len(self._samples)
 
@@ -103,7 +106,7 @@ class NodeStats:
                     self._stages[name].add(value)
 
     def snapshot(self) -> dict:
-        """Rates (Hz), counters, bad frames since the last snapshot and {stage: (p50, p95)} in ms."""
+        """Rates (Hz), counters, bad frames since the last snapshot, {stage: (p50, p95)} in ms."""
         with self._lock:
             now = self._clock()
             bad_recent, self._bad_at_last_snapshot = (
@@ -124,4 +127,35 @@ class NodeStats:
                     for name, window in self._stages.items()
                     if len(window)
                 },
+            }
+
+
+class BackendStats:
+    """The shared backend's side: batches run, their sizes and inference times."""
+
+    def __init__(
+        self, rate_window_s: float = 5.0, latency_samples: int = 200, clock=time.monotonic
+    ):
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._batches = RateMeter(rate_window_s)
+        self._sizes = LatencyWindow(latency_samples)
+        self._inference = LatencyWindow(latency_samples)
+        self.frames = 0
+
+    def batch_done(self, size: int, inference_ms: float) -> None:
+        with self._lock:
+            self.frames += size
+            self._batches.tick(self._clock())
+            self._sizes.add(size)
+            self._inference.add(inference_ms)
+
+    def snapshot(self) -> dict:
+        """Batches per second, frames segmented, mean batch size and inference (p50, p95) in ms."""
+        with self._lock:
+            return {
+                "batch_rate": self._batches.rate(self._clock()),
+                "frames": self.frames,
+                "batch_size_mean": self._sizes.mean(),
+                "inference_ms": self._inference.percentiles(50, 95),
             }

@@ -56,7 +56,12 @@ def install(tmp_path_factory) -> Path:
 
 def test_console_scripts_where_ros2_run_looks(install):
     lib = install / "seg_ros" / "lib" / "seg_ros"
-    for script in ("segmentation_node", "seg_ros", "evaluator_node"):
+    for script in (
+        "segmentation_node",
+        "segmentation_lifecycle_node",
+        "seg_ros",
+        "evaluator_node",
+    ):
         path = lib / script
         assert path.is_file(), f"{path} missing"
         assert os.access(path, os.X_OK), f"{path} is not executable"

@@ -43,13 +43,16 @@ def test_launch_file_declares_the_documented_arguments():
         "precision",
         "use_crf",
         "image",
+        "cameras",
+        "lifecycle",
         "namespace",
         "params_file",
         "rviz",
     }
     source = LAUNCH_FILE.read_text()
     assert "launch_parameters(" in source and '"segmentation.rviz"' in source
-    assert 'executable="segmentation_node"' in source
+    assert '"segmentation_node"' in source and '"segmentation_lifecycle_node"' in source
+    assert "cameras=arg[" in source
 
 
 def test_setup_installs_the_launch_file_and_configs():
@@ -72,7 +75,7 @@ def test_rviz_config_shows_the_nodes_overlay_and_colour_mask():
 _HAVE_LAUNCH = all(importlib.util.find_spec(name) for name in ("launch_pytest", "launch_ros"))
 skip_without_launch = pytest.mark.skipif(
     not _HAVE_LAUNCH,
-    reason="launch_pytest/launch_ros are not installed (they come with a ROS install, not from PyPI)",
+    reason="launch_pytest/launch_ros are not installed (a ROS install has them, PyPI does not)",
 )
 
 if _HAVE_LAUNCH:

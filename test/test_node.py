@@ -1,9 +1,11 @@
 """The segmentation node as its own process, over real DDS (rclpy from the PyPI wheels).
 
 One node process (reliable input QoS, raw images) serves most tests; a second
-one takes compressed images with the default best-effort QoS; start-up failures
-each get a short-lived process. Frames are small (120×160) except one real
-CamVid frame; the network runs at 64×96 so a forward pass stays cheap.
+one takes compressed images with the default best-effort QoS; a third serves
+two cameras of different sizes; a lifecycle node is driven through its
+lifecycle services; start-up failures each get a short-lived process. Frames
+are small (120×160) except one real CamVid frame; the network runs at 64×96 so
+a forward pass stays cheap.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ import yaml
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ros-rclpy wheels) is not installed")
 
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from lifecycle_msgs.msg import Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import DescribeParameters, GetParameters, SetParameters  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from std_srvs.srv import SetBool  # noqa: E402
 
 from seg_ros.classes import load_class_table  # noqa: E402
 from seg_ros.image_codec import message_to_array  # noqa: E402
@@ -53,15 +58,18 @@ NETWORK_SIZE = (64, 96)
 FRAME_SIZE = (120, 160)
 CAMVID = load_class_table("camvid")
 COMPACT = ("label", "confidence", "color", "overlay")
+CAMERAS = ("front", "rear")
 
 
-# --- harness --------------------------------------------------------------------------------
+# --- harness -------------------------------------------------------------------------------------
 
 
 class NodeProcess:
     """``python -m seg_ros.node`` with a params file; its console output goes to a log file."""
 
-    def __init__(self, tmp_path: Path, namespace: str, parameters: dict):
+    def __init__(
+        self, tmp_path: Path, namespace: str, parameters: dict, module: str = "seg_ros.node"
+    ):
         self.params_file = tmp_path / f"{namespace}.yaml"
         self.params_file.write_text(
             yaml.safe_dump({f"/**/{NODE_NAME}": {"ros__parameters": parameters}})
@@ -72,7 +80,7 @@ class NodeProcess:
                 [
                     sys.executable,
                     "-m",
-                    "seg_ros.node",
+                    module,
                     "--ros-args",
                     "--params-file",
                     str(self.params_file),
@@ -107,7 +115,7 @@ def image_msg(
     step: int | None = None,
     big_endian: bool = False,
 ) -> Image:
-    """An Image with ``stamp`` seconds; rows padded to ``step`` bytes when given."""
+    """Build an Image with ``stamp`` seconds; rows padded to ``step`` bytes when given."""
     height, width = array.shape[:2]
     contiguous = np.ascontiguousarray(array)
     rows = contiguous.reshape(-1).view(np.uint8).reshape(height, contiguous.strides[0])
@@ -145,9 +153,12 @@ def scene(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 class Probe:
-    """A node in the test process: sends frames to one segmentation node and collects what it publishes."""
+    """Send frames to one segmentation node and collect what it publishes (a node in the test).
 
-    def __init__(self, namespace: str, compressed: bool = False):
+    With ``cameras`` (the node's ``cameras`` parameter) outputs are named ``<camera>/<output>``.
+    """
+
+    def __init__(self, namespace: str, compressed: bool = False, cameras: tuple[str, ...] = ("",)):
         self.namespace = namespace
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
@@ -159,23 +170,32 @@ class Probe:
         self.diagnostics: list[dict] = []
         base = f"/{namespace}/{NODE_NAME}"
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        self.subscriptions = {
-            name: self.node.create_subscription(
-                Image, f"{base}/{name}", self._collector(name), reliable
-            )
-            for name in OUTPUTS
-        }
+        self.reliable = reliable
+        self.base = base
+        self.subscriptions = {}
+        for camera in cameras:
+            for name in OUTPUTS:
+                self.subscribe(f"{camera}/{name}" if camera else name)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
-        topic = f"/{namespace}/camera/image" + ("/compressed" if compressed else "")
-        self.publisher = self.node.create_publisher(
-            CompressedImage if compressed else Image, topic, reliable
-        )
+        suffix = "/image" + ("/compressed" if compressed else "")
+        self.publishers = {
+            camera: self.node.create_publisher(
+                CompressedImage if compressed else Image,
+                f"/{namespace}/{camera or 'camera'}{suffix}",
+                reliable,
+            )
+            for camera in cameras
+        }
+        self.publisher = self.publishers[cameras[0]]
         self.clients = {
             name: self.node.create_client(srv, f"{base}/{name}")
             for name, srv in (
                 ("get_parameters", GetParameters),
                 ("set_parameters", SetParameters),
                 ("describe_parameters", DescribeParameters),
+                ("enable", SetBool),
+                ("change_state", ChangeState),
+                ("get_state", GetState),
             )
         }
         threading.Thread(target=self.executor.spin, daemon=True).start()
@@ -184,6 +204,17 @@ class Probe:
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
+
+    def subscribe(self, name: str) -> None:
+        """Collect the node's output ``name`` (``label``, or ``front/label`` with cameras)."""
+        self.subscriptions[name] = self.node.create_subscription(
+            Image, f"{self.base}/{name}", self._collector(name), self.reliable
+        )
+
+    def unsubscribe_all(self) -> None:
+        for subscription in self.subscriptions.values():
+            self.node.destroy_subscription(subscription)
+        self.subscriptions = {}
 
     def _collector(self, name: str):
         def collect(msg: Image) -> None:
@@ -197,6 +228,7 @@ class Probe:
         for status in msg.status:
             if status.name.startswith(f"/{self.namespace}/{NODE_NAME}"):
                 values = {kv.key: kv.value for kv in status.values}
+                values["_name"] = status.name
                 values["_level"] = status.level
                 values["_message"] = status.message
                 with self._cond:
@@ -216,12 +248,13 @@ class Probe:
             time.sleep(0.2)
         raise AssertionError(f"node not ready after {timeout} s:\n{process.log()}")
 
-    def send(self, msg, wanted=COMPACT, timeout: float = 30.0) -> dict:
-        """Publish ``msg`` (again every 2 s while discovery settles) until the ``wanted`` outputs arrive."""
+    def send(self, msg, wanted=COMPACT, timeout: float = 30.0, camera: str = "") -> dict:
+        """Publish ``msg`` (again every 2 s while discovery settles) until ``wanted`` arrive."""
         key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         deadline = time.monotonic() + timeout
+        publisher = self.publishers[camera] if camera else self.publisher
         while time.monotonic() < deadline:
-            self.publisher.publish(msg)
+            publisher.publish(msg)
             outputs = self.wait_for(key, wanted, min(2.0, deadline - time.monotonic()))
             if outputs:
                 return outputs
@@ -230,7 +263,7 @@ class Probe:
         )
 
     def wait_for(self, key: tuple[int, int], wanted=COMPACT, timeout: float = 30.0) -> dict | None:
-        """The outputs for stamp ``key`` once all ``wanted`` ones arrived; None after ``timeout``."""
+        """Wait for the outputs for stamp ``key`` until all ``wanted`` arrived; None on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while not all(name in self.outputs[key] for name in wanted):
@@ -239,8 +272,23 @@ class Probe:
                 self._cond.wait(timeout=0.1)
             return dict(self.outputs[key])
 
+    def wait_diagnostics(self, accept, timeout: float = 30.0) -> dict:
+        """Wait for the first report from now on for which ``accept(values)`` holds."""
+        deadline = time.monotonic() + timeout
+        seen = len(self.diagnostics)
+        with self._cond:
+            while time.monotonic() < deadline:
+                for values in self.diagnostics[seen:]:
+                    if accept(values):
+                        return values
+                seen = len(self.diagnostics)
+                self._cond.wait(timeout=0.1)
+        raise AssertionError(
+            f"no matching diagnostics within {timeout} s: {self.diagnostics[-3:]}"
+        )
+
     def diagnostics_after(self, count: int, timeout: float = 10.0) -> dict:
-        """The newest diagnostics once more than ``count`` reports have arrived."""
+        """Return the newest diagnostics once more than ``count`` reports have arrived."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while len(self.diagnostics) <= count and time.monotonic() < deadline:
@@ -275,6 +323,26 @@ class Probe:
         result = self._call("set_parameters", request).results[0]
         return result.successful, result.reason
 
+    def enable(self, on: bool) -> str:
+        response = self._call("enable", SetBool.Request(data=on))
+        assert response.success
+        return response.message
+
+    def lifecycle(self, transition: int) -> bool:
+        """Ask for a lifecycle transition; True when the node made it."""
+        request = ChangeState.Request(transition=Transition(id=transition))
+        return self._call("change_state", request, timeout=180.0).success
+
+    def lifecycle_state(self) -> str:
+        return self._call("get_state", GetState.Request()).current_state.label
+
+    def wait_for_subscription(self, subscribed: bool, timeout: float = 30.0) -> None:
+        """Until the node does (or does not) subscribe to our frames."""
+        deadline = time.monotonic() + timeout
+        while (self.publisher.get_subscription_count() > 0) != subscribed:
+            assert time.monotonic() < deadline, f"input still subscribed={not subscribed}"
+            time.sleep(0.1)
+
     def get_parameters(self, *names: str) -> list[ParameterValue]:
         return list(self._call("get_parameters", GetParameters.Request(names=list(names))).values)
 
@@ -293,12 +361,12 @@ def next_stamp() -> int:
     return next(_stamps)
 
 
-# --- the main node ------------------------------------------------------------------------------
+# --- the main node -------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def early_processes(tmp_path_factory):
-    """Start the compressed-input node and the failing start-ups now, so they load while other tests run."""
+    """Start the other nodes and the failing start-ups now, so they load while other tests run."""
     tmp = tmp_path_factory.mktemp("node_early")
     corrupt = tmp / "corrupt.safetensors"
     corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}" + bytes(64))
@@ -310,13 +378,26 @@ def early_processes(tmp_path_factory):
     }
     processes = {
         "jpeg": NodeProcess(tmp, "seg_jpeg", {**TEST_PARAMETERS, "image_transport": "compressed"}),
+        "multi": NodeProcess(
+            tmp,
+            "seg_multi",
+            {**TEST_PARAMETERS, "cameras": list(CAMERAS), "qos.reliability": "reliable"},
+        ),
+        # Weights that do not exist: the first configure fails, with the reason.
+        "lifecycle": NodeProcess(
+            tmp,
+            "seg_life",
+            {**TEST_PARAMETERS, "weights": "/nonexistent/life.safetensors"},
+            module="seg_ros.lifecycle_node",
+        ),
         "failures": {
             words: NodeProcess(tmp, f"seg_fail{i}", {**TEST_PARAMETERS, **parameters})
             for i, (words, parameters) in enumerate(failures.items())
         },
     }
     yield processes
-    for process in [processes["jpeg"], *processes["failures"].values()]:
+    started = [processes["jpeg"], processes["multi"], processes["lifecycle"]]
+    for process in started + list(processes["failures"].values()):
         if process.process.poll() is None:
             process.process.kill()
             process.process.wait()
@@ -534,7 +615,8 @@ def test_bad_frames_are_skipped_with_a_warning_and_the_next_good_frame_is_served
     short.data = short.data[:1000]  # data shorter than step x height
     for number, msg in enumerate(bad + [short], start=1):
         probe.publisher.publish(msg)
-        # One at a time: wait until the node has counted it, so none is dropped as stale behind a slow frame.
+        # One at a time: wait until the node has counted it, so none is dropped as stale behind a
+        # slow frame.
         _wait_for_bad_frames(probe, int(before["frames_bad"]) + number)
     good = image_msg(rgb, "rgb8", next_stamp())
     _check_compact_outputs(probe.send(good), rgb, good.header)
@@ -599,23 +681,41 @@ def test_real_camvid_frame(raw, camvid):
     assert label.shape == (360, 480)
 
 
-def test_no_work_without_subscribers(raw):
+def test_disabled_node_does_no_work_and_says_so(raw):
+    probe, _ = raw
+    assert "disabled" in probe.enable(False)
+    try:
+        probe.wait_for_subscription(False)  # no input subscription: no frame costs anything
+        values = probe.wait_diagnostics(lambda v: v["enabled"] == "false")
+        assert "disabled" in values["_message"] and values["subscribed"] == "false"
+    finally:
+        assert probe.enable(True) == "enabled"
+    probe.wait_for_subscription(True)
+    image = scene(*FRAME_SIZE, seed=9)
+    msg = image_msg(image, "rgb8", next_stamp())
+    _check_compact_outputs(probe.send(msg), image, msg.header)
+
+
+def test_camera_is_subscribed_only_while_an_output_is_wanted(raw):
     """Runs last in this module: it removes the probe's output subscriptions."""
     probe, _ = raw
-    for subscription in probe.subscriptions.values():
-        probe.node.destroy_subscription(subscription)
-    before = probe.diagnostics_after(len(probe.diagnostics))
-    deadline = time.monotonic() + 20.0
-    after = before
-    while time.monotonic() < deadline and int(after["frames_skipped_no_subscriber"]) <= int(
-        before["frames_skipped_no_subscriber"]
-    ):
-        probe.publisher.publish(image_msg(scene(*FRAME_SIZE), "rgb8", next_stamp()))
-        after = probe.diagnostics_after(len(probe.diagnostics))
-    assert int(after["frames_skipped_no_subscriber"]) > int(before["frames_skipped_no_subscriber"])
+    probe.unsubscribe_all()
+    probe.wait_for_subscription(False)
+    assert probe.wait_diagnostics(lambda v: v["subscribed"] == "false")
+    probe.subscribe("overlay")
+    probe.wait_for_subscription(True)
+    image = scene(*FRAME_SIZE, seed=10)
+    outputs = probe.send(image_msg(image, "rgb8", next_stamp()), wanted=("overlay",))
+    assert outputs["overlay"].encoding == "rgb8"
+    assert probe.set_parameter("publish.overlay", False) == (True, "")  # nobody wants anything now
+    try:
+        probe.wait_for_subscription(False)
+    finally:
+        assert probe.set_parameter("publish.overlay", True)[0]
+    probe.wait_for_subscription(True)
 
 
-# --- compressed input, default (best-effort) QoS -----------------------------------------------------
+# --- compressed input, default (best-effort) QoS -------------------------------------------------
 
 
 def test_compressed_input(early_processes):
@@ -655,14 +755,85 @@ def test_compressed_input(early_processes):
         assert process.stop() == 0, process.log()
 
 
-# --- start-up failures ---------------------------------------------------------------------------------
+# --- start-up failures ---------------------------------------------------------------------------
 
 
 def test_start_up_errors_exit_non_zero_with_one_clear_message(early_processes):
-    """Bad parameter values, missing weights, corrupt weights: exit code 1 and one line naming the problem."""
+    """Bad parameter values, missing or corrupt weights: exit code 1 and one line naming it."""
     for words, process in early_processes["failures"].items():
         code = process.process.wait(timeout=180)
         log = process.log()
         assert code == 1, log
         assert "cannot start" in log and words in log, log
         assert "Traceback" not in log, log
+
+
+# --- several cameras, one model ------------------------------------------------------------------
+
+
+def test_two_cameras_of_different_sizes_come_back_on_their_own_topics(early_processes):
+    process = early_processes["multi"]
+    probe = Probe("seg_multi", cameras=CAMERAS)
+    try:
+        probe.wait_until_ready(process)
+        images = {"front": scene(*FRAME_SIZE, seed=11), "rear": scene(90, 200, seed=12)}
+        for _ in range(2):
+            msgs = {
+                camera: image_msg(image, "rgb8", next_stamp(), frame_id=f"{camera}_optical")
+                for camera, image in images.items()
+            }
+            for camera in CAMERAS:  # both waiting at once: the node may run them as one batch
+                probe.publishers[camera].publish(msgs[camera])
+            for camera in CAMERAS:
+                wanted = tuple(f"{camera}/{name}" for name in COMPACT)
+                outputs = probe.send(msgs[camera], wanted=wanted, camera=camera)
+                assert all(name.startswith(f"{camera}/") for name in outputs), sorted(outputs)
+                own = {name: outputs[f"{camera}/{name}"] for name in COMPACT}
+                _check_compact_outputs(own, images[camera], msgs[camera].header)
+        backend = probe.wait_diagnostics(lambda v: v["_name"].endswith(": backend"))
+        assert backend["cameras"] == "2" and backend["model"] == "deeplab"
+        for camera in CAMERAS:
+            status = probe.wait_diagnostics(lambda v: v["_name"].endswith(f": camera {camera}"))
+            assert status["input_topic"] == f"/seg_multi/{camera}/image"
+            assert int(status["frames_published"]) >= 2 and status["subscribed"] == "true"
+    finally:
+        probe.close()
+        assert process.stop() == 0, process.log()
+
+
+# --- the lifecycle node --------------------------------------------------------------------------
+
+
+def test_lifecycle_transitions_through_the_lifecycle_services(early_processes):
+    process = early_processes["lifecycle"]
+    probe = Probe("seg_life")
+    try:
+        assert probe.lifecycle_state() == "unconfigured"
+        assert not probe.lifecycle(Transition.TRANSITION_CONFIGURE)  # the weights do not exist
+        assert probe.lifecycle_state() == "unconfigured"
+        error = probe.wait_diagnostics(lambda v: v["_level"] == DiagnosticStatus.ERROR)
+        assert "configure failed" in error["_message"] and "life.safetensors" in error["_message"]
+        # Unconfigured, even model parameters may change; configure reads them.
+        assert probe.set_parameter("weights", "") == (True, "")
+        assert probe.lifecycle(Transition.TRANSITION_CONFIGURE)
+        assert probe.lifecycle_state() == "inactive"
+        inactive = probe.wait_diagnostics(lambda v: v["state"] == "inactive")
+        assert inactive["model"] == "deeplab" and inactive["_level"] == DiagnosticStatus.OK
+        assert probe.publisher.get_subscription_count() == 0  # inactive: nothing subscribed
+        image = scene(*FRAME_SIZE, seed=13)
+        for _ in range(2):  # activate, serve, deactivate; twice, with the model kept in between
+            assert probe.lifecycle(Transition.TRANSITION_ACTIVATE)
+            assert probe.lifecycle_state() == "active"
+            probe.wait_for_subscription(True)
+            msg = image_msg(image, "rgb8", next_stamp(), frame_id="life")
+            _check_compact_outputs(probe.send(msg), image, msg.header)
+            assert probe.lifecycle(Transition.TRANSITION_DEACTIVATE)
+            assert probe.lifecycle_state() == "inactive"
+            probe.wait_for_subscription(False)
+        assert probe.lifecycle(Transition.TRANSITION_CLEANUP)
+        assert probe.lifecycle_state() == "unconfigured"
+        freed = probe.wait_diagnostics(lambda v: v["state"] == "unconfigured")
+        assert "model" not in freed
+    finally:
+        probe.close()
+        assert process.stop() == 0, process.log()

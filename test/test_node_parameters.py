@@ -1,4 +1,4 @@
-"""The node's parameter table, its YAML file, the launch helper and the statistics (all ROS-free)."""
+"""The node's parameter table, YAML file, launch helper and statistics (all ROS-free)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_default_params_file_lists_every_parameter_with_its_default():
     values = p.read_params_file(REPO / "config" / "segmentation.yaml")
-    assert values == p.defaults()
+    assert set(values) == set(p.defaults()) and p.validate(values) == p.defaults()
 
 
 def test_every_default_passes_its_own_check():
@@ -44,6 +44,10 @@ def test_every_default_passes_its_own_check():
         ("tensorrt.dla_core", -2, "[-1, 7]"),
         ("publish.label", 1, "must be of type bool"),
         ("input_height", -1, "[0, 4096]"),
+        ("cameras", "front", "list of strings"),
+        ("cameras", ["front", "/rear"], "relative ROS name"),
+        ("cameras", ["front", "2nd"], "relative ROS name"),
+        ("cameras", ["front", "front"], "twice"),
     ],
 )
 def test_bad_values_are_rejected_with_the_reason(name, value, words):
@@ -158,6 +162,16 @@ def test_launch_parameters_put_arguments_after_the_file():
         default,
         {"model": "deeplab", "backend": "onnxruntime", "precision": "fp16", "crf.enabled": False},
     ]
+
+
+def test_launch_takes_a_camera_list():
+    default = str(REPO / "config" / "segmentation.yaml")
+    expected = [default, {"cameras": ["front", "rear", "left"]}]
+    assert p.launch_parameters(cameras="front,rear, left") == expected
+    assert p.launch_parameters(cameras="[front, rear, left]") == expected
+    assert p.validate({"cameras": ["front", "rear/wide"]})["cameras"] == ("front", "rear/wide")
+    with pytest.raises(ValueError, match="twice"):
+        p.launch_parameters(cameras="front,front")
 
 
 def test_launch_parameters_reject_bad_arguments_before_anything_starts(tmp_path):

@@ -89,7 +89,14 @@ class BackendOptions:
 
 
 class Backend:
-    """Runs the network on one 1×3×H×W float32 batch; subclasses implement ``_run``."""
+    """Runs the network on N×3×H×W float32 batches, N up to ``max_batch``; subclasses do ``_run``.
+
+    ``input_shape`` is the batch-1 shape. A backend that computes on torch tensors sets
+    ``tensor_device`` and implements ``infer_tensor`` (same outputs as torch tensors on that
+    device), so the pipeline can resize and normalise there (seg_ros.pipeline_torch).
+    """
+
+    tensor_device = None  # torch.device, or None for numpy only
 
     def __init__(
         self,
@@ -99,7 +106,9 @@ class Backend:
         input_shape: tuple[int, int, int, int],
         num_classes: int,
         reason: str = "",
+        max_batch: int = 1,
     ):
+        self.max_batch = int(max_batch)
         self.name = name
         self.precision = precision
         self.input_shape = tuple(int(v) for v in input_shape)
@@ -121,14 +130,19 @@ class Backend:
                 f"the batch must be a float32 numpy array, got {type(batch).__name__} "
                 f"{getattr(batch, 'dtype', '')}"
             )
-        if batch.shape != self.input_shape:
+        if batch.shape[1:] != self.input_shape[1:] or not 1 <= len(batch) <= self.max_batch:
             raise ValueError(
-                f"{self.name} was built for input {self.input_shape}, got a batch of shape {batch.shape}"
+                f"{self.name} was built for input {self.input_shape} (batches of 1 to "
+                f"{self.max_batch}), got a batch of shape {batch.shape}"
             )
         return self._run(np.ascontiguousarray(batch), outputs)
 
     def _run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def infer_tensor(self, batch, outputs: tuple[str, ...]) -> dict:
+        """Run like ``infer`` on a torch tensor on ``tensor_device``; results stay there."""
+        raise NotImplementedError(f"{self.name} computes on numpy arrays only")
 
     def close(self) -> None:
         """Release the session / engine; the backend cannot be used afterwards."""

@@ -15,6 +15,7 @@ import numpy as np
 from seg_ros.backends.base import Backend, BackendError
 
 LOG = logging.getLogger(__name__)
+MAX_BATCH = 64  # eager PyTorch takes any batch; this only bounds memory
 
 
 class TorchBackend(Backend):
@@ -56,13 +57,20 @@ class TorchBackend(Backend):
             precision=precision,
             input_shape=(1, 3, height, width),
             num_classes=loaded.spec.num_classes,
+            max_batch=MAX_BATCH,
         )
+        self.tensor_device = self.device
 
     def _run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        x = self._torch.from_numpy(batch).to(self.device, non_blocking=True)
+        result = self.infer_tensor(x, outputs)
+        return {name: result[name].cpu().numpy() for name in outputs}
+
+    def infer_tensor(self, batch, outputs: tuple[str, ...]) -> dict:
+        """Run the head on an N×3×H×W float32 tensor on ``self.device``; outputs stay there."""
         torch = self._torch
         with torch.inference_mode():
-            x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-            x = x.to(dtype=self._dtype, memory_format=torch.channels_last)
+            x = batch.to(dtype=self._dtype, memory_format=torch.channels_last)
             logits = self._module(x).float()
             result = {}
             if "label" in outputs:
@@ -73,7 +81,7 @@ class TorchBackend(Backend):
                     result["confidence"] = probabilities.amax(dim=1)
                 if "probabilities" in outputs:
                     result["probabilities"] = probabilities.contiguous()
-            return {name: result[name].cpu().numpy() for name in outputs}
+            return {name: result[name] for name in outputs}
 
     def close(self) -> None:
         self._module = None
