@@ -395,6 +395,7 @@ def test_train_command_line_bundles_weights_with_a_model_card(data_root, tmp_pat
     state = load_training_checkpoint(out / "last.pt")
     assert state["epoch"] == 2 and state["config"]["epochs"] == 2
     assert state["config"]["limit_train"] == 4 and state["config"]["size"] == [32, 48]
+    assert state["config"]["threads"] == 1  # not given again: the run's own setting
     # --bundle re-exports an existing checkpoint without training.
     again = tmp_path / "again.safetensors"
     args = parser.parse_args(

@@ -180,20 +180,22 @@ def register(subparsers) -> None:
     opt.add_argument("--seed", type=int, default=0)
 
     runtime = parser.add_argument_group("run")
-    runtime.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    runtime.add_argument("--device", default=None, help="auto (default), cpu or cuda[:N]")
     runtime.add_argument(
         "--no-amp",
         action="store_true",
         help="train in plain fp32 (default: fp16 autocast on CUDA, bf16 on CPUs with native bf16)",
     )
-    runtime.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     runtime.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+        "--workers", type=int, default=None, help="DataLoader worker processes (default 0)"
+    )
+    runtime.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default 0: torch's)"
     )
     runtime.add_argument(
         "--time-limit",
         type=float,
-        default=0.0,
+        default=None,
         help="minutes of wall time, then stop with a resumable last.pt (0: no limit)",
     )
     runtime.add_argument(
@@ -204,11 +206,13 @@ def register(subparsers) -> None:
         help="re-estimate BatchNorm statistics on this many training batches before each "
         "validation and export (0: keep the running averages)",
     )
-    runtime.add_argument("--val-every", type=int, default=1, help="epochs between validations")
+    runtime.add_argument(
+        "--val-every", type=int, default=None, help="epochs between validations (default 1)"
+    )
     runtime.add_argument(
         "--save-every",
         type=float,
-        default=10.0,
+        default=None,
         metavar="MIN",
         help="also write last.pt mid-epoch every MIN minutes (0: at epoch ends only)",
     )
@@ -301,7 +305,8 @@ def _resumed_config(args):
         "save_every_min": args.save_every,
     }
     for key in RESUME_OVERRIDES:
-        setattr(cfg, key, values[key])
+        if values[key] is not None:  # not given: the run's own setting
+            setattr(cfg, key, values[key])
     return cfg
 
 
@@ -340,13 +345,13 @@ def _new_config(args):
         class_weighting=args.class_weighting,
         ohem=args.ohem,
         ema=args.ema,
-        workers=args.workers,
-        threads=args.threads,
-        device=args.device,
+        workers=args.workers or 0,
+        threads=args.threads or 0,
+        device=args.device or "auto",
         amp=not args.no_amp,
-        time_limit_min=args.time_limit,
-        val_every=args.val_every,
-        save_every_min=args.save_every,
+        time_limit_min=args.time_limit or 0.0,
+        val_every=args.val_every or 1,
+        save_every_min=10.0 if args.save_every is None else args.save_every,
         precise_bn=args.precise_bn,
         output=args.output or f"runs/{name}",
         pretrained_backbone=args.pretrained_backbone,
