@@ -1,15 +1,18 @@
-"""Engine cache keys and file format, INT8 calibration data (image folders and real rosbags), TensorRT build flow.
+"""Engine cache keys and files, INT8 calibration data (folders and real rosbags), TensorRT flow.
 
 TensorRT itself cannot be installed on the development machines or CI, so
-everything around it is tested here without it; the build flow runs against a
-recording stand-in for the ``tensorrt`` module (the only mock: the edge that
-cannot exist here), and the real build/run tests skip with the reason.
+everything around it is tested here without it; the build and run flow runs
+against stand-ins for TensorRT 10.x and 11.x (test/tensorrt_standin.py, the
+only mock: the edge that cannot exist here), and the real build/run tests
+skip with the reason.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -18,6 +21,7 @@ import pytest
 
 from seg_ros.backends.base import BackendError, BackendOptions
 from seg_ros.backends.calibration import CalibrationSource, evenly_spaced
+from seg_ros.backends.devices import GpuIdentity
 from seg_ros.backends.engine_cache import (
     MAGIC,
     EngineCache,
@@ -29,15 +33,19 @@ from seg_ros.backends.engine_cache import (
     write_engine,
 )
 from seg_ros.pipeline import SegmentationPipeline
+from tensorrt_standin import make_tensorrt
+
+
+GPU = GpuIdentity("Orin", "8.7", 16, 61)  # Jetson AGX Orin 64 GB
 
 
 def _key(**changes) -> dict:
     args = dict(
         precision="fp16",
+        typing="strong",
         calibration="",
         tensorrt_version="10.3.0",
-        gpu_name="Orin",
-        compute_capability="8.7",
+        gpu=GPU,
         dla_core=-1,
     )
     network = {
@@ -47,7 +55,9 @@ def _key(**changes) -> dict:
         "opset": 17,
     }
     network.update(changes.pop("network", {}))
+    gpu = changes.pop("gpu", {})
     args.update(changes)
+    args["gpu"] = replace(GPU, **gpu)
     return engine_key(network, **args)
 
 
@@ -72,9 +82,12 @@ def test_engine_io_is_the_export_heads_io():
         {"network": {"model": {"weights": "sha256:bb", "family": "deeplab"}}},
         {"network": {"height": 128}},
         {"precision": "fp32"},
+        {"typing": "weak"},
         {"tensorrt_version": "10.7.0"},
-        {"gpu_name": "NVIDIA GeForce RTX 4090"},
-        {"compute_capability": "8.9"},
+        {"gpu": {"name": "NVIDIA GeForce RTX 4090"}},
+        {"gpu": {"compute_capability": "8.9"}},
+        {"gpu": {"multiprocessors": 8, "memory_gib": 15}},  # Orin NX 16 GB: same name and sm
+        {"gpu": {"memory_gib": 31}},  # AGX Orin 32 GB has 14 SMs, but memory alone must do
         {"dla_core": 0},
     ],
 )
@@ -105,8 +118,10 @@ def test_stale_engine_names_what_changed(tmp_path):
     write_engine(path, b"engine", _key(), IO)
     with pytest.raises(EngineFileError, match=r"tensorrt: 10\.3\.0 -> 10\.7\.0"):
         read_engine(path, _key(tensorrt_version="10.7.0"), IO)
-    with pytest.raises(EngineFileError, match="gpu: Orin -> Thor"):
-        read_engine(path, _key(gpu_name="Thor"), IO)
+    with pytest.raises(EngineFileError, match="gpu.name: Orin -> Thor"):
+        read_engine(path, _key(gpu={"name": "Thor"}), IO)
+    with pytest.raises(EngineFileError, match="gpu.multiprocessors: 16 -> 8"):
+        read_engine(path, _key(gpu={"multiprocessors": 8}), IO)
     with pytest.raises(EngineFileError, match="input/output shapes"):
         read_engine(path, _key(), engine_io(19, 64, 96))
 
@@ -194,8 +209,8 @@ def test_cache_paths(tmp_path, monkeypatch):
         for d in (-1, 0, 1)
     }
     assert len(names) == 9 and all("/" not in n and " " not in n for n in names)
-    assert cache.timing_cache_path("10.3.0", "Orin", "8.7") != cache.timing_cache_path(
-        "10.3.0", "Orin", "8.9"
+    assert cache.timing_cache_path("10.3.0", GPU) != cache.timing_cache_path(
+        "10.3.0", replace(GPU, multiprocessors=8)
     )
     monkeypatch.setenv("SEG_ROS_CACHE", str(tmp_path / "c"))
     assert EngineCache("").folder == tmp_path / "c" / "engines"
@@ -330,203 +345,309 @@ def test_calibration_source_validation(tmp_path):
         CalibrationSource(bag=str(tmp_path / "missing.mcap"), topic="/t").validate()
 
 
-# --- the TensorRT build flow, against a recording stand-in for the tensorrt module ---------------
+# --- the TensorRT build and run flow, against stand-ins for TensorRT 10.x and 11.x ---------------
 
-
-class FakeTensorRT:
-    """The part of TensorRT 10's Python API seg_ros uses; records the calls (TensorRT cannot exist here)."""
-
-    __version__ = "10.3.0"
-
-    class ILogger:
-        class Severity:
-            INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
-
-        def __init__(self):
-            pass
-
-    class IProgressMonitor:
-        def __init__(self):
-            pass
-
-    class IInt8EntropyCalibrator2:
-        def __init__(self):
-            pass
-
-    class MemoryPoolType:
-        WORKSPACE = "WORKSPACE"
-
-    class BuilderFlag:
-        FP16, INT8, GPU_FALLBACK = "FP16", "INT8", "GPU_FALLBACK"
-
-    class DeviceType:
-        GPU, DLA = "GPU", "DLA"
-
-    def __init__(self, result: bytes | None = b"serialized plan", parse_ok: bool = True):
-        self.result, self.parse_ok = result, parse_ok
-        self.builds = []
-        fake = self
-
-        class TimingCache:
-            def __init__(self, blob):
-                self.blob = bytes(blob)
-
-            def serialize(self):
-                return self.blob + b"+new timings"
-
-        class Config:
-            def __init__(self):
-                self.flags, self.pools, self.timing_cache = set(), {}, None
-                self.int8_calibrator = self.progress_monitor = None
-                self.default_device_type, self.DLA_core = "GPU", -1
-
-            def set_memory_pool_limit(self, pool, size):
-                self.pools[pool] = size
-
-            def set_flag(self, flag):
-                self.flags.add(flag)
-
-            def create_timing_cache(self, blob):
-                return TimingCache(blob)
-
-            def set_timing_cache(self, cache, ignore_mismatch):
-                self.timing_cache = cache
-                return True
-
-            def get_timing_cache(self):
-                return self.timing_cache
-
-        class OnnxParser:
-            num_errors = 1
-
-            def __init__(self, network, logger):
-                pass
-
-            def parse_from_file(self, path):
-                assert Path(path).is_file()
-                return fake.parse_ok
-
-            def get_error(self, index):
-                return "In node 3 (Foo): UNSUPPORTED_NODE"
-
-        class Builder:
-            num_DLA_cores = 2
-
-            def __init__(self, logger):
-                assert isinstance(logger, fake.ILogger)
-
-            def create_network(self, flags):
-                return object()
-
-            def create_builder_config(self):
-                return Config()
-
-            def build_serialized_network(self, network, config):
-                fake.builds.append(config)
-                monitor = config.progress_monitor
-                monitor.phase_start("Building engine", None, 2)
-                monitor.phase_start("Tactic timing", "Building engine", 3)
-                for step in range(3):
-                    assert monitor.step_complete("Tactic timing", step) is True
-                monitor.phase_finish("Tactic timing")
-                monitor.step_complete("Building engine", 0)
-                monitor.phase_finish("Building engine")
-                return fake.result
-
-        self.OnnxParser, self.Builder = OnnxParser, Builder
-
-
-def _build(trt, tmp_path, **changes):
-    from seg_ros.backends.tensorrt_backend import build_serialized_engine
-
-    onnx_path = tmp_path / "net.onnx"
-    onnx_path.write_bytes(b"onnx")
-    args = dict(
-        precision="fp16",
-        workspace_mb=512,
-        dla_core=-1,
-        calibrator=None,
-        timing_cache=tmp_path / "timing.cache",
-    )
-    args.update(changes)
-    return build_serialized_engine(trt, onnx_path, **args)
-
-
-def test_build_settings_reach_the_builder(tmp_path):
-    trt = FakeTensorRT()
-    assert _build(trt, tmp_path) == b"serialized plan"
-    config = trt.builds[0]
-    assert config.flags == {"FP16"} and config.pools == {"WORKSPACE": 512 << 20}
-    assert config.progress_monitor._bars == {}  # every progress bar was closed
-    assert (tmp_path / "timing.cache").read_bytes() == b"+new timings"
-    _build(trt, tmp_path, precision="fp32", workspace_mb=0)
-    assert trt.builds[1].flags == set() and trt.builds[1].pools == {}
-    assert (
-        trt.builds[1].timing_cache.blob == b"+new timings"
-    )  # the saved timings are used next time
-
-
-def test_int8_and_dla_settings(tmp_path):
-    trt = FakeTensorRT()
-    calibrator = object()
-    _build(trt, tmp_path, precision="int8", calibrator=calibrator, dla_core=1)
-    config = trt.builds[0]
-    assert config.flags == {"FP16", "INT8", "GPU_FALLBACK"}
-    assert config.int8_calibrator is calibrator
-    assert (config.default_device_type, config.DLA_core) == ("DLA", 1)
-    with pytest.raises(BackendError, match="DLA core 2 requested but this device has 2"):
-        _build(trt, tmp_path, dla_core=2)
-
-
-def test_parse_and_build_failures_are_reported(tmp_path):
-    with pytest.raises(BackendError, match="could not parse .*UNSUPPORTED_NODE"):
-        _build(FakeTensorRT(parse_ok=False), tmp_path)
-    with pytest.raises(BackendError, match="failed to build an engine"):
-        _build(FakeTensorRT(result=None), tmp_path)
-    assert not (tmp_path / "timing.cache").exists()
+VERSIONS = ["10.3.0", "10.12.0", "11.1.0"]
+H, W = 16, 24
 
 
 class _TinyNet:
-    """A one-layer network: the engine flow below needs a real export, not a big one."""
+    """A two-layer network: the engine flow below needs a real export, not a big one."""
 
     @staticmethod
-    def loaded():
+    def loaded(num_classes: int = 4):
         import torch
 
         from seg_ros.models import LoadedModel, ModelSpec
 
         torch.manual_seed(0)
         return LoadedModel(
-            torch.nn.Conv2d(3, 4, 3, padding=1).eval(),
-            ModelSpec(name="tiny", family="deeplab", num_classes=4),
+            torch.nn.Sequential(  # a feature layer (fp16 in the fp16 graph) and a classifier
+                torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)
+            ).eval(),
+            ModelSpec(name="tiny", family="deeplab", num_classes=num_classes),
         )
 
 
-def test_prepare_engine_builds_caches_and_rebuilds_for_a_new_tensorrt(
-    tmp_path, monkeypatch, caplog
-):
-    import seg_ros.backends.tensorrt_backend as module
+@pytest.fixture
+def install(monkeypatch):
+    """Install a stand-in ``tensorrt`` of a given version; engine buffers live on the CPU."""
+    import seg_ros.backends.tensorrt_backend as backend
 
-    trt = FakeTensorRT()
-    monkeypatch.setattr(module, "import_tensorrt", lambda: trt)
-    monkeypatch.setattr(module, "gpu_identity", lambda: ("Orin", "8.7"))
+    def install(version: str, **kwargs):
+        trt = make_tensorrt(version, **kwargs)
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        monkeypatch.setattr(backend, "gpu_identity", lambda: GPU)
+        monkeypatch.setattr(backend, "BUFFER_DEVICE", "cpu")
+        return trt
+
+    return install
+
+
+def _frames(folder: Path, count: int = 3) -> Path:
+    folder.mkdir(exist_ok=True)
+    for i in range(count):
+        cv2.imwrite(str(folder / f"{i}.png"), _solid(20 + i * 70))
+    return folder
+
+
+def _plan_graph(payload: bytes):
+    """Return the ONNX graph a stand-in plan was built from."""
+    import onnx
+
+    start = payload.index(b"\n") + 1
+    length = int.from_bytes(payload[start : start + 4], "little")
+    return onnx.load_from_string(payload[start + 4 + length :])
+
+
+def _elem_types(model) -> set[int]:
+    return {init.data_type for init in model.graph.initializer}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_strongly_typed_build_on_each_version(install, tmp_path, version, precision):
+    from onnx import TensorProto
+
+    from seg_ros.backends.tensorrt_backend import prepare_engine
+
+    trt = install(version)
+    options = BackendOptions(engine_cache=str(tmp_path), workspace_mb=256)
+    art = prepare_engine(
+        _TinyNet.loaded(), height=H, width=W, precision=precision, options=options
+    )
+    network, config = trt.record.builds[-1]
+    assert network.strongly_typed and network.flags == 1 << 1  # STRONGLY_TYPED asked for
+    assert config.flags == set() and config.pools == {"WORKSPACE": 256 << 20}
+    assert art.built and art.key["typing"] == "strong" and art.key["tensorrt"] == version
+    graph_types = _elem_types(_plan_graph(art.payload))
+    assert (TensorProto.FLOAT16 in graph_types) == (precision == "fp16")
+    assert config.progress_monitor._bars == {}  # every progress bar was closed
+    again = prepare_engine(
+        _TinyNet.loaded(), height=H, width=W, precision=precision, options=options
+    )
+    assert not again.built and len(trt.record.builds) == 1
+
+
+def test_tensorrt_11_without_the_flag_builds_strongly_typed_anyway(install, tmp_path):
+    from seg_ros.backends.tensorrt_backend import prepare_engine
+
+    trt = install("11.1.0", strongly_typed_flag=False)
+    options = BackendOptions(engine_cache=str(tmp_path))
+    prepare_engine(_TinyNet.loaded(), height=H, width=W, precision="fp16", options=options)
+    network, config = trt.record.builds[-1]
+    assert network.flags == 0 and network.strongly_typed and config.flags == set()
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.1.0"])
+def test_int8_is_the_qdq_graph_built_strongly_typed(install, tmp_path, version):
+    from seg_ros.backends.tensorrt_backend import prepare_engine
+
+    trt = install(version)
+    options = BackendOptions(
+        engine_cache=str(tmp_path / "engines"),
+        calibration_images=str(_frames(tmp_path / "calib")),
+    )
+    art = prepare_engine(_TinyNet.loaded(), height=H, width=W, precision="int8", options=options)
+    network, config = trt.record.builds[-1]
+    ops = {node.op_type for node in _plan_graph(art.payload).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert network.strongly_typed and config.flags == set() and trt.record.calibration == []
+    assert art.key["calibration"]  # the data's fingerprint keys the engine
+
+
+def test_implicit_precision_only_where_tensorrt_still_has_it(install, tmp_path, caplog):
+    from seg_ros.backends.tensorrt_backend import prepare_engine
+
+    trt = install("10.12.0")
+    options = BackendOptions(engine_cache=str(tmp_path), implicit_precision=True)
+    caplog.set_level(logging.WARNING)
+    art = prepare_engine(_TinyNet.loaded(), height=H, width=W, precision="fp16", options=options)
+    network, config = trt.record.builds[-1]
+    assert not network.strongly_typed and network.flags == 0 and config.flags == {"FP16"}
+    assert art.key["typing"] == "weak" and "removed in 11" in caplog.text
+    assert 10 not in _elem_types(_plan_graph(art.payload))  # no fp16: the flags do it here
+
+    install("11.1.0")
+    with pytest.raises(BackendError, match="11.1.0 has no implicit precision"):
+        prepare_engine(_TinyNet.loaded(), height=H, width=W, precision="fp16", options=options)
+
+
+def test_implicit_int8_runs_the_calibrator_and_caches_its_table(install, tmp_path):
+    from seg_ros.backends.tensorrt_backend import prepare_engine
+
+    trt = install("10.3.0")
+    engines = tmp_path / "engines"
+    options = BackendOptions(
+        engine_cache=str(engines),
+        calibration_images=str(_frames(tmp_path / "calib")),
+        implicit_precision=True,
+    )
+    loaded = _TinyNet.loaded()
+    art = prepare_engine(loaded, height=H, width=W, precision="int8", options=options)
+    _, config = trt.record.builds[-1]
+    assert config.flags == {"FP16", "INT8"} and config.int8_calibrator is not None
+    assert trt.record.calibration == ["batch"] * 3 and art.key["typing"] == "weak"
+    assert len(list(engines.glob("*.calib"))) == 1
+    prepare_engine(loaded, height=H, width=W, precision="int8", options=options, force=True)
+    assert trt.record.calibration[-1] == "cache"  # the second build reads the calibration cache
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_calibration_data_errors_fail_the_build_and_cache_nothing(install, tmp_path, implicit):
+    from seg_ros.backends.tensorrt_backend import prepare_engine
+
+    install("10.3.0")
+    frames = _frames(tmp_path / "calib")
+    (frames / "9.png").write_bytes(b"not a png")  # the last frame drawn cannot be read
+    engines = tmp_path / "engines"
+    options = BackendOptions(
+        engine_cache=str(engines), calibration_images=str(frames), implicit_precision=implicit
+    )
+    with pytest.raises(BackendError, match="cannot read calibration image"):
+        prepare_engine(_TinyNet.loaded(), height=H, width=W, precision="int8", options=options)
+    left = sorted(p.suffix for p in engines.glob("*")) if engines.exists() else []
+    assert ".engine" not in left and ".calib" not in left
+
+
+@pytest.mark.parametrize("answer", ["raise", "none"])
+def test_a_corrupt_timing_cache_falls_back_to_a_fresh_one(install, tmp_path, answer, caplog):
+    from seg_ros.backends.engine_cache import EngineCache
+    from seg_ros.backends.tensorrt_backend import prepare_engine
+    from tensorrt_standin import TIMING_MAGIC
+
+    install("10.3.0", timing_error=answer)
+    timing = EngineCache(tmp_path).timing_cache_path("10.3.0", GPU)
+    timing.parent.mkdir(parents=True, exist_ok=True)
+    timing.write_bytes(b"\x00garbage from a crashed write")
+    caplog.set_level(logging.WARNING)
+    art = prepare_engine(
+        _TinyNet.loaded(),
+        height=H,
+        width=W,
+        precision="fp32",
+        options=BackendOptions(engine_cache=str(tmp_path)),
+    )
+    assert art.built and timing.read_bytes().startswith(TIMING_MAGIC)
+    assert "timing cache" in caplog.text
+
+
+def test_parse_and_build_failures_are_reported(install, tmp_path):
+    from seg_ros.backends.tensorrt_backend import build_serialized_engine
+
+    trt = install("10.3.0")
+    onnx_path = tmp_path / "net.onnx"
+    onnx_path.write_bytes(b"not onnx")
+    with pytest.raises(Exception):
+        build_serialized_engine(
+            trt,
+            onnx_path,
+            precision="fp32",
+            workspace_mb=0,
+            dla_core=-1,
+            timing_cache=tmp_path / "t.cache",
+        )
+    trt.Builder.build_serialized_network = lambda self, network, config: None
+    from seg_ros.backends.onnx_cache import prepare_onnx_for_tensorrt
+
+    good = prepare_onnx_for_tensorrt(_TinyNet.loaded(), H, W)
+    with pytest.raises(BackendError, match="failed to build an engine"):
+        build_serialized_engine(
+            trt,
+            good,
+            precision="fp32",
+            workspace_mb=0,
+            dla_core=-1,
+            timing_cache=tmp_path / "t.cache",
+        )
+    with pytest.raises(BackendError, match="DLA core 2 requested but this device has 2"):
+        build_serialized_engine(
+            trt,
+            good,
+            precision="fp16",
+            workspace_mb=0,
+            dla_core=2,
+            timing_cache=tmp_path / "t.cache",
+        )
+    assert not (tmp_path / "t.cache").exists()
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.1.0"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_runtime_path_runs_the_engine_on_bound_buffers(install, tmp_path, version, precision):
+    from seg_ros.backends import create_backend
+    from seg_ros.backends.tensorrt_backend import TensorRTBackend
+
+    trt = install(version)
+    loaded = _TinyNet.loaded()
+    batch = np.random.default_rng(3).standard_normal((1, 3, H, W), dtype=np.float32)
+    options = BackendOptions(engine_cache=str(tmp_path))
+    backend = TensorRTBackend(loaded, height=H, width=W, precision=precision, options=options)
+    assert backend.engine_built and backend.name == "tensorrt:Orin"
+    context = backend._context
+    assert set(context.addresses) == {"image", "label", "confidence", "probabilities"}
+    got = backend.infer(batch, ("label", "confidence", "probabilities"))
+    assert context.runs == 1
+    with create_backend(
+        "onnxruntime", loaded, height=H, width=W, options={"device": "cpu"}
+    ) as ort:
+        want = ort.infer(batch, ("label", "confidence", "probabilities"))
+    assert got["label"].dtype == np.int32 and got["label"].shape == (1, H, W)
+    tolerance = 1e-5 if precision == "fp32" else 5e-3
+    np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=tolerance)
+    assert (got["label"] == want["label"]).mean() > (0.999 if precision == "fp32" else 0.98)
+    backend.close()
+    again = TensorRTBackend(loaded, height=H, width=W, precision=precision, options=options)
+    assert not again.engine_built and len(trt.record.builds) == 1
+    # one TensorRT logger for the whole process: builder, parser and both runtimes share it
+    assert len({id(logger) for logger in trt.record.loggers}) == 1
+
+
+def test_engine_built_is_true_after_a_rebuild(install, tmp_path, caplog):
+    from seg_ros.backends.tensorrt_backend import TensorRTBackend
+
+    trt = install("10.3.0")
     loaded = _TinyNet.loaded()
     options = BackendOptions(engine_cache=str(tmp_path))
-    first = module.prepare_engine(loaded, height=16, width=24, precision="fp16", options=options)
-    assert first.built and first.payload == b"serialized plan" and len(trt.builds) == 1
-    assert first.path.parent == tmp_path and first.key["gpu"] == "Orin"
-    assert read_engine(first.path, first.key, engine_io(4, 16, 24)) == b"serialized plan"
-
-    again = module.prepare_engine(loaded, height=16, width=24, precision="fp16", options=options)
-    assert not again.built and len(trt.builds) == 1  # from the cache, no build
-
-    trt.__version__ = "10.7.0"
+    TensorRTBackend(loaded, height=H, width=W, precision="fp16", options=options).close()
+    trt.record.refuse_deserialize = 1  # the cached plan no longer deserializes
     caplog.set_level(logging.WARNING)
-    upgraded = module.prepare_engine(
-        loaded, height=16, width=24, precision="fp16", options=options
-    )
-    assert upgraded.built and len(trt.builds) == 2 and upgraded.path == first.path
-    assert "tensorrt: 10.3.0 -> 10.7.0" in caplog.text
+    rebuilt = TensorRTBackend(loaded, height=H, width=W, precision="fp16", options=options)
+    assert "rebuilding it" in caplog.text
+    assert rebuilt.engine_built and len(trt.record.builds) == 2
+
+
+def test_engine_io_is_checked_after_deserialising(install, tmp_path):
+    from seg_ros.backends.tensorrt_backend import TensorRTBackend
+
+    install("11.1.0")
+    loaded = _TinyNet.loaded(num_classes=5)  # the graph makes 4 classes, the spec says 5
+    with pytest.raises(BackendError, match="has I/O .*probabilities"):
+        TensorRTBackend(
+            loaded,
+            height=H,
+            width=W,
+            precision="fp32",
+            options=BackendOptions(engine_cache=str(tmp_path)),
+        )
+
+
+@pytest.mark.parametrize("version", ["9.2.0", "12.0.0"])
+def test_unknown_tensorrt_versions_fall_back(install, monkeypatch, tmp_path, version):
+    import seg_ros.backends.devices as devices
+    from seg_ros.backends import create_backend
+
+    trt = install(version)
+    monkeypatch.setattr(devices, "cuda_available", lambda: True)
+    monkeypatch.setattr(devices, "tensorrt_importable", lambda: True)
+    loaded = _TinyNet.loaded()
+    options = {"engine_cache": str(tmp_path), "device": "cpu"}
+    with pytest.raises(BackendError, match=f"TensorRT {version} is not supported"):
+        create_backend("tensorrt", loaded, height=H, width=W, precision="fp16", options=options)
+    with create_backend("auto", loaded, height=H, width=W, precision="fp16", options=options) as b:
+        assert b.name == "onnxruntime:CPUExecutionProvider"
+        assert f"tensorrt: TensorRT {version} is not supported" in b.reason
+    assert trt.record.builds == []
 
 
 @pytest.mark.skipif(
@@ -574,6 +695,8 @@ def test_build_engine_command_does_everything_but_the_build(tmp_path, capsys, ca
 def test_build_engine_refuses_int8_without_data_before_any_work(capsys, caplog):
     from seg_ros.cli import main
 
-    assert main(["build-engine", "--model", "deeplab", "--precision", "int8"]) == 2
+    # DeepLab v3 (not v3+) has no bundled weights, so no shipped calibration table either
+    args = ["build-engine", "--model", "deeplab", "--version", "v3", "--precision", "int8"]
+    assert main(args) == 2
     assert "INT8 calibration: INT8 needs calibration data" in caplog.text
     assert "ONNX graph" not in capsys.readouterr().out

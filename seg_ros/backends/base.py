@@ -42,6 +42,9 @@ class BackendOptions:
     build_only: bool = (
         False  # TensorRT: build/verify the engine, do not start an execution context
     )
+    # TensorRT 10 only: fp16/int8 from the fp32 graph with builder flags and TensorRT's entropy
+    # calibrator (weakly typed, removed in TensorRT 11) instead of the fp16 / QDQ graph.
+    implicit_precision: bool = False
     device: str = ""  # torch: cpu|cuda; onnxruntime: cpu|cuda|tensorrt (execution provider); "" = best available
 
     @classmethod

@@ -1,9 +1,12 @@
 """TensorRT engines on disk, keyed by everything that makes them valid; no TensorRT needed here.
 
-An engine only runs on the TensorRT version and GPU it was built for, and is
-only right for the network, weights, input shape, precision, calibration and
-DLA core it was built from. Each file carries that key, the I/O shapes and the
-payload's sha256 in a small JSON header ahead of the serialized engine::
+An engine only runs on the TensorRT version and GPU it was built for (name,
+compute capability, and the multiprocessor count and memory that tell Jetson
+modules of one capability apart: an AGX Orin engine must not run on an Orin
+NX), and is only right for the network, weights, input shape, precision, how
+that precision was built (strongly or weakly typed), calibration and DLA
+core. Each file carries that key, the I/O shapes and the payload's sha256
+in a small JSON header ahead of the serialized engine::
 
     MAGIC | uint32 little-endian header length | header JSON | engine bytes
 
@@ -22,39 +25,50 @@ from collections.abc import Callable
 from pathlib import Path
 
 from seg_ros.backends.base import BackendError, head_io
+from seg_ros.backends.devices import GpuIdentity
 from seg_ros.backends.onnx_cache import atomic_write, digest, normalised, safe_name
 
 LOG = logging.getLogger(__name__)
 
 MAGIC = b"SEG_ROS-TRT-ENGINE\n"
-FORMAT = 1
+FORMAT = 2  # 2: GPU multiprocessors and memory, typing
 _MAX_HEADER = 1 << 20
 
 
 class EngineFileError(ValueError):
-    """A cached engine file that must not be loaded (truncated, corrupt, foreign or built for something else)."""
+    """A cached engine file that must not be loaded (truncated, corrupt, foreign or stale)."""
 
 
 def engine_key(
     export_key: dict,
     *,
     precision: str,
+    typing: str,
     calibration: str,
     tensorrt_version: str,
-    gpu_name: str,
-    compute_capability: str,
+    gpu: GpuIdentity,
     dla_core: int,
 ) -> dict:
-    """The key an engine is valid for; ``export_key`` (onnx_cache.export_key) pins network, weights and shape."""
+    """Return the key an engine is valid for; ``export_key`` pins network, weights and shape.
+
+    ``typing`` is "strong" (built from a graph that carries its precision) or
+    "weak" (fp32 graph + builder flags); ``calibration`` identifies the INT8
+    ranges and only counts for int8.
+    """
     return normalised(
         {
             "format": FORMAT,
             "network": export_key,
             "precision": precision,
+            "typing": typing,
             "calibration": calibration if precision == "int8" else "",
             "tensorrt": tensorrt_version,
-            "gpu": gpu_name,
-            "compute_capability": compute_capability,
+            "gpu": {
+                "name": gpu.name,
+                "compute_capability": gpu.compute_capability,
+                "multiprocessors": int(gpu.multiprocessors),
+                "memory_gib": int(gpu.memory_gib),
+            },
             "dla_core": int(dla_core),
         }
     )
@@ -117,7 +131,7 @@ def write_engine(path: Path, payload: bytes, key: dict, io: dict, **info) -> Non
 
 
 def read_header(path: Path) -> tuple[dict, int]:
-    """The header of an engine file and the offset of its payload; EngineFileError if it is not one."""
+    """Read an engine file's header and its payload offset; EngineFileError if it is not one."""
     with open(path, "rb") as handle:
         magic = handle.read(len(MAGIC))
         if magic != MAGIC:
@@ -143,7 +157,7 @@ def read_header(path: Path) -> tuple[dict, int]:
 
 
 def read_engine(path: Path, key: dict, io: dict) -> bytes:
-    """The serialized engine in ``path`` if it was built for ``key`` with I/O ``io``.
+    """Return the serialized engine in ``path`` if it was built for ``key`` with I/O ``io``.
 
     FileNotFoundError when there is no file; EngineFileError (with the reason)
     when it is truncated, corrupt, foreign or was built for something else.
@@ -170,7 +184,7 @@ def read_engine(path: Path, key: dict, io: dict) -> bytes:
 
 
 class EngineCache:
-    """A folder of engines, plus the timing and calibration caches that speed up rebuilding them."""
+    """A folder of engines, plus the timing and calibration caches that speed up rebuilds."""
 
     def __init__(self, folder: str | Path = ""):
         if folder:
@@ -183,15 +197,16 @@ class EngineCache:
     def engine_path(
         self, model_name: str, height: int, width: int, precision: str, dla_core: int = -1
     ) -> Path:
-        """One file per model, size, precision and DLA core; its header says what exactly it holds."""
+        """Name one file per model, size, precision and DLA core; its header says what it holds."""
         dla = f"-dla{dla_core}" if dla_core >= 0 else ""
         return self.folder / f"{safe_name(model_name)}-{height}x{width}-{precision}{dla}.engine"
 
-    def timing_cache_path(
-        self, tensorrt_version: str, gpu_name: str, compute_capability: str
-    ) -> Path:
+    def timing_cache_path(self, tensorrt_version: str, gpu: GpuIdentity) -> Path:
         """Tactic timings are per TensorRT version and GPU, shared by every model built there."""
-        tag = safe_name(f"trt{tensorrt_version}-{gpu_name}-sm{compute_capability}")
+        tag = safe_name(
+            f"trt{tensorrt_version}-{gpu.name}-sm{gpu.compute_capability}-"
+            f"{gpu.multiprocessors}mp-{gpu.memory_gib}gib"
+        )
         return self.folder / f"timing-{tag}.cache"
 
     def calibration_cache_path(
@@ -205,7 +220,7 @@ class EngineCache:
     def load_or_build(
         self, path: Path, key: dict, io: dict, build: Callable[[], bytes], *, force: bool = False
     ) -> tuple[bytes, bool]:
-        """(engine bytes, whether it was built now): the cached file if valid, else ``build()`` and store it."""
+        """Return (engine bytes, built now): the cached file if valid, else ``build()``, stored."""
         if not force:
             try:
                 payload = read_engine(path, key, io)

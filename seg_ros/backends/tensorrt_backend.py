@@ -1,17 +1,28 @@
-"""TensorRT 10: build an engine from the exported head graph, cache it, run it on torch CUDA buffers.
+"""TensorRT 10 and 11: build an engine from the exported graph, cache it, run it on CUDA buffers.
 
-Building (FP32, FP16, or INT8 with an entropy calibrator and a calibration
-cache; workspace limit; timing cache; optional Jetson DLA core with GPU
-fallback) takes minutes on a Jetson, so it shows progress (TensorRT's
-IProgressMonitor -> tqdm) and stores the result in the EngineCache, keyed by
-everything that makes an engine valid. Inference binds torch CUDA tensors as
-I/O (set_tensor_address) and runs execute_async_v3 on a torch CUDA stream;
-no pycuda. ``tensorrt`` is imported only when this backend is used.
+Each precision is built strongly typed: TensorRT parses a graph whose tensors
+already carry their types and keeps them (NetworkDefinitionCreationFlag
+STRONGLY_TYPED on 10.x; 11.x has nothing else). fp32 parses the fp32 head
+graph; fp16 the fp16 graph of seg_ros.export (fp16 with the head kept fp32);
+int8 the QDQ graph of seg_ros.backends.quantize, the very file ONNX Runtime
+runs for CPU INT8, calibrated from images, a bag or the model's shipped table.
+TensorRT 10 also still has the weakly typed way (fp32 graph, BuilderFlag
+FP16/INT8, entropy calibrator): used only when asked (``implicit_precision``)
+and refused on 11, which removed it. Other major versions are refused with a
+BackendError, so ``auto`` falls back to the next backend.
+
+Building (workspace limit, timing cache, optional Jetson DLA core with GPU
+fallback) takes minutes on a Jetson, so it shows progress (IProgressMonitor
+-> tqdm) and stores the result in the EngineCache, keyed by everything that
+makes an engine valid. Inference binds torch CUDA tensors as I/O
+(set_tensor_address) and runs execute_async_v3 on a torch CUDA stream; no
+pycuda. ``tensorrt`` is imported only when this backend is used.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,12 +31,24 @@ from pathlib import Path
 import numpy as np
 
 from seg_ros.backends.base import INPUT_NAME, Backend, BackendError, BackendOptions
-from seg_ros.backends.calibration import CalibrationSource
-from seg_ros.backends.devices import gpu_identity, import_tensorrt
+from seg_ros.backends.devices import (
+    check_tensorrt_version,
+    gpu_identity,
+    import_tensorrt,
+)
 from seg_ros.backends.engine_cache import EngineCache, engine_io, engine_key
-from seg_ros.backends.onnx_cache import atomic_write, digest, export_key, prepare_onnx_for_tensorrt
+from seg_ros.backends.onnx_cache import (
+    atomic_write,
+    check_onnx_for_tensorrt,
+    digest,
+    export_key,
+    prepare_onnx_for_tensorrt,
+)
 
 LOG = logging.getLogger(__name__)
+
+# Where the I/O buffers live: "cuda" on a real GPU; the tests' TensorRT stand-in runs on "cpu".
+BUFFER_DEVICE = "cuda"
 
 
 @dataclass
@@ -37,18 +60,112 @@ class EngineArtifact:
     gpu: str
 
 
-def check_engine_request(precision: str, options: BackendOptions) -> CalibrationSource | None:
-    """Settings TensorRT would reject, caught before any work; the INT8 calibration source if any."""
+@dataclass(frozen=True)
+class TensorRTFeatures:
+    """What the installed TensorRT's Python bindings offer, read from the module itself."""
+
+    version: str
+    major: int
+    strongly_typed_flag: bool  # NetworkDefinitionCreationFlag.STRONGLY_TYPED exists
+    weak_typing: bool  # BuilderFlag.FP16/INT8 and IInt8EntropyCalibrator2 exist (10.x)
+
+
+def tensorrt_features(trt) -> TensorRTFeatures:
+    """Read the features of ``trt``; BackendError for a major version seg_ros does not know."""
+    version = str(trt.__version__)
+    major = check_tensorrt_version(version)
+    creation = getattr(trt, "NetworkDefinitionCreationFlag", None)
+    flags = trt.BuilderFlag
+    return TensorRTFeatures(
+        version=version,
+        major=major,
+        strongly_typed_flag=hasattr(creation, "STRONGLY_TYPED"),
+        weak_typing=hasattr(flags, "FP16")
+        and hasattr(flags, "INT8")
+        and hasattr(trt, "IInt8EntropyCalibrator2"),
+    )
+
+
+def choose_typing(features: TensorRTFeatures, precision: str, implicit: bool) -> str:
+    """Choose 'strong' (the graph carries the precision) or 'weak' (builder flags)."""
+    if precision == "fp32" or not implicit:
+        return "strong"
+    if not features.weak_typing:
+        raise BackendError(
+            f"TensorRT {features.version} has no implicit precision (BuilderFlag.FP16/INT8 and "
+            "the INT8 calibrators were removed in TensorRT 11): unset implicit_precision to build "
+            f"the strongly typed {precision} graph"
+        )
+    LOG.warning(
+        "building %s the implicit (weakly typed) way, deprecated since TensorRT 10.12 and "
+        "removed in 11",
+        precision,
+    )
+    return "weak"
+
+
+def check_engine_request(precision: str, options: BackendOptions, spec=None):
+    """Refuse settings TensorRT would reject before any work; return the INT8 calibration.
+
+    Returns None, a CalibrationSource (frames) or a quantize.RangeTable (the
+    table shipped with ``spec``'s weights).
+    """
     if options.dla_core >= 0 and precision == "fp32":
         raise BackendError(
             "a DLA core runs fp16 or int8 only: set precision fp16 (or int8), or dla_core -1"
         )
     if precision != "int8":
         return None
+    from seg_ros.backends.calibration import CalibrationSource, resolve_calibration
+
     try:
-        return CalibrationSource.from_options(options)
+        if spec is None:
+            return CalibrationSource.from_options(options)
+        return resolve_calibration(options, spec)
     except (ValueError, FileNotFoundError) as exc:
         raise BackendError(f"INT8 calibration: {exc}") from exc
+
+
+def _calibration_id(calibration, typing: str) -> str:
+    """Identify the INT8 ranges an engine was built with (data, and how they became INT8)."""
+    if calibration is None:
+        return ""
+    from seg_ros.backends.quantize import SETTINGS, RangeTable
+
+    if isinstance(calibration, RangeTable):
+        data = {"table": calibration.fingerprint()}
+    else:
+        data = {"frames": calibration.fingerprint()}
+    method = SETTINGS if typing == "strong" else {"calibrator": "IInt8EntropyCalibrator2"}
+    return digest({"data": data, "method": method})
+
+
+def tensorrt_graph(
+    loaded, height: int, width: int, precision: str, typing: str, calibration, folder: Path
+) -> Path:
+    """Write (or find) the ONNX file TensorRT parses for this precision, checked for its parser.
+
+    fp32 and weakly typed builds parse the fp32 head graph; a strongly typed
+    fp16 build the fp16 graph, int8 the QDQ graph with its int32 biases folded
+    (both written into ``folder``).
+    """
+    from seg_ros.export import convert_to_fp16, for_tensorrt_qdq, tensorrt_qdq_problems
+
+    fp32 = prepare_onnx_for_tensorrt(loaded, height, width)
+    if typing == "weak" or precision == "fp32":
+        return fp32
+    if precision == "fp16":
+        path = convert_to_fp16(fp32, Path(folder) / f"{fp32.stem}-fp16.onnx")
+    else:
+        from seg_ros.backends.quantize import quantized_onnx
+
+        qdq = quantized_onnx(loaded, height, width, calibration)
+        path = for_tensorrt_qdq(qdq, Path(folder) / f"{qdq.stem}-tensorrt.onnx")
+        problems = tensorrt_qdq_problems(path)
+        if problems:
+            raise BackendError(f"{path}: TensorRT cannot build this INT8 graph: {problems}")
+    check_onnx_for_tensorrt(path, height, width)
+    return path
 
 
 def prepare_engine(
@@ -60,23 +177,25 @@ def prepare_engine(
     options: BackendOptions,
     force: bool = False,
 ) -> EngineArtifact:
-    """The engine for this model and settings: from the cache when its key matches, else built now."""
-    calibration = check_engine_request(precision, options)
+    """Get the engine for this model and settings: cached if its key matches, else built now."""
+    calibration = check_engine_request(precision, options, loaded.spec)
     trt = import_tensorrt()
-    gpu_name, capability = gpu_identity()
+    features = tensorrt_features(trt)
+    typing = choose_typing(features, precision, options.implicit_precision)
+    if typing == "weak" and precision == "int8" and not hasattr(calibration, "batches"):
+        raise BackendError(
+            "implicit INT8 calibrates TensorRT's entropy calibrator on frames: set "
+            "calibration_images or calibration_bag (the shipped table is for the QDQ graph)"
+        )
+    gpu = gpu_identity()
     network_key = export_key(loaded, height, width, head=True)
-    calibration_key = {
-        "network": network_key,
-        "data": calibration.fingerprint() if calibration else {},
-        "tensorrt": trt.__version__,
-    }
     key = engine_key(
         network_key,
         precision=precision,
-        calibration=digest(calibration_key),
-        tensorrt_version=trt.__version__,
-        gpu_name=gpu_name,
-        compute_capability=capability,
+        typing=typing,
+        calibration=_calibration_id(calibration, typing),
+        tensorrt_version=features.version,
+        gpu=gpu,
         dla_core=options.dla_core,
     )
     cache = EngineCache(options.engine_cache)
@@ -84,34 +203,44 @@ def prepare_engine(
     path = cache.engine_path(name, height, width, precision, options.dla_core)
 
     def build() -> bytes:
-        onnx_path = prepare_onnx_for_tensorrt(loaded, height, width)
-        calibrator = None
-        if calibration is not None:
-            LOG.info(
-                "INT8 calibration with up to %d frames of %s",
-                calibration.frames,
-                calibration.describe(),
-            )
-            calibrator = _entropy_calibrator(
+        with tempfile.TemporaryDirectory(prefix="seg_ros-trt-") as tmp:
+            try:
+                onnx_path = tensorrt_graph(
+                    loaded, height, width, precision, typing, calibration, Path(tmp)
+                )
+            except (ValueError, RuntimeError, OSError) as exc:
+                if isinstance(exc, BackendError):
+                    raise
+                raise BackendError(f"preparing the {precision} graph failed: {exc}") from exc
+            calibrator = None
+            if typing == "weak" and precision == "int8":
+                calibrator = _entropy_calibrator(
+                    trt,
+                    calibration.batches(height, width, loaded.spec.mean, loaded.spec.std),
+                    calibration.count(),
+                    (1, 3, height, width),
+                    cache.calibration_cache_path(name, height, width, key),
+                )
+            payload = build_serialized_engine(
                 trt,
-                calibration.batches(height, width, loaded.spec.mean, loaded.spec.std),
-                calibration.count(),
-                (1, 3, height, width),
-                cache.calibration_cache_path(name, height, width, calibration_key),
+                onnx_path,
+                precision=precision,
+                typing=typing,
+                workspace_mb=options.workspace_mb,
+                dla_core=options.dla_core,
+                calibrator=calibrator,
+                timing_cache=cache.timing_cache_path(features.version, gpu),
             )
-        return build_serialized_engine(
-            trt,
-            onnx_path,
-            precision=precision,
-            workspace_mb=options.workspace_mb,
-            dla_core=options.dla_core,
-            calibrator=calibrator,
-            timing_cache=cache.timing_cache_path(trt.__version__, gpu_name, capability),
-        )
+        return payload
 
     io = engine_io(loaded.spec.num_classes, height, width)
-    payload, built = cache.load_or_build(path, key, io, build, force=force)
-    return EngineArtifact(path, key, payload, built, gpu_name)
+    try:
+        payload, built = cache.load_or_build(path, key, io, build, force=force)
+    except (AttributeError, TypeError) as exc:  # a binding this version does not have
+        raise BackendError(
+            f"TensorRT {features.version}'s Python API differs from what seg_ros uses: {exc}"
+        ) from exc
+    return EngineArtifact(path, key, payload, built, gpu.name)
 
 
 def build_serialized_engine(
@@ -119,15 +248,20 @@ def build_serialized_engine(
     onnx_path: Path,
     *,
     precision: str,
+    typing: str = "strong",
     workspace_mb: int,
     dla_core: int,
-    calibrator,
+    calibrator=None,
     timing_cache: Path,
 ) -> bytes:
     """Parse the ONNX file and build a serialized engine with the given settings."""
-    logger = _logger(trt)
+    features = tensorrt_features(trt)
+    logger = tensorrt_logger(trt)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    flags = 0  # explicit batch is the only mode since TensorRT 10
+    if typing == "strong" and features.strongly_typed_flag:
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -135,34 +269,33 @@ def build_serialized_engine(
     config = builder.create_builder_config()
     if workspace_mb > 0:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if precision in ("fp16", "int8"):
-        config.set_flag(
-            trt.BuilderFlag.FP16
-        )  # int8 engines fall back to fp16, not fp32, where int8 is slower
-    if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = (
-            calibrator  # implicit quantization: deprecated in 10.1+, still supported in 10.x
-        )
+    if typing == "weak":
+        if not features.weak_typing:
+            raise BackendError(f"TensorRT {features.version} cannot build weakly typed networks")
+        if precision in ("fp16", "int8"):
+            # int8 engines fall back to fp16, not fp32, where int8 is slower
+            config.set_flag(trt.BuilderFlag.FP16)
+        if precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+            config.int8_calibrator = calibrator
     if dla_core >= 0:
         if dla_core >= builder.num_DLA_cores:
             raise BackendError(
-                f"DLA core {dla_core} requested but this device has {builder.num_DLA_cores} DLA cores"
+                f"DLA core {dla_core} requested but this device has {builder.num_DLA_cores} "
+                "DLA cores"
             )
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = dla_core
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run go to the GPU
-    blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
-    cache = config.create_timing_cache(blob)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
-        LOG.warning("TensorRT rejected the timing cache %s; starting a new one", timing_cache)
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
+    _use_timing_cache(config, timing_cache)
     monitor = _progress_monitor(trt)
     config.progress_monitor = monitor
     LOG.info(
-        "building a TensorRT %s engine from %s%s: this takes a few minutes on a Jetson",
+        "building a TensorRT %s %s engine (%s typed) from %s%s: this takes a few minutes on "
+        "a Jetson",
+        features.version,
         precision,
+        typing,
         onnx_path.name,
         f" on DLA core {dla_core}" if dla_core >= 0 else "",
     )
@@ -170,6 +303,9 @@ def build_serialized_engine(
         serialized = builder.build_serialized_network(network, config)
     finally:
         monitor.close()
+    error = getattr(calibrator, "error", None)
+    if error is not None:
+        raise BackendError(f"INT8 calibration data failed ({error}): no engine was built")
     if serialized is None:
         raise BackendError(
             f"TensorRT failed to build an engine from {onnx_path} (its errors are logged above)"
@@ -180,6 +316,27 @@ def build_serialized_engine(
     return bytes(serialized)
 
 
+def _use_timing_cache(config, path: Path) -> None:
+    """Give the builder the saved tactic timings; a file it cannot read means a fresh cache."""
+    cache = None
+    blob = path.read_bytes() if path.is_file() else b""
+    if blob:
+        try:
+            cache = config.create_timing_cache(blob)
+        except Exception as exc:  # the bindings raise on a blob TensorRT cannot deserialize
+            LOG.warning("cannot read the timing cache %s (%s); starting a new one", path, exc)
+        else:
+            if cache is None:
+                LOG.warning(
+                    "TensorRT could not read the timing cache %s; starting a new one", path
+                )
+        if cache is not None and not config.set_timing_cache(cache, ignore_mismatch=False):
+            LOG.warning("TensorRT rejected the timing cache %s; starting a new one", path)
+            cache = None
+    if cache is None:
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+
+
 def _dtype_name(trt, dtype) -> str:
     names = {trt.float32: "float32", trt.float16: "float16", trt.int32: "int32", trt.int8: "int8"}
     if hasattr(trt, "int64"):
@@ -187,8 +344,42 @@ def _dtype_name(trt, dtype) -> str:
     return names.get(dtype, str(dtype))
 
 
+def engine_io_found(trt, engine) -> dict:
+    """Name -> (is input, shape, dtype) of a deserialized engine's I/O tensors."""
+    found = {}
+    for index in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(index)
+        found[name] = (
+            engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+            [int(d) for d in engine.get_tensor_shape(name)],
+            _dtype_name(trt, engine.get_tensor_dtype(name)),
+        )
+    return found
+
+
+class _Buffers:
+    """The engine's I/O tensors on the device, their host copies, and the stream to run on."""
+
+    def __init__(self, torch, io: dict, device: str):
+        self.cuda = device == "cuda"
+        self.stream = torch.cuda.Stream() if self.cuda else None
+        self.device, self.host = {}, {}
+        for name, spec in io.items():
+            dtype = getattr(torch, spec["dtype"])
+            self.device[name] = torch.empty(spec["shape"], dtype=dtype, device=device)
+            self.host[name] = (
+                torch.empty(spec["shape"], dtype=dtype, pin_memory=True)
+                if self.cuda
+                else self.device[name]
+            )
+
+    @property
+    def stream_handle(self) -> int:
+        return self.stream.cuda_stream if self.cuda else 0
+
+
 class TensorRTBackend(Backend):
-    """Runs a cached (or freshly built) engine; with ``build_only`` it only makes sure the engine exists."""
+    """Runs a cached (or freshly built) engine; ``build_only`` only makes sure it exists."""
 
     def __init__(
         self,
@@ -203,8 +394,6 @@ class TensorRTBackend(Backend):
         artifact = prepare_engine(
             loaded, height=height, width=width, precision=precision, options=options
         )
-        self.engine_path = artifact.path
-        self.engine_built = artifact.built
         dla = f" DLA{options.dla_core}" if options.dla_core >= 0 else ""
         super().__init__(
             name=f"tensorrt:{artifact.gpu}{dla}",
@@ -213,14 +402,14 @@ class TensorRTBackend(Backend):
             num_classes=loaded.spec.num_classes,
         )
         self._context = None
+        self._record(artifact)
         if options.build_only:
             return
         import torch
 
         trt = import_tensorrt()
         self._torch = torch
-        self._logger = _logger(trt)
-        self._runtime = trt.Runtime(self._logger)
+        self._runtime = trt.Runtime(tensorrt_logger(trt))
         if options.dla_core >= 0:
             self._runtime.DLA_core = options.dla_core
         engine = self._runtime.deserialize_cuda_engine(artifact.payload)
@@ -234,6 +423,7 @@ class TensorRTBackend(Backend):
                 options=options,
                 force=True,
             )
+            self._record(artifact)
             engine = self._runtime.deserialize_cuda_engine(artifact.payload)
         if engine is None:
             raise BackendError(
@@ -241,56 +431,71 @@ class TensorRTBackend(Backend):
             )
         self._engine = engine
         io = engine_io(loaded.spec.num_classes, height, width)
-        found = {}
-        for index in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(index)
-            is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            found[name] = (
-                is_input,
-                list(engine.get_tensor_shape(name)),
-                _dtype_name(trt, engine.get_tensor_dtype(name)),
-            )
+        found = engine_io_found(trt, engine)
         expected = {
             name: (name == INPUT_NAME, spec["shape"], spec["dtype"]) for name, spec in io.items()
         }
         if found != expected:
             raise BackendError(f"engine {artifact.path} has I/O {found}, expected {expected}")
         self._context = engine.create_execution_context()
-        self._stream = torch.cuda.Stream()
-        self._device, self._host = {}, {}
-        for name, spec in io.items():
-            dtype = getattr(torch, spec["dtype"])
-            self._device[name] = torch.empty(spec["shape"], dtype=dtype, device="cuda")
-            self._host[name] = torch.empty(spec["shape"], dtype=dtype, pin_memory=True)
-            if not self._context.set_tensor_address(name, self._device[name].data_ptr()):
+        self._buffers = _Buffers(torch, io, BUFFER_DEVICE)
+        for name, tensor in self._buffers.device.items():
+            if not self._context.set_tensor_address(name, tensor.data_ptr()):
                 raise BackendError(f"TensorRT refused the buffer for {name!r}")
-        torch.cuda.synchronize()
+        if self._buffers.cuda:
+            torch.cuda.synchronize()
+
+    def _record(self, artifact: EngineArtifact) -> None:
+        """Say which engine this backend runs and whether it was built on this start."""
+        self.engine_path = artifact.path
+        self.engine_built = artifact.built
 
     def _run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         if self._context is None:
             raise RuntimeError(
                 f"{self.name} was started with build_only (or closed): it cannot infer"
             )
-        torch = self._torch
-        self._host[INPUT_NAME].numpy()[...] = batch
-        with torch.cuda.stream(self._stream):
-            self._device[INPUT_NAME].copy_(self._host[INPUT_NAME], non_blocking=True)
-            if not self._context.execute_async_v3(self._stream.cuda_stream):
-                raise RuntimeError(f"TensorRT execution failed ({self.engine_path})")
-            for name in outputs:
-                self._host[name].copy_(self._device[name], non_blocking=True)
-        self._stream.synchronize()
-        return {name: self._host[name].numpy().copy() for name in outputs}
+        buffers = self._buffers
+        buffers.host[INPUT_NAME].numpy()[...] = batch
+        if buffers.cuda:
+            with self._torch.cuda.stream(buffers.stream):
+                buffers.device[INPUT_NAME].copy_(buffers.host[INPUT_NAME], non_blocking=True)
+                self._execute()
+                for name in outputs:
+                    buffers.host[name].copy_(buffers.device[name], non_blocking=True)
+            buffers.stream.synchronize()
+        else:
+            self._execute()
+        return {name: buffers.host[name].numpy().copy() for name in outputs}
+
+    def _execute(self) -> None:
+        if not self._context.execute_async_v3(self._buffers.stream_handle):
+            raise RuntimeError(f"TensorRT execution failed ({self.engine_path})")
 
     def close(self) -> None:
         self._context = None
         self._engine = None
-        self._device, self._host = {}, {}
+        self._buffers = None
 
 
-def _logger(trt):
-    """A TensorRT logger that writes into Python logging (so ROS sees build errors)."""
+_LOGGER_LOCK = threading.Lock()
+_LOGGER: tuple | None = None  # (the tensorrt module, its logger): one per process
 
+
+def tensorrt_logger(trt):
+    """Return the process's one TensorRT logger, writing into Python logging (ROS sees it).
+
+    TensorRT keeps a single logger pointer per process and warns when a
+    second one is passed, so every Builder, parser and Runtime shares this one.
+    """
+    global _LOGGER
+    with _LOGGER_LOCK:
+        if _LOGGER is None or _LOGGER[0] is not trt:
+            _LOGGER = (trt, _make_logger(trt))
+        return _LOGGER[1]
+
+
+def _make_logger(trt):
     class _Logger(trt.ILogger):
         def __init__(self):
             trt.ILogger.__init__(self)
@@ -351,7 +556,11 @@ def _progress_monitor(trt):
 def _entropy_calibrator(
     trt, batches: Iterator[np.ndarray], count: int, shape: tuple, cache_path: Path
 ):
-    """IInt8EntropyCalibrator2 fed one frame at a time through a torch CUDA buffer, with a calibration cache."""
+    """Make TensorRT 10's IInt8EntropyCalibrator2 (implicit INT8) with a calibration cache.
+
+    A data error ends the calibration and is kept in ``error``: the build then
+    fails and neither the calibration cache nor the engine is written.
+    """
     import torch
     from tqdm import tqdm
 
@@ -359,8 +568,10 @@ def _entropy_calibrator(
         def __init__(self):
             trt.IInt8EntropyCalibrator2.__init__(self)
             self._batches = batches
-            self._buffer = torch.empty(shape, dtype=torch.float32, device="cuda")
+            self._buffer = torch.empty(shape, dtype=torch.float32, device=BUFFER_DEVICE)
             self._bar = None
+            self.seen = 0
+            self.error = None
 
         def get_batch_size(self):
             return 1
@@ -370,15 +581,20 @@ def _entropy_calibrator(
                 batch = next(self._batches, None)
             except Exception as exc:  # an exception must not cross into TensorRT
                 LOG.error("INT8 calibration data failed: %s", exc)
+                self.error = exc
                 batch = None
             if batch is None:
                 if self._bar is not None:
                     self._bar.close()
+                if self.error is None and self.seen < count:
+                    self.error = ValueError(f"the data gave {self.seen} of {count} frames")
                 return None
             if self._bar is None:
                 self._bar = tqdm(total=count, desc="INT8 calibration", unit="frame")
             self._buffer.copy_(torch.from_numpy(batch))
-            torch.cuda.synchronize()
+            if self._buffer.is_cuda:
+                torch.cuda.synchronize()
+            self.seen += 1
             self._bar.update(1)
             return [int(self._buffer.data_ptr())]
 
@@ -389,6 +605,9 @@ def _entropy_calibrator(
             return None
 
         def write_calibration_cache(self, cache):
+            if self.error is not None:
+                LOG.error("not caching a calibration on part of the data (%s)", self.error)
+                return
             atomic_write(cache_path, lambda tmp: tmp.write_bytes(bytes(cache)))
             LOG.info("wrote INT8 calibration cache %s", cache_path)
 

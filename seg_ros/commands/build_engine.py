@@ -2,8 +2,9 @@
 
 Same code as the node's ``tensorrt.*`` parameters: export (or reuse) the ONNX
 head graph, check TensorRT can parse it, compute the engine key, then build
-or verify the engine in the engine cache. Without TensorRT everything up to
-the build still runs, and the command fails with the reason.
+or verify the engine in the engine cache (fp16 and int8 strongly typed, from
+the fp16 / QDQ graph). Without TensorRT everything up to the build still
+runs, and the command fails with the reason.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ def register(subparsers) -> None:
         "build-engine",
         help="build (or verify) the TensorRT engine for a model ahead of time",
         description=__doc__.split("\n\n")[1].replace("\n", " "),
-        epilog="example: seg_ros build-engine --model deeplab --precision fp16 --height 360 --width 480 "
-        "--engine-cache /opt/seg_ros/engines   (then run the node with tensorrt.engine_cache set to "
-        "the same folder)",
+        epilog="example: seg_ros build-engine --model deeplab --precision fp16 --height 360 "
+        "--width 480 --engine-cache /opt/seg_ros/engines   (then run the node with "
+        "tensorrt.engine_cache set to the same folder)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -31,6 +32,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--force", action="store_true", help="rebuild even when a valid engine is cached"
+    )
+    parser.add_argument(
+        "--implicit-precision",
+        action="store_true",
+        help="TensorRT 10 only: fp16/int8 from the fp32 graph with builder flags (and the "
+        "entropy calibrator for int8) instead of the strongly typed fp16 / QDQ graph",
     )
     add_pipeline_arguments(parser)
     parser.set_defaults(
@@ -53,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     options = dict(config.backend_options)
     if args.calibration_frames is not None:
         options["calibration_frames"] = args.calibration_frames
+    options["implicit_precision"] = args.implicit_precision
     options = BackendOptions.from_dict(options)
-    calibration = check_engine_request(config.precision, options)
 
     loaded = load_model(
         config.model,
@@ -64,22 +71,27 @@ def run(args: argparse.Namespace) -> int:
         **config.model_options,
     )
     spec = loaded.spec
+    calibration = check_engine_request(config.precision, options, spec)
     height = config.input_height or spec.input_height
     width = config.input_width or spec.input_width
     print(
         f"model {spec.name} ({spec.family}, {spec.num_classes} classes, "
-        f"weights {spec.weights_path or 'random initialisation'}) at {width}x{height}, {config.precision}"
+        f"weights {spec.weights_path or 'random initialisation'}) at {height}x{width} (HxW), "
+        f"{config.precision}"
     )
     onnx_path = prepare_onnx_for_tensorrt(loaded, height, width)
     print(
-        f"ONNX graph {onnx_path}: static 1x3x{height}x{width} input, every operator supported by TensorRT"
+        f"ONNX graph {onnx_path}: static 1x3x{height}x{width} input, every operator supported "
+        "by TensorRT"
     )
     print(
         f"network key {digest(export_key(loaded, height, width))[:16]} "
         "(+ TensorRT version, GPU and compute capability once TensorRT is loaded)"
     )
-    if calibration is not None:
+    if hasattr(calibration, "describe"):
         print(f"INT8 calibration: {calibration.count()} frames of {calibration.describe()}")
+    elif calibration is not None:
+        print(f"INT8 calibration: the table shipped with {spec.weights_path}")
 
     artifact = prepare_engine(
         loaded,
@@ -90,8 +102,12 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
     )
     state = "built" if artifact.built else "already cached and valid"
+    key = artifact.key
+    gpu = key["gpu"]
     print(
-        f"engine {artifact.path} ({len(artifact.payload) / 1e6:.1f} MB) {state}; key {digest(artifact.key)[:16]} "
-        f"for TensorRT {artifact.key['tensorrt']} on {artifact.gpu} (sm {artifact.key['compute_capability']})"
+        f"engine {artifact.path} ({len(artifact.payload) / 1e6:.1f} MB) {state}; key "
+        f"{digest(key)[:16]} for TensorRT {key['tensorrt']} ({key['typing']}ly typed) on "
+        f"{gpu['name']} (sm {gpu['compute_capability']}, {gpu['multiprocessors']} SMs, "
+        f"{gpu['memory_gib']} GiB)"
     )
     return 0
