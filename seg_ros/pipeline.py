@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -21,6 +21,17 @@ LOG = logging.getLogger(__name__)
 
 COMPACT_OUTPUTS = ("label", "confidence")
 FULL_OUTPUTS = ("probabilities",)
+
+
+# The CRF's kernel parameters and iterations: what `seg_ros tune-crf` fits and a model can store.
+CRF_PARAMETERS = (
+    "iterations",
+    "gaussian_sxy",
+    "gaussian_weight",
+    "bilateral_sxy",
+    "bilateral_srgb",
+    "bilateral_weight",
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,24 @@ class CrfSettings:
     downsample: int = (
         0  # message-passing grid factor: 0 auto (fast), 1 full resolution (matches pydensecrf)
     )
+
+    def with_model_parameters(self, fitted: dict, explicit: tuple | None = None) -> CrfSettings:
+        """Take the model's fitted parameters (its spec's ``crf``) where none was set explicitly.
+
+        explicit: the names the user set; None treats a value still at its default as not set.
+        """
+        defaults = CrfSettings()
+        values = {
+            name: fitted[name]
+            for name in CRF_PARAMETERS
+            if name in fitted
+            and (
+                name not in explicit
+                if explicit is not None
+                else getattr(self, name) == getattr(defaults, name)
+            )
+        }
+        return replace(self, **values) if values else self
 
     def kwargs(self) -> dict:
         return {
@@ -68,6 +97,9 @@ class PipelineConfig:
     threads: int = 0  # CPU threads for the backend; 0 = library default
     backend_options: dict = field(default_factory=dict)  # tensorrt.* etc., passed to the backend
     crf: CrfSettings = field(default_factory=CrfSettings)
+    # CRF parameter names set explicitly; the others come from the model's fitted ones (spec.crf).
+    # None: a parameter still at its default counts as not set.
+    crf_explicit: tuple | None = None
 
 
 @dataclass
@@ -99,6 +131,7 @@ class SegmentationPipeline:
         self._scale = (1.0 / std_arr).reshape(1, 1, 3)
         self._offset = (-np.asarray(mean, np.float32) * 255.0 / std_arr).reshape(1, 1, 3)
         self.crf = crf or CrfSettings()
+        self.fitted_crf: dict = {}  # the model's CRF parameters from tune-crf (spec.crf)
         self.label_dtype = np.uint8 if self.num_classes <= 254 else np.uint16
         self._tensors = None
         if getattr(backend, "tensor_device", None) is not None:
@@ -112,9 +145,9 @@ class SegmentationPipeline:
                 label_dtype=self.label_dtype,
             )
 
-    def set_crf(self, crf: CrfSettings) -> None:
-        """Swap CRF settings; applies from the next frame."""
-        self.crf = crf
+    def set_crf(self, crf: CrfSettings, explicit: tuple | None = None) -> None:
+        """Swap CRF settings (the model's fitted ones fill those not set); from the next frame."""
+        self.crf = crf.with_model_parameters(self.fitted_crf, explicit)
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """RGB (or mono) uint8 H×W[×3] -> (network-size RGB uint8, 1×3×h×w float32 batch)."""
@@ -273,6 +306,7 @@ def build_pipeline(config: PipelineConfig) -> BuiltPipeline:
         input_size=(height, width),
         mean=spec.mean,
         std=spec.std,
-        crf=config.crf,
     )
+    pipeline.fitted_crf = dict(spec.crf)
+    pipeline.set_crf(config.crf, config.crf_explicit)
     return BuiltPipeline(pipeline, spec, table, backend.name)
