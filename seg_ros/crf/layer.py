@@ -51,15 +51,27 @@ class CrfRnn(nn.Module):
         self.iterations = iterations
         self.window = window
         self.downsample = downsample
-        # Kernel widths stay fixed, as in the paper; what is learned are the weights and μ.
-        self.widths = {
-            "gaussian_sxy": float(gaussian_sxy),
-            "bilateral_sxy": float(bilateral_sxy),
-            "bilateral_srgb": float(bilateral_srgb),
-        }
+        # Kernel widths stay fixed, as in the paper (a buffer, so checkpoints keep the ones trained
+        # with); what is learned are the per-class kernel weights and μ.
+        widths = torch.tensor([gaussian_sxy, bilateral_sxy, bilateral_srgb], dtype=torch.float32)
+        self.register_buffer("kernel_widths", widths)
         initial = torch.tensor([[float(gaussian_weight)], [float(bilateral_weight)]])
         self.kernel_weights = nn.Parameter(initial.repeat(1, num_classes))  # 2 × C
         self.compatibility = nn.Parameter(potts_compatibility(num_classes))
+
+    @torch.no_grad()
+    def start_from(self, parameters: dict) -> None:
+        """Start from a post-hoc CRF's parameters (CrfSettings names; those not given stay)."""
+        names = ("gaussian_sxy", "bilateral_sxy", "bilateral_srgb")
+        for i, name in enumerate(names):
+            if name in parameters:
+                if not float(parameters[name]) > 0:
+                    raise ValueError(f"{name} must be > 0, got {parameters[name]!r}")
+                self.kernel_widths[i] = float(parameters[name])
+        for i, name in enumerate(("gaussian_weight", "bilateral_weight")):
+            if name in parameters:
+                self.kernel_weights[i] = float(parameters[name])
+        self.compatibility.copy_(potts_compatibility(self.compatibility.shape[0]))
 
     def forward(self, logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         log_prior = torch.log_softmax(logits, 1).clamp_min(math.log(UNARY_CLIP))
@@ -69,9 +81,11 @@ class CrfRnn(nn.Module):
             self.iterations,
             self.kernel_weights,
             self.compatibility,
+            gaussian_sxy=self.kernel_widths[0],
+            bilateral_sxy=self.kernel_widths[1],
+            bilateral_srgb=self.kernel_widths[2],
             window=self.window,
             downsample=self.downsample,
-            **self.widths,
         )
 
 

@@ -72,11 +72,14 @@ def window_kernels(
     colours,
     factor: int,
     window: int,
-    gaussian_sxy: float,
-    bilateral_sxy: float,
-    bilateral_srgb: float,
+    gaussian_sxy,
+    bilateral_sxy,
+    bilateral_srgb,
 ):
-    """Return N×2×window²×h×w normalised (Gaussian, bilateral) kernels for N×3×h×w colours."""
+    """Return N×2×window²×h×w normalised (Gaussian, bilateral) kernels for N×3×h×w colours.
+
+    The widths are floats or 0-d tensors (the layer keeps them as a buffer).
+    """
     radius = window // 2
     steps = torch.arange(-radius, radius + 1, dtype=colours.dtype, device=colours.device) * factor
     distance2 = (steps[:, None] ** 2 + steps[None, :] ** 2).reshape(1, -1, 1, 1)
