@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Print the README's model table: parameters, GFLOPs and ONNX Runtime CPU latency per variant.
 
-    .venv/bin/python scripts/model_table.py                      # latency of the bundled-size variants
-    .venv/bin/python scripts/model_table.py --latency all        # every variant (slow on a small CPU)
+    .venv/bin/python scripts/model_table.py                 # latency of the bundled-size variants
+    .venv/bin/python scripts/model_table.py --latency all   # every variant (slow on a small CPU)
+    .venv/bin/python scripts/model_table.py --family fcn --latency none  # one family's rows
 
 GFLOPs are counted by torch.utils.flop_counter.FlopCounterMode (2 FLOPs per
 multiply-add, convolutions and matmuls) at 1x3xHxW. Latency: the variant is
@@ -35,6 +36,11 @@ VARIANTS = [
     ("refinenet", {"light_weight": True, "backbone": "resnet50"}, False),
     ("refinenet", {"light_weight": True, "backbone": "resnet101"}, False),
     ("refinenet", {"light_weight": False, "backbone": "resnet101"}, False),
+    ("fcn", {"backbone": "vgg16", "variant": "32s"}, False),
+    ("fcn", {"backbone": "vgg16", "variant": "16s"}, False),
+    ("fcn", {"backbone": "vgg16", "variant": "8s"}, False),
+    ("fcn", {"backbone": "resnet50"}, False),
+    ("fcn", {"backbone": "resnet101"}, False),
 ]
 
 
@@ -102,6 +108,8 @@ def weights_note(family: str, options: dict, bundled) -> str:
         return "random; torchvision COCO-VOC `deeplabv3_*` weights load"
     if family == "segnet" and resolved["backbone"] == "basic":
         return "random"
+    if family == "fcn" and resolved["backbone"] != "vgg16":
+        return "random; torchvision `fcn_resnet*` weights load"
     return "random; ImageNet backbone via `pretrained_backbone`"
 
 
@@ -118,6 +126,9 @@ def main() -> int:
         default="small",
         help="which variants to time (small: the bundled-size ones)",
     )
+    parser.add_argument(
+        "--family", action="append", default=None, help="only this family's rows (repeatable)"
+    )
     args = parser.parse_args()
 
     from tqdm import tqdm
@@ -126,7 +137,8 @@ def main() -> int:
 
     bundled = bundled_models()
     rows = []
-    for family, options, small in tqdm(VARIANTS, desc="variants", file=sys.stderr):
+    variants = [v for v in VARIANTS if not args.family or v[0] in args.family]
+    for family, options, small in tqdm(variants, desc="variants", file=sys.stderr):
         params, gflops = count_gflops(family, options, args.num_classes, args.height, args.width)
         timed = args.latency == "all" or (args.latency == "small" and small)
         latency = "–"
@@ -146,7 +158,8 @@ def main() -> int:
             )
         )
     print(
-        f"| family | variant | params (M, {args.num_classes} classes) | GFLOPs @{args.width}x{args.height} "
+        f"| family | variant | params (M, {args.num_classes} classes) "
+        f"| GFLOPs @{args.width}x{args.height} "
         f"| ORT CPU ms ({args.threads} threads, median (fastest) of {args.runs}) | weights |"
     )
     print("|---|---|---:|---:|---:|---|")
