@@ -16,6 +16,7 @@ import numpy as np
 
 # Imported up front so switching crf.enabled on at run time does not stall a frame on the import.
 from seg_ros.crf import dense_crf
+from seg_ros.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessor
 
 LOG = logging.getLogger(__name__)
 
@@ -119,17 +120,14 @@ class SegmentationPipeline:
         *,
         num_classes: int,
         input_size: tuple[int, int],
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
         crf: CrfSettings | None = None,
     ):
         self.backend = backend
         self.num_classes = int(num_classes)
         self.input_height, self.input_width = (int(v) for v in input_size)
-        # Normalisation folded into one multiply-add on 0..255 pixels.
-        std_arr = np.asarray(std, np.float32) * 255.0
-        self._scale = (1.0 / std_arr).reshape(1, 1, 3)
-        self._offset = (-np.asarray(mean, np.float32) * 255.0 / std_arr).reshape(1, 1, 3)
+        self._preprocess = Preprocessor(self.input_height, self.input_width, mean, std)
         self.crf = crf or CrfSettings()
         self.fitted_crf: dict = {}  # the model's CRF parameters from tune-crf (spec.crf)
         self.label_dtype = np.uint8 if self.num_classes <= 254 else np.uint16
@@ -151,22 +149,7 @@ class SegmentationPipeline:
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """RGB (or mono) uint8 H×W[×3] -> (network-size RGB uint8, 1×3×h×w float32 batch)."""
-        if image.ndim == 2:
-            image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(
-                f"expected an RGB uint8 image, got shape {image.shape} dtype {image.dtype}"
-            )
-        if image.shape[0] == 0 or image.shape[1] == 0:
-            raise ValueError("empty image")
-        size = (self.input_width, self.input_height)
-        small = (
-            image
-            if image.shape[1::-1] == size
-            else cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-        )
-        batch = small.astype(np.float32) * self._scale + self._offset
-        return small, np.ascontiguousarray(batch.transpose(2, 0, 1)[None])
+        return self._preprocess(image)
 
     def process(self, image: np.ndarray, want_probabilities: bool = False) -> SegmentationResult:
         """Segment one image (see ``process_batch``)."""

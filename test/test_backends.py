@@ -1,4 +1,4 @@
-"""Backends on real models and real ONNX Runtime sessions: agreement, validation, auto choice, ONNX cache.
+"""Backends on real models and real ONNX Runtime sessions: agreement, validation, auto, caches.
 
 Networks are the real small variants (randomly initialised unless weights are
 bundled) at 64x96 to keep the suite fast on a 2-core machine. They are seeded,
@@ -19,9 +19,12 @@ from seg_ros.backends import BackendError, create_backend
 from seg_ros.backends.base import head_io
 from seg_ros.backends.devices import cuda_available, tensorrt_importable
 from seg_ros.backends.onnx_cache import (
+    CACHE_LIMIT_ENV,
     cached_onnx,
+    enforce_cache_limit,
     export_key,
     prepare_onnx_for_tensorrt,
+    scratch_dir,
     weights_fingerprint,
 )
 from seg_ros.models import LoadedModel, ModelSpec, load_model
@@ -54,7 +57,7 @@ def deeplab(models) -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def frame() -> np.ndarray:
-    """A real street image when CamVid is present, else a synthetic one of the same size."""
+    """Return a real street image when CamVid is present, else a synthetic one of the same size."""
     from conftest import camvid_root
 
     files = sorted((camvid_root() / "val").glob("*.png"))
@@ -161,7 +164,7 @@ def test_unsupported_precisions_and_devices_are_backend_errors(deeplab):
         create_backend("torch", deeplab, height=H, width=W, precision="int8")
     with pytest.raises(BackendError, match="torch sees no CUDA GPU"):
         create_backend("torch", deeplab, height=H, width=W, options={"device": "cuda"})
-    with pytest.raises(BackendError, match="runs fp32 here"):
+    with pytest.raises(BackendError, match="runs fp32 or int8"):
         create_backend("onnxruntime", deeplab, height=H, width=W, precision="fp16")
     with pytest.raises(BackendError, match="no CUDAExecutionProvider.*onnxruntime-gpu"):
         create_backend("onnxruntime", deeplab, height=H, width=W, options={"device": "cuda"})
@@ -253,10 +256,16 @@ class _TinyNet(torch.nn.Module):
         return self.conv(x)
 
 
+def _tiny(sha256: str = "ab" * 32) -> LoadedModel:
+    """Make a tiny net as if loaded from a weights file (hash in the spec): exports are cached."""
+    spec = ModelSpec(name="tiny", family="deeplab", num_classes=4, weights_sha256=sha256)
+    return LoadedModel(_TinyNet().eval(), spec)
+
+
 def test_onnx_cache_reuses_only_matching_files(tmp_path, export_calls):
     import onnx
 
-    tiny = LoadedModel(_TinyNet().eval(), ModelSpec(name="tiny", family="deeplab", num_classes=4))
+    tiny = _tiny()
     assert export_key(tiny, 16, 24) != export_key(tiny, 8, 12)
     first = cached_onnx(tiny, 16, 24, cache_root=tmp_path)
     assert cached_onnx(tiny, 16, 24, cache_root=tmp_path) == first
@@ -271,13 +280,42 @@ def test_onnx_cache_reuses_only_matching_files(tmp_path, export_calls):
         intact
     )  # a valid ONNX file whose stored key is another model's
     for prop in foreign.metadata_props:
-        prop.value = prop.value.replace("parameters-sha256:", "parameters-sha256:0")
+        prop.value = prop.value.replace("sha256:", "sha256:0")
     onnx.save(foreign, str(first))
     assert cached_onnx(tiny, 16, 24, cache_root=tmp_path) == first
     assert len(export_calls) == 3
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [
         ".onnx"
     ]  # no temporary files left behind
+
+
+def test_random_initialised_exports_are_not_cached(tmp_path, export_calls):
+    tiny = _tiny(sha256="")  # random initialisation: new parameters on every start
+    path = cached_onnx(tiny, 16, 24, cache_root=tmp_path)
+    assert path.is_file() and path.parent == scratch_dir() != tmp_path
+    assert list(tmp_path.iterdir()) == []
+    assert cached_onnx(tiny, 16, 24, cache_root=tmp_path) == path  # still reused in this process
+    assert export_calls == [(16, 24)]
+
+
+def test_onnx_cache_is_bounded_least_recently_used_first(tmp_path, monkeypatch, caplog):
+    import os
+
+    tiny = _tiny()
+    first = cached_onnx(tiny, 16, 24, cache_root=tmp_path)
+    second = cached_onnx(tiny, 8, 12, cache_root=tmp_path)
+    os.utime(first, (1, 1))  # first is the older one...
+    os.utime(second, (2, 2))
+    assert cached_onnx(tiny, 16, 24, cache_root=tmp_path) == first  # ...until it is used again
+    size = max(first.stat().st_size, second.stat().st_size)
+    monkeypatch.setenv(CACHE_LIMIT_ENV, str(2.5 * size / (1 << 20)))  # room for two files
+    caplog.set_level("INFO", logger="seg_ros.backends.onnx_cache")
+    third = cached_onnx(tiny, 8, 16, cache_root=tmp_path)
+    assert sorted(tmp_path.iterdir()) == sorted([first, third])  # second was the least recent
+    assert f"evicted {second.name}" in caplog.text
+    # What the caller is about to use stays, even alone over the cap.
+    assert enforce_cache_limit(tmp_path, keep=(third,), limit=1) == [first]
+    assert list(tmp_path.iterdir()) == [third]
 
 
 def test_weights_fingerprint(deeplab, tmp_path):

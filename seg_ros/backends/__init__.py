@@ -64,6 +64,7 @@ def _start(
             device=options.device,
             engine_cache=options.engine_cache,
             workspace_mb=options.workspace_mb,
+            options=options,
         )
     from seg_ros.backends.torch_backend import TorchBackend
 
@@ -103,8 +104,9 @@ def auto_candidates(precision: str) -> list[tuple[str, str, str]]:
         ort_cuda = None  # onnxruntime is not installed
     if ort_cuda is not None:
         where = "its CUDA provider" if ort_cuda else "the CPU (no CUDA provider or GPU)"
+        run = precision if precision in ("fp32", "int8") else "fp32"  # int8 only when asked
         candidates.append(
-            ("onnxruntime", "fp32", f"{why_not_trt}ONNX Runtime on {where}{fallback('fp32')}")
+            ("onnxruntime", run, f"{why_not_trt}ONNX Runtime on {where}{fallback(run)}")
         )
         why_not_ort = ""
     else:
@@ -127,7 +129,7 @@ def create_backend(
     threads: int = 0,
     options: dict | None = None,
 ) -> Backend:
-    """Start a backend for ``loaded`` (seg_ros.models.LoadedModel) at a fixed 1×3×height×width input.
+    """Start a backend for ``loaded`` (seg_ros.models.LoadedModel) at a 1×3×height×width input.
 
     ValueError for bad arguments; BackendError (a RuntimeError) with the reason
     when the backend cannot start (library missing, no GPU, build failed, ...).

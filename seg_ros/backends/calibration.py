@@ -1,11 +1,13 @@
-"""INT8 calibration data: frames from an image folder or a rosbag, preprocessed exactly like the pipeline's.
+"""INT8 calibration data: frames from an image folder or a rosbag, preprocessed as in the pipeline.
 
-TensorRT's entropy calibrator needs representative network inputs; these come
-from the user's own camera (a folder of images, or a recorded bag read with
-the ``rosbags`` library, no ROS needed). Frames are drawn evenly over the whole
-source so a long drive is not calibrated on its first seconds only. The
-fingerprint (file names and sizes, topic, frame count) goes into the engine
-and calibration-cache keys, so new data means a new calibration.
+INT8 needs representative network inputs (ONNX Runtime's calibrator for the
+shared QDQ graph, TensorRT's entropy calibrator on its implicit path); these
+come from the user's own camera (a folder of images, or a recorded bag read
+with the ``rosbags`` library, no ROS needed), or, with neither given, from the
+range table shipped beside the weights (``resolve_calibration``). Frames are
+drawn evenly over the whole source so a long drive is not calibrated on its
+first seconds only. The fingerprint (file names, sizes and modification times,
+topic, frame count) goes into the cache keys: new data means a new calibration.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from seg_ros.preprocess import Preprocessor
+
 LOG = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
 _IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+TABLE_SUFFIX = ".calibration.json"  # models/<name>.calibration.json beside <name>.safetensors
 
 
 def evenly_spaced(total: int, count: int) -> list[int]:
@@ -87,7 +92,7 @@ class CalibrationSource:
         )
 
     def fingerprint(self) -> dict:
-        """What identifies the data: names and sizes of the files, topic, frame count."""
+        """Identify the data: names, sizes and times of the files, topic, frame count."""
         hasher = hashlib.sha256()
         if self.images:
             root = Path(self.images)
@@ -96,9 +101,9 @@ class CalibrationSource:
             root = Path(self.bag)
             files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
         for path in files:
-            hasher.update(
-                f"{path.relative_to(root) if path != root else path.name}:{path.stat().st_size}\n".encode()
-            )
+            name = path.relative_to(root) if path != root else path.name
+            stat = path.stat()
+            hasher.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
         return {
             "kind": "images" if self.images else "bag",
             "topic": self.topic,
@@ -115,7 +120,7 @@ class CalibrationSource:
             return min(sum(c.msgcount for c in self._bag_connections(reader)), self.frames)
 
     def images_rgb(self) -> Iterator[np.ndarray]:
-        """The chosen frames as RGB (or mono) uint8 arrays."""
+        """Yield the chosen frames as RGB (or mono) uint8 arrays."""
         if self.images:
             files = self.image_files()
             for index in evenly_spaced(len(files), self.frames):
@@ -141,15 +146,10 @@ class CalibrationSource:
                 )
 
     def batches(self, height: int, width: int, mean, std) -> Iterator[np.ndarray]:
-        """1×3×height×width float32 network inputs, normalised as the pipeline does."""
-        from seg_ros.pipeline import SegmentationPipeline
-
-        # The pipeline's own preprocess (resize + normalise) so calibration sees what inference will see.
-        preprocessor = SegmentationPipeline(
-            None, num_classes=1, input_size=(height, width), mean=mean, std=std
-        )
+        """1×3×height×width float32 network inputs, preprocessed exactly as the pipeline does."""
+        preprocess = Preprocessor(height, width, mean, std)
         for image in self.images_rgb():
-            yield preprocessor.preprocess(image)[1]
+            yield preprocess(image)[1]
 
     def _bag_reader(self):
         from rosbags.highlevel import AnyReader
@@ -165,6 +165,35 @@ class CalibrationSource:
         wrong = [c.msgtype for c in connections if c.msgtype not in _IMAGE_TYPES]
         if wrong:
             raise ValueError(
-                f"topic {self.topic!r} in {self.bag} carries {wrong[0]}, not an image type {_IMAGE_TYPES}"
+                f"topic {self.topic!r} in {self.bag} carries {wrong[0]}, "
+                f"not an image type {_IMAGE_TYPES}"
             )
         return connections
+
+
+def table_path(spec) -> Path | None:
+    """Where the calibration table shipped with ``spec``'s weights lives (next to the weights)."""
+    if not spec.weights_path:
+        return None
+    weights = Path(spec.weights_path)
+    return weights.with_name(weights.name.split(".")[0] + TABLE_SUFFIX)
+
+
+def resolve_calibration(options, spec):
+    """Pick the INT8 calibration: the user's frames if given, else the weights' shipped table.
+
+    Returns a CalibrationSource or a seg_ros.backends.quantize.RangeTable;
+    ValueError/FileNotFoundError with a one-line reason when there is neither.
+    """
+    if options.calibration_images or options.calibration_bag:
+        return CalibrationSource.from_options(options)
+    from seg_ros.backends.quantize import RangeTable
+
+    path = table_path(spec)
+    if path is not None and path.is_file():
+        return RangeTable.load(path)
+    weights = spec.weights_path or "random-initialised weights"
+    raise ValueError(
+        f"INT8 needs calibration data: {weights} ships no calibration table ({TABLE_SUFFIX}); "
+        "set calibration_images (a folder) or calibration_bag + calibration_topic"
+    )

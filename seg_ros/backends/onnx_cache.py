@@ -4,17 +4,23 @@ A file is reused only when the key stored in its own metadata equals the key
 of the model being started (weights hash, family and options, input size,
 opset, exporter code); anything else — a different model, a truncated file, a
 file from an older seg_ros — is exported again. Files are written atomically.
+A random-initialised model is exported to a temporary folder removed at exit:
+its parameters differ on every start, so a cached copy could never be reused.
+The cache folder is bounded (``SEG_ROS_ONNX_CACHE_MB``, default 1024 MiB):
+the least recently used files go first, each eviction logged.
 Also the TensorRT-side preparation: the exported graph must have a static
 1×3×H×W input, the head's outputs and only operators TensorRT's parser knows.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,10 +31,13 @@ LOG = logging.getLogger(__name__)
 METADATA_KEY = "seg_ros.export_key"
 # Bump when the exported graph changes in a way the code fingerprint cannot see.
 EXPORT_FORMAT = 1
+CACHE_LIMIT_ENV = "SEG_ROS_ONNX_CACHE_MB"
+DEFAULT_CACHE_LIMIT_MB = 1024
+_scratch: Path | None = None  # this process's folder for exports that are not worth caching
 
 
 def atomic_write(path: Path, write) -> None:
-    """Write through ``write(tmp_path)`` into a temporary file next to ``path``, then rename it over."""
+    """Write through ``write(tmp_path)`` into a temporary file beside ``path``, then rename it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -45,7 +54,7 @@ def digest(key: dict) -> str:
 
 
 def normalised(key: dict) -> dict:
-    """The key as it reads back from JSON (tuples become lists), so stored and fresh keys compare equal."""
+    """Return the key as it reads back from JSON, so stored and fresh keys compare equal."""
     return json.loads(json.dumps(key, sort_keys=True, default=str))
 
 
@@ -54,7 +63,7 @@ def safe_name(text: str) -> str:
 
 
 def weights_fingerprint(loaded) -> str:
-    """The checkpoint's sha256, or (random initialisation) a hash of the parameters in memory."""
+    """Hash the weights: the checkpoint's sha256, or (random init) the parameters in memory."""
     if loaded.spec.weights_sha256:
         return f"sha256:{loaded.spec.weights_sha256}"
     import torch
@@ -80,7 +89,7 @@ def _code_fingerprint() -> str:
 
 
 def model_key(loaded) -> dict:
-    """What identifies the network itself, independent of input size and backend."""
+    """Return what identifies the network itself, independent of input size and backend."""
     spec = loaded.spec
     return {
         "name": spec.name,
@@ -92,7 +101,7 @@ def model_key(loaded) -> dict:
 
 
 def export_key(loaded, height: int, width: int, *, head: bool = True, opset: int = 0) -> dict:
-    """What an exported graph depends on; ``opset`` 0 = the exporter's default."""
+    """Return what an exported graph depends on; ``opset`` 0 = the exporter's default."""
     import torch
 
     from seg_ros.export import DEFAULT_OPSET
@@ -120,7 +129,8 @@ def onnx_cache_dir() -> Path:
     return cache_dir() / "onnx"
 
 
-def _stored_key(path: Path) -> dict | None:
+def read_cache_key(path: Path) -> dict | None:
+    """Return the key stored in a cached file's metadata; None when unreadable or absent."""
     import onnx
 
     try:
@@ -137,6 +147,86 @@ def _stored_key(path: Path) -> dict | None:
     return None
 
 
+def store_cache_key(path: Path, key: dict) -> None:
+    """Write ``key`` into the ONNX file's metadata (before it is renamed into the cache)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key = METADATA_KEY
+    entry.value = json.dumps(key, sort_keys=True)
+    onnx.save(model, str(path))
+
+
+def reusable(loaded) -> bool:
+    """Whether an export of ``loaded`` can ever be reused: only for weights loaded from a file."""
+    return bool(loaded.spec.weights_sha256)
+
+
+def scratch_dir() -> Path:
+    """Return this process's folder for exports that cannot be reused (removed at exit)."""
+    global _scratch
+    if _scratch is None or not _scratch.is_dir():
+        _scratch = Path(tempfile.mkdtemp(prefix="seg_ros-onnx-"))
+        atexit.register(shutil.rmtree, _scratch, ignore_errors=True)
+    return _scratch
+
+
+def cache_limit_bytes() -> int:
+    """Return the cache folder's size cap from SEG_ROS_ONNX_CACHE_MB (0 = no cap)."""
+    text = os.environ.get(CACHE_LIMIT_ENV, "")
+    try:
+        megabytes = float(text) if text else DEFAULT_CACHE_LIMIT_MB
+    except ValueError:
+        LOG.warning(
+            "%s=%r is not a number; using %d", CACHE_LIMIT_ENV, text, DEFAULT_CACHE_LIMIT_MB
+        )
+        megabytes = DEFAULT_CACHE_LIMIT_MB
+    return max(int(megabytes * (1 << 20)), 0)
+
+
+def enforce_cache_limit(
+    folder: Path, *, keep: tuple[Path, ...] = (), limit: int | None = None
+) -> list[Path]:
+    """Delete the least recently used .onnx files until ``folder`` fits the cap; the deleted paths.
+
+    ``keep`` (the files the caller is about to use) are never deleted, even
+    when they alone exceed the cap.
+    """
+    limit = cache_limit_bytes() if limit is None else int(limit)
+    if limit <= 0 or not Path(folder).is_dir():
+        return []
+    keep_set = {Path(p).resolve() for p in keep}
+    files = []
+    for path in Path(folder).glob("*.onnx"):
+        try:
+            stat = path.stat()
+        except OSError:  # removed by another process meanwhile
+            continue
+        files.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in files)
+    removed = []
+    for _, size, path in sorted(files):
+        if total <= limit:
+            break
+        if path.resolve() in keep_set:
+            continue
+        try:
+            path.unlink()
+        except OSError as exc:
+            LOG.warning("could not evict %s from the ONNX cache: %s", path, exc)
+            continue
+        total -= size
+        removed.append(path)
+        LOG.info(
+            "ONNX cache over %d MiB: evicted %s (%.1f MiB, least recently used)",
+            limit >> 20,
+            path.name,
+            size / (1 << 20),
+        )
+    return removed
+
+
 def cached_onnx(
     loaded,
     height: int,
@@ -146,42 +236,48 @@ def cached_onnx(
     opset: int = 0,
     cache_root: Path | None = None,
 ) -> Path:
-    """Path of an ONNX file for ``loaded`` at height×width, exported now unless a matching one is cached."""
+    """Return an ONNX file for ``loaded`` at height×width, exported unless a matching one exists.
+
+    Random-initialised models go to ``scratch_dir()`` instead of the cache.
+    """
     key = export_key(loaded, height, width, head=head, opset=opset)
-    folder = Path(cache_root) if cache_root else onnx_cache_dir()
-    name = f"{safe_name(loaded.spec.name)}-{height}x{width}-{'head' if head else 'logits'}-{digest(key)[:16]}.onnx"
+    cache = reusable(loaded)
+    if cache:
+        folder = Path(cache_root) if cache_root else onnx_cache_dir()
+    else:
+        folder = scratch_dir()
+    kind = "head" if head else "logits"
+    name = f"{safe_name(loaded.spec.name)}-{height}x{width}-{kind}-{digest(key)[:16]}.onnx"
     path = folder / name
     if path.is_file():
-        stored = _stored_key(path)
+        stored = read_cache_key(path)
         if stored == key:
             LOG.debug("reusing exported %s", path)
+            os.utime(path)  # recently used: evicted last
             return path
         LOG.info("re-exporting %s: the cached file does not match this model", path)
-
-    import onnx
 
     from seg_ros.export import export_onnx
 
     def write(tmp: Path) -> None:
         LOG.info(
-            "exporting %s to ONNX at %dx%d (cached for the next start)",
+            "exporting %s to ONNX at %dx%d%s",
             loaded.spec.name,
             width,
             height,
+            " (cached for the next start)" if cache else " (random weights: not cached)",
         )
         export_onnx(loaded.module, tmp, height, width, head=head, opset=key["opset"])
-        model = onnx.load(str(tmp))
-        entry = model.metadata_props.add()
-        entry.key = METADATA_KEY
-        entry.value = json.dumps(key, sort_keys=True)
-        onnx.save(model, str(tmp))
+        store_cache_key(tmp, key)
 
     atomic_write(path, write)
+    if cache:
+        enforce_cache_limit(folder, keep=(path,))
     return path
 
 
 def check_onnx_for_tensorrt(path: Path, height: int, width: int) -> None:
-    """Fail with the reason when TensorRT's ONNX parser would reject the graph or its I/O is not the head's."""
+    """Fail with the reason when TensorRT's parser would reject the graph or its I/O is wrong."""
     import onnx
 
     from seg_ros.export import unsupported_tensorrt_ops

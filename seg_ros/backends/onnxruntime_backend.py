@@ -1,7 +1,10 @@
 """ONNX Runtime inference on the exported head graph: the default without a GPU.
 
 CPU provider with a configurable thread count, and the CUDA or TensorRT
-execution providers where the installed onnxruntime build has them.
+execution providers where the installed onnxruntime build has them. INT8 runs
+the QDQ graph of seg_ros.backends.quantize (the CPU profile on the CPU, the
+TensorRT profile on the GPU providers), calibrated from the user's frames or
+the table shipped with the weights.
 """
 
 from __future__ import annotations
@@ -33,13 +36,26 @@ def import_onnxruntime():
 
 
 def cuda_provider_usable() -> bool:
-    """The installed onnxruntime has the CUDA provider and torch sees a GPU."""
+    """Tell whether the installed onnxruntime has the CUDA provider and torch sees a GPU."""
     ort = import_onnxruntime()
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False
     from seg_ros.backends.devices import cuda_available
 
     return cuda_available()
+
+
+def _int8_graph(loaded, height: int, width: int, device: str, options):
+    """Return the QDQ INT8 graph for this provider (quantised now unless cached)."""
+    from seg_ros.backends.base import BackendOptions
+    from seg_ros.backends.calibration import resolve_calibration
+    from seg_ros.backends.quantize import cpu_profile, quantized_onnx
+
+    # No calibration data is the user's to fix, not a reason for `auto` to try another backend:
+    # ValueError / FileNotFoundError go through as they are.
+    calibration = resolve_calibration(options or BackendOptions(), loaded.spec)
+    profile = cpu_profile() if device == "cpu" else "tensorrt"
+    return quantized_onnx(loaded, height, width, calibration, profile=profile)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -54,6 +70,7 @@ class OnnxRuntimeBackend(Backend):
         device: str = "",
         engine_cache: str = "",
         workspace_mb: int = 0,
+        options=None,
     ):
         ort = import_onnxruntime()
         available = ort.get_available_providers()
@@ -66,10 +83,10 @@ class OnnxRuntimeBackend(Backend):
                 f"this onnxruntime build has no {wanted} (it has {available}); "
                 f"install onnxruntime-gpu for CUDA/TensorRT or use device 'cpu'"
             )
-        if precision == "int8" or (precision == "fp16" and device != "tensorrt"):
+        if precision == "fp16" and device != "tensorrt":
             raise BackendError(
-                f"onnxruntime with {wanted} runs fp32 here; use precision fp32, or the "
-                "tensorrt backend for fp16/int8"
+                f"onnxruntime with {wanted} runs fp32 or int8; use the tensorrt backend "
+                "(or device tensorrt) for fp16"
             )
 
         providers: list = []
@@ -91,14 +108,17 @@ class OnnxRuntimeBackend(Backend):
             providers.append("CUDAExecutionProvider")
         providers.append("CPUExecutionProvider")
 
-        from seg_ros.backends.onnx_cache import cached_onnx
+        if precision == "int8":
+            path = _int8_graph(loaded, height, width, device, options)
+        else:
+            from seg_ros.backends.onnx_cache import cached_onnx
 
-        path = cached_onnx(loaded, height, width, head=True)
+            path = cached_onnx(loaded, height, width, head=True)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Idle worker threads sleep instead of spinning: in the node they would otherwise burn the cores
-        # that decoding, colouring and publishing the previous frame need.
+        # Idle worker threads sleep instead of spinning: in the node they would otherwise burn the
+        # cores that decoding, colouring and publishing the previous frame need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads > 0:
             options.intra_op_num_threads = threads
@@ -123,7 +143,8 @@ class OnnxRuntimeBackend(Backend):
             or not set(OUTPUT_NAMES) <= outputs
         ):
             raise BackendError(
-                f"{path} does not have the head's I/O (image 1x3x{height}x{width} -> {OUTPUT_NAMES})"
+                f"{path} does not have the head's I/O "
+                f"(image 1x3x{height}x{width} -> {OUTPUT_NAMES})"
             )
         super().__init__(
             name=f"onnxruntime:{active[0]}",

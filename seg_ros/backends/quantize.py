@@ -1,0 +1,489 @@
+"""INT8 as an explicitly quantised (QDQ) ONNX graph, for ONNX Runtime and TensorRT alike.
+
+``quantized_onnx(loaded, height, width, calibration, profile=...)`` is the
+entry point both backends use: it exports (or reuses) the fp32 head graph,
+calibrates it (or takes a shipped range table), inserts
+QuantizeLinear/DequantizeLinear pairs with onnxruntime.quantization and caches
+the result. ONNX Runtime runs the file as it is; TensorRT parses it and builds
+it strongly typed (explicit quantisation).
+
+One calibration, two encodings of it (``PROFILES``), because the two runtimes
+want different integers for the same ranges: TensorRT requires symmetric
+signed activations (zero point 0); ONNX Runtime's x86 kernels are fast with
+unsigned asymmetric activations and slow with signed ones (measured 2.5x
+slower on AVX2), and on x86 CPUs without VNNI their u8×s8 multiply-add
+saturates with 8-bit weights (first-layer outputs wrong, 80 % of labels kept),
+so weights get 7 bits there. Weights are per-channel symmetric INT8 in both.
+The head (softmax, argmax, max, casts), the classifier convolution and the
+up-sampling of its logits stay fp32: argmax over 8-bit logits ties classes,
+and they cost little beside the network.
+
+Calibration is two steps so that shipped tables and a user's own frames meet
+in one place: ``calibrate`` turns frames into a ``RangeTable`` (tensor name ->
+(min, max), ONNX Runtime's MinMax calibrator), ``write_qdq_onnx`` turns an fp32
+graph and a table into the QDQ graph. The bundled models ship their table
+(models/<name>.calibration.json, scripts/make_calibration_tables.py), so
+``precision: int8`` needs no data for them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from seg_ros.backends.base import INPUT_NAME, BackendError
+from seg_ros.backends.onnx_cache import (
+    METADATA_KEY,
+    atomic_write,
+    cached_onnx,
+    digest,
+    enforce_cache_limit,
+    export_key,
+    normalised,
+    read_cache_key,
+    safe_name,
+    store_cache_key,
+)
+
+LOG = logging.getLogger(__name__)
+
+# How each runtime wants the ranges encoded; a profile's entry goes into the cache key.
+PROFILES = {
+    # TensorRT (and ONNX Runtime's CUDA provider): symmetric INT8 activations, zero point 0.
+    "tensorrt": {"activations": "int8-symmetric", "weight_bits": 8},
+    # ONNX Runtime on the CPU: asymmetric UINT8 activations.
+    "cpu": {"activations": "uint8", "weight_bits": 8},
+    # The same on an x86 CPU without VNNI, whose u8*s8 multiply-add saturates on 8-bit weights.
+    "cpu-7bit-weights": {"activations": "uint8", "weight_bits": 7},
+}
+# What every profile shares; bump "format" when the graph changes in a way the key cannot see.
+SETTINGS = {
+    "format": 1,
+    "calibration": "minmax",
+    "weights": "per-channel-symmetric",
+    "fp32": "head",
+}
+TABLE_FORMAT = 1
+
+
+def cpu_profile() -> str:
+    """Pick the profile for ONNX Runtime's CPU provider on this machine."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return "cpu"  # ARM's dot-product instructions do not saturate
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "cpu-7bit-weights"  # cannot tell: the setting that is right everywhere
+    return "cpu" if ("avx512_vnni" in flags or "avx_vnni" in flags) else "cpu-7bit-weights"
+
+
+@dataclass(frozen=True)
+class RangeTable:
+    """Activation ranges of one network: tensor name -> (min, max) over the calibration frames."""
+
+    ranges: dict[str, tuple[float, float]]
+    info: dict = field(default_factory=dict)  # model, size, frames, data fingerprint, method
+
+    def fingerprint(self) -> str:
+        """Identify the ranges themselves (not where they came from)."""
+        return digest({k: [float(v[0]), float(v[1])] for k, v in self.ranges.items()})
+
+    def save(self, path: str | Path) -> Path:
+        """Write the table as JSON (atomically); returns the path."""
+        path = Path(path)
+        body = {
+            "format": TABLE_FORMAT,
+            "info": self.info,
+            "ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in sorted(self.ranges.items())},
+        }
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(body, indent=1) + "\n"))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> RangeTable:
+        """Read a table written by ``save``; ValueError with the reason when it is not one."""
+        path = Path(path)
+        try:
+            body = json.loads(path.read_text())
+            if body.get("format") != TABLE_FORMAT:
+                raise ValueError(f"format {body.get('format')!r}, expected {TABLE_FORMAT}")
+            ranges = {str(k): (float(v[0]), float(v[1])) for k, v in body["ranges"].items()}
+        except (OSError, KeyError, TypeError, IndexError, ValueError) as exc:
+            raise ValueError(f"{path} is not a seg_ros calibration table ({exc})") from exc
+        if not ranges or any(not lo <= hi for lo, hi in ranges.values()):
+            raise ValueError(f"{path} is not a usable calibration table (empty or min > max)")
+        return cls(ranges, dict(body.get("info", {})))
+
+
+def import_quantization():
+    """onnxruntime.quantization, or BackendError when this onnxruntime cannot write QDQ graphs."""
+    try:
+        import inspect
+
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+        from onnxruntime.quantization.calibrate import (
+            TensorsData,
+            create_calibrator,
+            save_tensors_data,
+        )
+    except ImportError as exc:
+        raise BackendError(f"INT8 needs onnxruntime's quantisation tools ({exc})") from exc
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        import onnxruntime
+
+        raise BackendError(
+            f"INT8 needs an onnxruntime whose quantize_static takes calibration ranges "
+            f"(calibration_cache_path); this is {onnxruntime.__version__}: "
+            "pip install -U onnxruntime"
+        )
+    return (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+        TensorsData,
+        create_calibrator,
+        save_tensors_data,
+    )
+
+
+def _quantised_op_types() -> list[str]:
+    """List the operator types onnxruntime's QDQ quantiser handles (quantize_static's default)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
+
+
+def head_nodes(model) -> tuple[list[str], str]:
+    """(names of the nodes kept fp32, the logits tensor): everything from the logits on.
+
+    The logits are the input of the head's Softmax; the nodes that make them
+    from the last Conv (the classifier, and any Resize/Identity up to full
+    size) stay fp32 too, so the head reads unquantised logits.
+    """
+    nodes = list(model.graph.node)
+    softmax = [n for n in nodes if n.op_type == "Softmax"]
+    if len(softmax) != 1:
+        raise ValueError(f"expected one Softmax (the head) in the graph, found {len(softmax)}")
+    logits = softmax[0].input[0]
+    producer = {out: n for n in nodes for out in n.output}
+    consumers: dict[str, list] = {}
+    for n in nodes:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    keep: dict[str, object] = {}
+    stack = [logits]
+    while stack:  # downstream of the logits: the head itself
+        for n in consumers.get(stack.pop(), []):
+            if n.name not in keep:
+                keep[n.name] = n
+                stack.extend(n.output)
+    tensor = logits
+    while tensor in producer:  # upstream through the up-sampling to the classifier conv
+        n = producer[tensor]
+        keep[n.name] = n
+        if n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
+            break
+        data_inputs = [i for i in n.input if i in producer]
+        if len(data_inputs) != 1:
+            break
+        tensor = data_inputs[0]
+    if any(not name for name in keep):
+        raise ValueError("the graph has unnamed nodes; cannot keep its head in fp32")
+    return sorted(keep), logits
+
+
+def _needed_tensors(model, op_types: list[str], excluded: set[str]) -> set[str]:
+    """List the float activations the quantiser touches (onnxruntime's calibrator's rule)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    infos = {vi.name: vi for vi in inferred.graph.value_info}
+    infos.update({vi.name: vi for vi in (*inferred.graph.input, *inferred.graph.output)})
+    initializers = {init.name for init in inferred.graph.initializer}
+    wanted = set()
+    for node in inferred.graph.node:
+        if node.op_type not in op_types or node.name in excluded:
+            continue
+        for name in (*node.input, *node.output):
+            info = infos.get(name)
+            if (
+                info is not None
+                and name not in initializers
+                and info.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT,)
+            ):
+                wanted.add(name)
+    return wanted
+
+
+class _FrameReader:
+    """onnxruntime CalibrationDataReader over network input batches, in chunks, with progress.
+
+    ``get_next`` ends each chunk of ``chunk`` frames with None so the
+    calibrator folds those frames' outputs into its ranges and frees them
+    (its own max_intermediate_outputs drops them instead in some versions).
+    """
+
+    def __init__(self, batches: Iterable[np.ndarray], count: int, desc: str, chunk: int = 4):
+        from tqdm import tqdm
+
+        self._batches = iter(batches)
+        self._bar = tqdm(total=count, desc=desc, unit="frame")
+        self._chunk = chunk
+        self._in_chunk = 0
+        self.seen = 0
+        self.done = False
+
+    def get_next(self):
+        if self._in_chunk == self._chunk:
+            self._in_chunk = 0
+            return None
+        batch = next(self._batches, None)  # a data error propagates: no partial calibration
+        if batch is None:
+            self.done = True
+            return None
+        self.seen += 1
+        self._in_chunk += 1
+        self._bar.update(1)
+        return {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
+
+    def close(self):
+        self._bar.close()
+
+
+def calibrate(
+    fp32_onnx: str | Path,
+    batches: Iterable[np.ndarray],
+    count: int,
+    *,
+    info: dict | None = None,
+    desc: str = "INT8 calibration",
+) -> RangeTable:
+    """Run ``count`` 1×3×H×W batches through the fp32 graph; the ranges the quantiser needs.
+
+    Raises ValueError when the data gave fewer frames than ``count`` and lets
+    any data error through: a calibration on part of the data is never returned.
+    """
+    import onnx
+
+    method, _, _, _, _, create_calibrator, _ = import_quantization()
+    model = onnx.load(str(fp32_onnx))
+    excluded, _ = head_nodes(model)
+    op_types = _quantised_op_types()
+    reader = _FrameReader(batches, count, desc)
+    with tempfile.TemporaryDirectory(prefix="seg_ros-calibration-") as tmp:
+        calibrator = create_calibrator(
+            Path(fp32_onnx),
+            op_types,
+            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=method.MinMax,
+        )
+        try:
+            while not reader.done:
+                calibrator.collect_data(reader)
+        finally:
+            reader.close()
+        if reader.seen != count:
+            raise ValueError(
+                f"calibration data gave {reader.seen} of {count} frames: "
+                "not calibrating on part of it"
+            )
+        computed = calibrator.compute_data()
+        del calibrator
+    wanted = _needed_tensors(model, op_types, set(excluded))
+    ranges = {}
+    for name in sorted(wanted):
+        if name in computed:
+            low, high = computed[name].range_value
+            ranges[name] = (float(np.min(low)), float(np.max(high)))
+    missing = wanted - set(ranges)
+    if missing:
+        raise ValueError(
+            f"calibration found no range for {len(missing)} tensors, e.g. {min(missing)}"
+        )
+    return RangeTable(ranges, dict(info or {}, frames=count, method=SETTINGS["calibration"]))
+
+
+def write_qdq_onnx(
+    fp32_onnx: str | Path, out_path: str | Path, table: RangeTable, profile: str = "tensorrt"
+) -> Path:
+    """Write the QDQ INT8 graph of ``fp32_onnx``, quantised with ``table``, to ``out_path``.
+
+    ``profile`` is a key of PROFILES. The head and logits stay fp32 (see
+    ``head_nodes``). ValueError when the table does not cover the tensors this
+    graph needs (a table made for another network or another export).
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown INT8 profile {profile!r}: expected one of {sorted(PROFILES)}")
+    encoding = PROFILES[profile]
+    symmetric = encoding["activations"] == "int8-symmetric"
+    import onnx
+
+    (
+        method,
+        quant_format,
+        quant_type,
+        quantize_static,
+        tensors_data,
+        _,
+        save_tensors_data,
+    ) = import_quantization()
+    model = onnx.load(str(fp32_onnx))
+    excluded, _ = head_nodes(model)
+    op_types = _quantised_op_types()
+    wanted = _needed_tensors(model, op_types, set(excluded))
+    missing = wanted - set(table.ranges)
+    if missing:
+        raise ValueError(
+            f"the calibration table lacks {len(missing)} of this graph's {len(wanted)} tensors "
+            f"(e.g. {min(missing)!r}): it was made for another network or export"
+        )
+    ranges = {
+        name: (np.array(lo, np.float32), np.array(hi, np.float32))
+        for name, (lo, hi) in table.ranges.items()
+        if name in wanted
+    }
+    out_path = Path(out_path)
+    with tempfile.TemporaryDirectory(prefix="seg_ros-qdq-") as tmp:
+        cache = Path(tmp) / "ranges.json"
+        save_tensors_data(tensors_data(method.MinMax, ranges), cache)
+        quantize_static(
+            str(fp32_onnx),
+            str(out_path),
+            calibration_data_reader=None,
+            calibration_cache_path=cache,
+            calibrate_method=method.MinMax,
+            quant_format=quant_format.QDQ,
+            per_channel=True,
+            reduce_range=encoding["weight_bits"] == 7,
+            activation_type=quant_type.QInt8 if symmetric else quant_type.QUInt8,
+            weight_type=quant_type.QInt8,
+            op_types_to_quantize=op_types,
+            nodes_to_exclude=excluded,
+            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+        )
+    return out_path
+
+
+def _table_for(loaded, fp32: Path, height: int, width: int, calibration, folder: Path):
+    """Return the given range table, or compute one from the frames (cached by fingerprint)."""
+    if isinstance(calibration, RangeTable):
+        return calibration
+    key = normalised(
+        {
+            "export": export_key(loaded, height, width, head=True),
+            "frames": calibration.fingerprint(),
+            "settings": SETTINGS,
+        }
+    )
+    path = (
+        folder / f"{safe_name(loaded.spec.name)}-{height}x{width}-{digest(key)[:16]}.ranges.json"
+    )
+    if path.is_file():
+        try:
+            table = RangeTable.load(path)
+        except ValueError as exc:
+            LOG.warning("recalibrating: %s", exc)
+        else:
+            if table.info.get("key") == key:
+                LOG.info("using the cached INT8 calibration %s", path)
+                return table
+    LOG.info(
+        "INT8 calibration of %s with up to %d frames of %s",
+        loaded.spec.name,
+        calibration.frames,
+        calibration.describe(),
+    )
+    table = calibrate(
+        fp32,
+        calibration.batches(height, width, loaded.spec.mean, loaded.spec.std),
+        calibration.count(),
+        info={"model": loaded.spec.name, "height": height, "width": width, "key": key},
+    )
+    table.save(path)  # only reached when every frame went in
+    return table
+
+
+def quantized_onnx(
+    loaded,
+    height: int,
+    width: int,
+    calibration,
+    *,
+    profile: str = "tensorrt",
+    cache_root: Path | None = None,
+) -> Path:
+    """Path of the QDQ INT8 head graph for ``loaded`` at height×width (1×3×H×W input).
+
+    The shared INT8 entry point. ``calibration`` is a
+    seg_ros.backends.calibration.CalibrationSource (frames from images or a
+    bag) or a RangeTable (a shipped table); ``resolve_calibration`` picks one
+    from the backend options. ``profile``: "tensorrt" for TensorRT and ONNX
+    Runtime's CUDA provider, ``cpu_profile()`` for ONNX Runtime on the CPU.
+    Cached (graph and calibration) under a key of the fp32 export, the
+    calibration data's fingerprint, SETTINGS and the profile; a calibration
+    that fails part-way raises and caches nothing. Raises BackendError when
+    this onnxruntime cannot quantise, ValueError for unusable calibration data.
+    """
+    import onnxruntime
+
+    if profile not in PROFILES:
+        raise ValueError(f"unknown INT8 profile {profile!r}: expected one of {sorted(PROFILES)}")
+    fp32 = cached_onnx(loaded, height, width, head=True, cache_root=cache_root)
+    folder = fp32.parent  # the cache, or the scratch folder for random-initialised models
+    if isinstance(calibration, RangeTable):
+        data = {"table": calibration.fingerprint()}
+    else:
+        data = {"frames": calibration.fingerprint()}
+    key = normalised(
+        {
+            "export": export_key(loaded, height, width, head=True),
+            "calibration": data,
+            "settings": SETTINGS,
+            "profile": {profile: PROFILES[profile]},
+            "onnxruntime": onnxruntime.__version__,
+        }
+    )
+    name = f"{safe_name(loaded.spec.name)}-{height}x{width}-int8-{profile}-{digest(key)[:16]}.onnx"
+    path = folder / name
+    if path.is_file() and read_cache_key(path) == key:
+        LOG.debug("reusing INT8 graph %s", path)
+        os.utime(path)
+        return path
+    table = _table_for(loaded, fp32, height, width, calibration, folder)
+    LOG.info("quantising %s to INT8 (%s profile)", loaded.spec.name, profile)
+
+    def write(tmp: Path) -> None:
+        write_qdq_onnx(fp32, tmp, table, profile)
+        store_cache_key(tmp, key)
+
+    atomic_write(path, write)
+    enforce_cache_limit(folder, keep=(path, fp32))
+    return path
+
+
+__all__ = [
+    "METADATA_KEY",
+    "PROFILES",
+    "RangeTable",
+    "SETTINGS",
+    "cpu_profile",
+    "calibrate",
+    "head_nodes",
+    "quantized_onnx",
+    "write_qdq_onnx",
+]
