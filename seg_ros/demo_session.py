@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from seg_ros.timing import p50_p95
+
 NODE_LOG_LINES = 40  # the node's last lines, shown when it fails
 DIAGNOSTICS_WAIT_S = 1.2  # the node publishes /diagnostics once a second
 WARMUP_RESEND_S = 3.0
@@ -257,8 +259,8 @@ class DemoSession:
             else 0.0
         )
         if latencies.size:
-            p50, p95 = np.percentile(latencies, [50, 95])
-            latency = {"p50": float(p50), "p95": float(p95), "max": float(latencies.max())}
+            p50, p95 = p50_p95(latencies)
+            latency = {"p50": p50, "p95": p95, "max": float(latencies.max())}
         else:  # nothing came back: no figures (None, so the JSON stays strict)
             latency = {"p50": None, "p95": None, "max": None}
         first = None if self._first_output is None else self._first_output * 1e3

@@ -15,12 +15,10 @@ from pathlib import Path
 
 import yaml
 
+from seg_ros.choices import BACKENDS, FAMILIES, PRECISIONS
 from seg_ros.pipeline import CrfSettings, PipelineConfig
 
 NODE_NAME = "segmentation_node"
-FAMILIES = ("segnet", "deeplab", "refinenet", "fcn")
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
-PRECISIONS = ("fp32", "fp16", "int8")
 TRANSPORTS = ("raw", "compressed")
 RELIABILITIES = ("best_effort", "reliable")
 OUTPUTS = ("label", "confidence", "color", "overlay", "probabilities")
@@ -144,7 +142,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         "precision",
         "fp32",
-        "Inference precision (fp16/int8 need TensorRT or a GPU)." + _RESTART,
+        "Inference precision: fp16 needs TensorRT or a CUDA GPU; int8 runs on TensorRT and ONNX "
+        "Runtime (bundled models bring their calibration, else set tensorrt.calibration_*)."
+        + _RESTART,
         choices=PRECISIONS,
     ),
     ParameterSpec(

@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 
-import numpy as np
+from seg_ros.timing import percentiles
 
 
 class RateMeter:
@@ -48,9 +48,8 @@ class LatencyWindow:
         self._samples.append(float(value_ms))
 
     def percentiles(self, *qs: float) -> tuple[float, ...]:
-        if not self._samples:
-            return tuple(float("nan") for _ in qs)
-        return tuple(float(v) for v in np.percentile(np.fromiter(self._samples, float), qs))
+        """Return the ``qs`` percentiles of the window (NaNs when empty)."""
+        return percentiles(self._samples, qs)
 
     def mean(self) -> float:
         return sum(self._samples) / len(self._samples) if self._samples else 0.0

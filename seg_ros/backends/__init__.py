@@ -13,13 +13,13 @@ import logging
 
 from seg_ros.backends.base import (
     INPUT_NAME,
-    KINDS,
     OUTPUT_NAMES,
-    PRECISIONS,
     Backend,
     BackendError,
     BackendOptions,
 )
+from seg_ros.choices import BACKENDS as KINDS
+from seg_ros.choices import PRECISIONS
 
 __all__ = [
     "Backend",

@@ -12,11 +12,11 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-KINDS = ("auto", "tensorrt", "onnxruntime", "torch")
-PRECISIONS = ("fp32", "fp16", "int8")
+from seg_ros.choices import DEVICES as _DEVICES
+
 OUTPUT_NAMES = ("label", "confidence", "probabilities")
 INPUT_NAME = "image"
-DEVICES = ("", "cpu", "cuda", "tensorrt")
+DEVICES = ("", *_DEVICES)  # "" = best available
 
 
 class BackendError(RuntimeError):
@@ -45,7 +45,8 @@ class BackendOptions:
     # TensorRT 10 only: fp16/int8 from the fp32 graph with builder flags and TensorRT's entropy
     # calibrator (weakly typed, removed in TensorRT 11) instead of the fp16 / QDQ graph.
     implicit_precision: bool = False
-    device: str = ""  # torch: cpu|cuda; onnxruntime: cpu|cuda|tensorrt (execution provider); "" = best available
+    # torch: cpu|cuda; onnxruntime: cpu|cuda|tensorrt (execution provider); "" = best available
+    device: str = ""
 
     @classmethod
     def from_dict(cls, options: dict | None) -> BackendOptions:
@@ -78,15 +79,18 @@ class BackendOptions:
             )
         if result.dla_core < -1:
             raise ValueError(
-                f"backend option 'dla_core' must be -1 (GPU) or a DLA core index, got {result.dla_core}"
+                "backend option 'dla_core' must be -1 (GPU) or a DLA core index, "
+                f"got {result.dla_core}"
             )
         if result.calibration_frames <= 0:
             raise ValueError(
-                f"backend option 'calibration_frames' must be positive, got {result.calibration_frames}"
+                "backend option 'calibration_frames' must be positive, "
+                f"got {result.calibration_frames}"
             )
         if result.device not in DEVICES:
             raise ValueError(
-                f"backend option 'device' must be one of {DEVICES[1:]} or empty, got {result.device!r}"
+                f"backend option 'device' must be one of {DEVICES[1:]} or empty, "
+                f"got {result.device!r}"
             )
         return result
 
@@ -161,7 +165,7 @@ class Backend:
 
 
 def head_io(num_classes: int, height: int, width: int) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Name -> (shape, dtype) of the head's input and outputs, as every backend must produce them."""
+    """Map name -> (shape, dtype) of the head's input and outputs, as every backend gives them."""
     return {
         INPUT_NAME: ((1, 3, height, width), "float32"),
         "label": ((1, height, width), "int32"),

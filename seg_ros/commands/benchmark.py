@@ -73,14 +73,17 @@ def summarize(latencies_ms: list[float]) -> dict:
     """Fps and latency statistics of a list of per-frame times."""
     import numpy as np
 
+    from seg_ros.timing import p50_p95
+
     values = np.asarray(latencies_ms, dtype=np.float64)
+    p50, p95 = p50_p95(values)
     return {
         "frames": int(values.size),
         "fps": float(values.size / values.sum() * 1e3),
         "latency_ms": {
             "mean": float(values.mean()),
-            "p50": float(np.percentile(values, 50)),
-            "p95": float(np.percentile(values, 95)),
+            "p50": p50,
+            "p95": p95,
             "min": float(values.min()),
             "max": float(values.max()),
         },

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-FAMILIES = ("segnet", "deeplab", "refinenet", "fcn")
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
-PRECISIONS = ("fp32", "fp16", "int8")
+from seg_ros.choices import BACKENDS, DEVICES, FAMILIES, PRECISIONS
 
 # Flag destination -> key in PipelineConfig.model_options (only passed when given).
 _MODEL_OPTIONS = {
@@ -33,6 +31,7 @@ _BACKEND_OPTIONS = (
     "calibration_images",
     "calibration_bag",
     "calibration_topic",
+    "calibration_frames",
 )
 
 
@@ -150,7 +149,7 @@ def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     )
     backend.add_argument(
         "--device",
-        choices=("cpu", "cuda", "tensorrt"),
+        choices=DEVICES,
         default=None,
         help="torch: cpu|cuda; onnxruntime: its execution provider cpu|cuda|tensorrt "
         "(default: the best available)",
@@ -205,12 +204,21 @@ def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
         "--dla-core", type=int, default=None, help="Jetson DLA core to run on (-1: GPU)"
     )
     trt.add_argument(
-        "--calibration-images", default=None, help="folder of images for INT8 calibration"
+        "--calibration-images",
+        default=None,
+        help="folder of images for INT8 calibration, TensorRT and ONNX Runtime "
+        "(default: the table shipped with bundled weights)",
     )
     trt.add_argument(
         "--calibration-bag", default=None, help="rosbag2 with images for INT8 calibration"
     )
     trt.add_argument("--calibration-topic", default=None, help="image topic in --calibration-bag")
+    trt.add_argument(
+        "--calibration-frames",
+        type=_positive_int,
+        default=None,
+        help="INT8 calibration frames, drawn evenly from the images or bag (default 100)",
+    )
 
 
 def pipeline_config_from_args(args: argparse.Namespace):

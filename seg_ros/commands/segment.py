@@ -48,12 +48,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import cv2
-    import numpy as np
     from tqdm import tqdm
 
     from seg_ros.commands.options import pipeline_config_from_args
     from seg_ros.image_sources import open_image_source
     from seg_ros.pipeline import build_pipeline
+    from seg_ros.timing import p50_p95
     from seg_ros.visualize import colorize, legend_image, overlay
 
     if not 0.0 <= args.alpha <= 1.0:
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not latencies:
         raise ValueError(f"no images came out of {source.describe()}")
-    p50, p95 = np.percentile(latencies, [50, 95])
+    p50, p95 = p50_p95(latencies)
     print(
         f"{len(latencies)} images -> {output}: latency p50 {p50:.1f} ms, p95 {p95:.1f} ms "
         f"({built.backend_name})"

@@ -23,6 +23,8 @@ from collections import Counter, defaultdict
 import cv2
 import numpy as np
 
+from seg_ros.timing import p50_p95
+
 BOUNDARY_TOLERANCE = 0.0075  # fraction of the image diagonal (SegNet paper)
 
 
@@ -261,9 +263,10 @@ class LatencyStats:
         out = {}
         for stage, values in self.samples.items():
             arr = np.asarray(values)
+            p50, p95 = p50_p95(arr)
             out[stage] = {
-                "p50": float(np.percentile(arr, 50)),
-                "p95": float(np.percentile(arr, 95)),
+                "p50": p50,
+                "p95": p95,
                 "mean": float(arr.mean()),
                 "count": int(arr.size),
             }

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seg_ros.timing import p50_p95
 from seg_ros.visualize import colorize, overlay
 
 
@@ -66,7 +67,7 @@ def _plot_iou(path: Path, per_class: dict, miou, plt) -> None:
 def _plot_latency(path: Path, totals_ms: list[float], plt) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(totals_ms, bins=min(50, max(5, len(totals_ms) // 2)), color="tab:green")
-    p50, p95 = np.percentile(totals_ms, [50, 95])
+    p50, p95 = p50_p95(totals_ms)
     ax.axvline(p50, color="black", linestyle="--", label=f"p50 {p50:.1f} ms")
     ax.axvline(p95, color="tab:red", linestyle="--", label=f"p95 {p95:.1f} ms")
     ax.set_xlabel("pipeline time per frame (ms)")
