@@ -16,8 +16,15 @@ Probabilities come from one of two sources:
 * ``model``: the output of a trained network through seg_ros.pipeline
   (``--model``/``--weights``), as `seg_ros evaluate --crf` sees it.
 
+``--window 11:4`` adds the truncated-window kernel of the CRF-as-RNN layer
+(window cells : grid factor) with the same parameters, and every method is
+also compared with pydensecrf2 by the mean absolute difference of the refined
+probabilities.
+
 Example (the figures in the README):
     .venv/bin/python scripts/crf_benchmark.py --frames 12 --downsample 0,1,4 --json crf.json
+    .venv/bin/python scripts/crf_benchmark.py --source model --frames 6 --downsample 0 \
+        --window 11:4,11:2,21:4
 """
 
 from __future__ import annotations
@@ -117,6 +124,7 @@ class Scores:
             float
         ] = []  # this process's CPU time: what the method costs, whatever the load
         self.agreement: list[float] = []
+        self.probability_diff: list[float] = []  # mean |p - p_reference|
 
     def add(self, label: np.ndarray, prediction: np.ndarray) -> None:
         self.confusion.update(label, prediction)
@@ -135,6 +143,10 @@ class Scores:
             out["median_cpu_ms"] = statistics.median(self.cpu_ms)
         if self.agreement:
             out["label_agreement_with_reference"] = statistics.fmean(self.agreement)
+        if self.probability_diff:
+            out["mean_abs_probability_diff_with_reference"] = statistics.fmean(
+                self.probability_diff
+            )
         return out
 
 
@@ -216,6 +228,11 @@ def parse_args(argv=None):
         default=1,
         help="torch/OpenCV threads for seg_ros.crf (the reference is single-threaded)",
     )
+    parser.add_argument(
+        "--window",
+        default="",
+        help="comma-separated WINDOW:DOWNSAMPLE settings of the windowed (CRF-as-RNN) kernel",
+    )
     parser.add_argument("--no-reference", action="store_true", help="skip pydensecrf2")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -226,6 +243,12 @@ def parse_args(argv=None):
         args.downsample = [int(v) for v in args.downsample.split(",")]
     except ValueError:
         parser.error(f"--downsample must be comma-separated integers, got {args.downsample!r}")
+    try:
+        args.window = [tuple(int(v) for v in w.split(":")) for w in args.window.split(",") if w]
+    except ValueError:
+        parser.error(f"--window must be WINDOW:DOWNSAMPLE pairs, got {args.window!r}")
+    if any(len(w) != 2 for w in args.window):
+        parser.error(f"--window must be WINDOW:DOWNSAMPLE pairs, got {args.window!r}")
     return args
 
 
@@ -257,7 +280,9 @@ def main(argv=None) -> int:
     methods = {"input": Scores()}
     if not args.no_reference:
         methods["pydensecrf2"] = Scores()
-    ours = {factor: f"seg_ros.crf downsample={factor}" for factor in args.downsample}
+    ours = {(factor, None): f"seg_ros.crf downsample={factor}" for factor in args.downsample} | {
+        (factor, window): f"window {window} downsample={factor}" for window, factor in args.window
+    }
     methods.update({name: Scores() for name in ours.values()})
     warmed = False
     for index in tqdm(picks, desc="CRF benchmark", unit="frame"):
@@ -276,15 +301,20 @@ def main(argv=None) -> int:
         reference = None
         if not args.no_reference:
             with Timer(methods["pydensecrf2"]):
-                reference = reference_crf(image, probabilities, params).argmax(0)
+                reference_probabilities = reference_crf(image, probabilities, params)
+            reference = reference_probabilities.argmax(0)
             methods["pydensecrf2"].add(label, reference)
-        for factor, name in ours.items():
+        for (factor, window), name in ours.items():
+            kernel = {} if window is None else {"kernel": "window", "window": window}
             with Timer(methods[name]):
-                refined = dense_crf(image, probabilities, **params, downsample=factor)
+                refined = dense_crf(image, probabilities, **params, downsample=factor, **kernel)
             labels = refined.argmax(0)
             methods[name].add(label, labels)
             if reference is not None:
                 methods[name].agreement.append(float((labels == reference).mean()))
+                methods[name].probability_diff.append(
+                    float(np.abs(refined - reference_probabilities).mean())
+                )
 
     height, width = image.shape[:2]
     results = {name: scores.summary() for name, scores in methods.items()}
@@ -329,7 +359,7 @@ def main(argv=None) -> int:
     )
     print(
         f"{'method':28s} {'wall ms':>8s} {'speedup':>8s} {'CPU ms':>8s} {'speedup':>8s} "
-        f"{'pix acc':>8s} {'mIoU':>7s} {'BF1':>7s} {'agree':>7s}"
+        f"{'pix acc':>8s} {'mIoU':>7s} {'BF1':>7s} {'agree':>7s} {'|Δp|':>7s}"
     )
     for name, row in results.items():
 
@@ -340,7 +370,8 @@ def main(argv=None) -> int:
             f"{name:28s} {cell('median_ms', '8.1f')} {cell('speedup_vs_reference', '8.2f')} "
             f"{cell('median_cpu_ms', '8.1f')} {cell('cpu_speedup_vs_reference', '8.2f')} "
             f"{cell('pixel_accuracy', '8.4f')} {cell('miou', '7.4f')} "
-            f"{cell('boundary_f1', '7.4f')} {cell('label_agreement_with_reference', '7.4f')}"
+            f"{cell('boundary_f1', '7.4f')} {cell('label_agreement_with_reference', '7.4f')} "
+            f"{cell('mean_abs_probability_diff_with_reference', '7.4f')}"
         )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

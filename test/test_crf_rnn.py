@@ -159,3 +159,35 @@ def test_bad_post_hoc_kernel_is_refused():
         dense_crf(image, probabilities, kernel="window", window=6)
     with pytest.raises(ValueError, match="must be > 0"):
         CrfRnn(3, 2).start_from({"bilateral_sxy": -1})
+
+
+def test_weights_trained_without_the_layer_gain_one_that_starts_as_their_fitted_crf(tmp_path):
+    from seg_ros.models.checkpoint import IMAGENET_MEAN, IMAGENET_STD
+
+    torch.manual_seed(5)
+    fitted = {
+        "iterations": 5,
+        "bilateral_sxy": 40.0,
+        "bilateral_weight": 5.0,
+        "gaussian_weight": 2,
+    }
+    spec = ModelSpec(
+        name="plain", family="segnet", options={"backbone": "basic"}, num_classes=3, crf=fitted
+    )
+    path = save_checkpoint(
+        tmp_path / "plain.safetensors", build_model("segnet", 3, **spec.options), spec
+    )
+    plain = load_model(weights=str(path))
+    layered = load_model(weights=str(path), crf_rnn=True, crf_iterations=3)
+    assert layered.spec.options["crf_rnn"] and layered.spec.options["crf_iterations"] == 3
+    assert layered.spec.weights_sha256 == plain.spec.weights_sha256
+    image, _, _ = two_regions()
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    x = ((torch.from_numpy(image.transpose(2, 0, 1)).float() / 255 - mean) / std)[None]
+    with torch.no_grad():
+        probabilities = torch.softmax(plain.module(x), 1)[0].numpy()
+        refined = torch.softmax(layered.module(x), 1)[0].numpy()
+    kernels = {k: v for k, v in fitted.items() if k != "iterations"}
+    expected = dense_crf(image, probabilities, 3, **kernels, kernel="window", downsample=4)
+    np.testing.assert_allclose(refined, expected, atol=2e-4)
+    assert load_model(weights=str(path), crf_rnn=False).spec.options == plain.spec.options

@@ -234,6 +234,24 @@ def _finish(module: nn.Module, spec: ModelSpec) -> LoadedModel:
 def load_model(
     family: str = "", weights: str = "", num_classes: int = 0, class_table: str = "", **options
 ) -> LoadedModel:
+    """Build a network and load its weights (see _load_model); crf_rnn options apply to any.
+
+    Weights trained without the CRF-as-RNN layer get one that starts as the post-hoc CRF
+    (seg_ros.models.crf_rnn).
+    """
+    from seg_ros.models.crf_rnn import apply_crf_options, split_crf_options
+
+    options = {k: v for k, v in options.items() if v is not None and v != ""}
+    if family:
+        resolve_options(family, **options)  # the family's message for bad options, first
+    network_options, crf_options = split_crf_options(options)
+    loaded = _load_model(family, weights, num_classes, class_table, **network_options)
+    return apply_crf_options(loaded, crf_options)
+
+
+def _load_model(
+    family: str = "", weights: str = "", num_classes: int = 0, class_table: str = "", **options
+) -> LoadedModel:
     """Build a network and load its weights.
 
     - ``weights`` a seg_ros .safetensors file (path, or a file name in models/):
