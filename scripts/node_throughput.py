@@ -15,7 +15,8 @@
    measures the output rate (frames whose four outputs all arrived), the output age (receive
    minus send time) in each half of the run (an age that grows means a queue builds up), the
    node's own per-stage p50s from /diagnostics (decode + preprocess + postprocess + publish:
-   what the node adds to the network) and the resident memory (VmRSS) of the node processes.
+   what the node adds to the network, in wall-clock time; node_cpu: the CPU time the node's own
+   threads spent on a frame, whatever else runs) and the resident memory (VmRSS) of the nodes.
 
 Prints one JSON object (and writes it to --json when given).
 """
@@ -23,11 +24,11 @@ Prints one JSON object (and writes it to --json when given).
 from __future__ import annotations
 
 import argparse
-import array
 import json
 import os
 import signal
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=0, help="network input width (0: model's)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--reliability", default="", help="the node's qos.reliability")
+    parser.add_argument(
+        "--transport",
+        choices=("seg_ros", "default"),
+        default="seg_ros",
+        help="the nodes' Fast DDS set-up: seg_ros's profile (as the node applies it) or defaults",
+    )
     parser.add_argument("--json", default="", help="also write the results here")
     return parser.parse_args()
 
@@ -112,7 +119,9 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def start_nodes(parameters: dict, cameras: int, layout: str, workdir: Path) -> list:
+def start_nodes(
+    parameters: dict, cameras: int, layout: str, workdir: Path, transport: str
+) -> list:
     """Return [(process, {camera: (input topic, output prefix)}, log path)]."""
     from seg_ros.node_parameters import NODE_NAME
 
@@ -133,6 +142,11 @@ def start_nodes(parameters: dict, cameras: int, layout: str, workdir: Path) -> l
         log_path = workdir / f"{tag}.log"
         if not remaps:
             remaps = ["-r", f"__ns:=/{NAMESPACE}"]
+        env = dict(os.environ)
+        if transport == "default":  # else the node's main() applies seg_ros's (seg_ros.dds)
+            from seg_ros.dds import PROFILE_OVERRIDE
+
+            env[PROFILE_OVERRIDE] = "none"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "seg_ros.node", "--ros-args", "--params-file"]
@@ -140,6 +154,7 @@ def start_nodes(parameters: dict, cameras: int, layout: str, workdir: Path) -> l
                 + remaps,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=env,
             )
         started.append((process, topics, log_path))
     return started
@@ -168,10 +183,10 @@ def play(args, parameters: dict, cameras: int, layout: str, frame: np.ndarray) -
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from seg_ros.image_cdr import parse_image
+    from seg_ros.image_cdr import cdr_string, parse_image, serialize_image
 
     workdir = Path(tempfile.mkdtemp(prefix="seg_ros_throughput_"))
-    started = start_nodes(parameters, cameras, layout, workdir)
+    started = start_nodes(parameters, cameras, layout, workdir, args.transport)
     topics = {name: t for _, mapping, _ in started for name, t in mapping.items()}
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -207,9 +222,6 @@ def play(args, parameters: dict, cameras: int, layout: str, frame: np.ndarray) -
     executor = MultiThreadedExecutor(num_threads=2, context=context)
     executor.add_node(probe)
     threading.Thread(target=executor.spin, daemon=True).start()
-    height, width = frame.shape[:2]
-    data = array.array("B")
-    data.frombytes(frame.tobytes())
     try:
         deadline = time.monotonic() + 900
         while not (
@@ -227,10 +239,9 @@ def play(args, parameters: dict, cameras: int, layout: str, frame: np.ndarray) -
         while time.perf_counter() - start < args.seconds:
             number += 1
             for name, publisher in publishers.items():
-                msg = Image(height=height, width=width, encoding="rgb8", step=width * 3)
-                msg.data = data
-                msg.header.stamp.sec = number
-                msg.header.frame_id = name
+                # Serialised once per frame from the array (the camera's cost, kept small).
+                header = struct.pack("<iI", number, 0) + cdr_string(name)
+                msg = serialize_image(frame, "rgb8", header)
                 with lock:
                     sent[(name, number)] = time.perf_counter()
                 publisher.publish(msg)
@@ -260,7 +271,7 @@ def play(args, parameters: dict, cameras: int, layout: str, frame: np.ndarray) -
             continue  # the shared backend's status
         stage_p50[values["input_topic"]] = {
             stage: float(values[f"{stage}_p50_ms"])
-            for stage in NODE_STAGES + ("inference", "age")
+            for stage in NODE_STAGES + ("inference", "age", "node_cpu")
             if f"{stage}_p50_ms" in values
         }
     node_stages = [sum(s.get(stage, 0.0) for stage in NODE_STAGES) for s in stage_p50.values()]
@@ -277,6 +288,7 @@ def play(args, parameters: dict, cameras: int, layout: str, frame: np.ndarray) -
         "age_ms_first_half_p50": _median_ms([a for w, a, _ in done if w < half]),
         "age_ms_second_half_p50": _median_ms([a for w, a, _ in done if w >= half]),
         "node_stages_p50_ms": round(max(node_stages), 2) if node_stages else None,
+        "node_cpu_p50_ms": max((s.get("node_cpu", 0.0) for s in stage_p50.values()), default=None),
         "stage_p50_ms": stage_p50,
         "rss_mib_total": round(sum(rss), 1),
         "rss_mib_per_node": [round(v, 1) for v in rss],
@@ -305,6 +317,7 @@ def main() -> int:
         "frame_size": f"{width}x{height}",
         "rate_hz_per_camera": args.rate,
         "backend_only_rate_hz": round(backend_rate, 2),
+        "transport": args.transport,
         "runs": runs,
     }
     text = json.dumps(result, indent=2)

@@ -112,7 +112,8 @@ def parse_compressed(data) -> RawImage:
     return RawImage(header, stamp, frame_id, reader.raw(reader.u32()), format=fmt)
 
 
-def _string(text: str) -> bytes:
+def cdr_string(text: str) -> bytes:
+    """Serialise a string field: length with the NUL, the UTF-8 bytes, the NUL."""
     encoded = text.encode() + b"\x00"
     return _U32.pack(len(encoded)) + encoded
 
@@ -127,7 +128,7 @@ def serialize_image(image: np.ndarray, encoding: str, header: bytes) -> bytes:
     head += header
     head += bytes(_align(len(head) - 4) - (len(head) - 4))
     head += _U32.pack(fields["height"]) + _U32.pack(fields["width"])
-    head += _string(encoding)
+    head += cdr_string(encoding)
     head += b"\x00"  # is_bigendian: encode_fields writes little-endian
     head += bytes(_align(len(head) - 4) - (len(head) - 4))
     head += _U32.pack(fields["step"]) + _U32.pack(fields["data"].size)

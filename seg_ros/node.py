@@ -344,14 +344,17 @@ class SegmentationCore:
             if not (self.enabled and camera.wanted(values)):
                 camera.stats.frame_skipped()
                 continue
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 header, image = camera.decode(data)
             except ImageDecodeError as exc:
                 self._bad_frame(camera, str(exc))
                 continue
-            decode_ms = (time.perf_counter() - t0) * 1e3
-            frames.append(_Frame(camera, header, image, arrival, {"decode": decode_ms}))
+            timings = {
+                "decode": (time.perf_counter() - t0) * 1e3,
+                "decode_cpu": (time.thread_time() - c0) * 1e3,
+            }
+            frames.append(_Frame(camera, header, image, arrival, timings))
         if not frames:
             return []
         want_probabilities = any(f.camera.wants("probabilities", values) for f in frames)
@@ -387,7 +390,7 @@ class SegmentationCore:
                 self._cond.notify_all()
             values = self.values
             for frame in frames:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 try:
                     frame.camera.publish(
                         frame.header, frame.image, frame.result, values, self.palette
@@ -399,6 +402,11 @@ class SegmentationCore:
                 timings = frame.timings_ms
                 timings["publish"] = (time.perf_counter() - t0) * 1e3
                 timings["age"] = (time.monotonic() - frame.arrival) * 1e3
+                # CPU the node itself spent on the frame, beside the network.
+                timings["node_cpu"] = (time.thread_time() - c0) * 1e3 + sum(
+                    timings.get(f"{stage}_cpu", 0.0)
+                    for stage in ("decode", "preprocess", "postprocess")
+                )
                 frame.camera.stats.frame_published(timings)
 
     # --- diagnostics --------------------------------------------------------------------------

@@ -163,7 +163,8 @@ class SegmentationPipeline:
         A backend that runs on torch tensors (``tensor_device``) gets resizing,
         normalisation and the head's outputs resized back on its device
         (seg_ros.pipeline_torch); the dense CRF and other backends run here on numpy.
-        Every result's timings hold the whole batch's inference time.
+        Every result's timings hold the whole batch's inference time; ``*_cpu`` entries are
+        this thread's CPU time for a stage (what it costs, whatever else runs).
         """
         crf = self.crf
         need_full = want_probabilities or crf.enabled
@@ -172,15 +173,21 @@ class SegmentationPipeline:
             return self._tensors.process(images, names, want_probabilities)
         prepared, preprocess_ms = [], []
         for image in images:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             prepared.append(self.preprocess(image))
-            preprocess_ms.append((time.perf_counter() - t0) * 1e3)
+            preprocess_ms.append(
+                ((time.perf_counter() - t0) * 1e3, (time.thread_time() - c0) * 1e3)
+            )
         t1 = time.perf_counter()
         out = self._infer(np.concatenate([batch for _, batch in prepared]), names)
         inference_ms = (time.perf_counter() - t1) * 1e3
         results = []
         for i, (image, (small, _)) in enumerate(zip(images, prepared)):
-            timings = {"preprocess": preprocess_ms[i], "inference": inference_ms}
+            timings = {
+                "preprocess": preprocess_ms[i][0],
+                "preprocess_cpu": preprocess_ms[i][1],
+                "inference": inference_ms,
+            }
             own = {name: value[i] for name, value in out.items()}
             results.append(self._postprocess(image, small, own, timings, want_probabilities, crf))
         return results
@@ -215,7 +222,7 @@ class SegmentationPipeline:
         else:
             label = out["label"]
             confidence = out["confidence"]
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.thread_time()
 
         height, width = image.shape[:2]
         label = label.astype(self.label_dtype, copy=False)
@@ -234,6 +241,7 @@ class SegmentationPipeline:
         else:
             probabilities = None
         timings["postprocess"] = (time.perf_counter() - t3) * 1e3
+        timings["postprocess_cpu"] = (time.thread_time() - c3) * 1e3
         return SegmentationResult(label, confidence, probabilities, timings)
 
 

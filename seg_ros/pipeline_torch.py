@@ -62,7 +62,7 @@ class TorchStages:
 
         torch = self._torch
         with torch.inference_mode():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             batch = torch.empty(
                 (len(images), 3, self.height, self.width), dtype=torch.float32, device=self.device
             )
@@ -75,19 +75,22 @@ class TorchStages:
                 batch[i] = pixels[0]
             batch.mul_(self._scale).add_(self._offset)
             self._sync()
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.thread_time()
             out = self.backend.infer_tensor(batch, names)
             self._sync()
             inference_ms = (time.perf_counter() - t1) * 1e3
             preprocess_ms = (t1 - t0) * 1e3 / len(images)
+            preprocess_cpu = (c1 - c0) * 1e3 / len(images)
             results = []
             for i, image in enumerate(images):
-                t2 = time.perf_counter()
+                t2, c2 = time.perf_counter(), time.thread_time()
                 results.append(self._postprocess(image, out, i, want_probabilities))
                 timings = {
                     "preprocess": preprocess_ms,
+                    "preprocess_cpu": preprocess_cpu,
                     "inference": inference_ms,
                     "postprocess": (time.perf_counter() - t2) * 1e3,
+                    "postprocess_cpu": (time.thread_time() - c2) * 1e3,
                 }
                 results[-1] = SegmentationResult(*results[-1], timings)
             return results

@@ -61,7 +61,18 @@ class LatencyWindow:
 class NodeStats:
     """Counters and windows for one node; every method may be called from any thread."""
 
-    STAGES = ("decode", "preprocess", "inference", "crf", "postprocess", "publish", "age")
+    # Wall-clock stages, the output age, and node_cpu: the CPU time the node's own threads spent on
+    # a frame beside the network (decode, pre- and postprocessing, publishing).
+    STAGES = (
+        "decode",
+        "preprocess",
+        "inference",
+        "crf",
+        "postprocess",
+        "publish",
+        "age",
+        "node_cpu",
+    )
 
     def __init__(
         self, rate_window_s: float = 5.0, latency_samples: int = 200, clock=time.monotonic

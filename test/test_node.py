@@ -665,7 +665,15 @@ def test_diagnostics_report_rates_stages_and_model(raw):
     assert values["precision"] == "fp32" and values["input_size"] == "96x64"
     assert values["input_topic"] == "/seg_raw/camera/image"
     assert float(values["output_rate_hz"]) > 0 and float(values["input_rate_hz"]) > 0
-    for stage in ("decode", "preprocess", "inference", "postprocess", "publish", "age"):
+    for stage in (
+        "decode",
+        "preprocess",
+        "inference",
+        "postprocess",
+        "publish",
+        "age",
+        "node_cpu",
+    ):
         p50, p95 = float(values[f"{stage}_p50_ms"]), float(values[f"{stage}_p95_ms"])
         assert 0 <= p50 <= p95, stage
     assert float(values["age_p50_ms"]) >= float(values["inference_p50_ms"])

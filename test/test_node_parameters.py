@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from seg_ros import node_parameters as p
-from seg_ros.stats import LatencyWindow, NodeStats, RateMeter
+from seg_ros.stats import BackendStats, LatencyWindow, NodeStats, RateMeter
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -237,3 +237,16 @@ def test_node_stats_snapshot_counts_and_stages():
     assert "unknown_stage" not in snap["latency_ms"] and "crf" not in snap["latency_ms"]
     assert snap["input_rate"] == pytest.approx(9 / 8.0)
     assert snap["output_rate"] == pytest.approx(3 / 3.0)
+
+
+def test_backend_stats_count_batches_and_their_sizes():
+    now = [0.0]
+    stats = BackendStats(rate_window_s=10.0, clock=lambda: now[0])
+    assert stats.snapshot()["batch_size_mean"] == 0.0
+    for i, size in enumerate((1, 2, 4, 1)):
+        now[0] = float(i)
+        stats.batch_done(size, inference_ms=10.0 * size)
+    snap = stats.snapshot()
+    assert snap["frames"] == 8 and snap["batch_size_mean"] == pytest.approx(2.0)
+    assert snap["batch_rate"] == pytest.approx(3 / 3.0)
+    assert snap["inference_ms"][0] == pytest.approx(15.0)
