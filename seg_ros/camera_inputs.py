@@ -14,6 +14,7 @@ import numpy as np
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
+from seg_ros.dds import matched_reliability
 from seg_ros.image_cdr import parse_compressed, parse_image, serialize_image
 from seg_ros.image_codec import decode_compressed, decode_image
 from seg_ros.node_parameters import OUTPUTS
@@ -47,7 +48,8 @@ class Camera:
         self._msg_type = CompressedImage if compressed else Image
         self._parse = parse_compressed if compressed else parse_image
         self._decode = decode_compressed if compressed else decode_image
-        self._qos = input_qos(values["qos.reliability"])
+        self._reliability_setting = values["qos.reliability"]
+        self._reliability = ""  # of the subscription that exists now
         self._on_frame = on_frame
         out_qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
@@ -68,22 +70,38 @@ class Camera:
     def wanted(self, values: dict) -> bool:
         return any(self.wants(output, values) for output in OUTPUTS)
 
+    def _offered_reliability(self) -> str:
+        """Return the reliability the input's publishers call for (seg_ros.dds)."""
+        offered = [
+            "reliable"
+            if info.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+            else "best_effort"
+            for info in self._node.get_publishers_info_by_topic(self.input_topic)
+        ]
+        return matched_reliability(self._reliability_setting, offered)
+
     def update_subscription(self, needed: bool) -> bool:
-        """Subscribe or unsubscribe to match ``needed``; True when that changed anything."""
+        """Subscribe or unsubscribe to match ``needed``; True when that changed anything.
+
+        A subscription whose reliability no longer matches the publishers (a reliable camera
+        appeared after the node subscribed best effort) is made again.
+        """
+        reliability = self._offered_reliability() if needed else ""
+        changed = False
+        if self.subscription is not None and reliability != self._reliability:
+            self._node.destroy_subscription(self.subscription)
+            self.subscription, self._reliability, changed = None, "", True
         if needed and self.subscription is None:
             self.subscription = self._node.create_subscription(
                 self._msg_type,
                 self.input_topic,
                 lambda data: self._on_frame(self, data),
-                self._qos,
+                input_qos(reliability),
                 raw=True,
             )
-            return True
-        if not needed and self.subscription is not None:
-            self._node.destroy_subscription(self.subscription)
-            self.subscription = None
-            return True
-        return False
+            self._reliability, changed = reliability, True
+            self._node.get_logger().info(f"subscribed to {self.input_topic} ({reliability})")
+        return changed
 
     def decode(self, data: bytes):
         """Parse and decode a serialised frame: (header bytes, pixels); ImageDecodeError if bad."""

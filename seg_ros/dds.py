@@ -30,12 +30,26 @@ USER_SETTINGS = (
 )
 PROFILE_OVERRIDE = "SEG_ROS_FASTDDS_PROFILE"  # a path, or "none" to keep Fast DDS's defaults
 RELIABILITIES = ("auto", "reliable", "best_effort")
+FASTDDS_2_DISTROS = ("humble", "iron", "jazzy")
 
 
 def default_profile() -> Path:
     from seg_ros.paths import config_dir
 
     return config_dir() / "fastdds_node.xml"
+
+
+def profiles_variable(env: MutableMapping[str, str]) -> str:
+    """Name the variable this ROS distribution's Fast DDS reads a profiles file from.
+
+    Fast DDS 2.x (Humble, Jazzy) reads FASTRTPS_DEFAULT_PROFILES_FILE; 3.x (Kilted on) reads
+    FASTDDS_DEFAULT_PROFILES_FILE and warns that the old name is deprecated.
+    """
+    return (
+        "FASTRTPS_DEFAULT_PROFILES_FILE"
+        if env.get("ROS_DISTRO", "") in FASTDDS_2_DISTROS
+        else "FASTDDS_DEFAULT_PROFILES_FILE"
+    )
 
 
 def apply_default_transport(environ: MutableMapping[str, str] | None = None) -> str:
@@ -57,8 +71,7 @@ def apply_default_transport(environ: MutableMapping[str, str] | None = None) -> 
     profile = Path(override) if override else default_profile()
     if not profile.is_file():
         return f"RMW {rmw} with Fast DDS's default transports (no profile at {profile})"
-    # Fast DDS 2.x reads the first name, 3.x the second.
-    env["FASTRTPS_DEFAULT_PROFILES_FILE"] = env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
+    env[profiles_variable(env)] = str(profile)
     return f"RMW {rmw} with seg_ros's Fast DDS profile {profile} (shared memory 64 MB + UDPv4)"
 
 

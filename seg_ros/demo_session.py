@@ -149,10 +149,16 @@ class DemoSession:
                 self._overlays.append((stamp, msg))
 
     def _on_diagnostics(self, array) -> None:
-        for status in array.status:
-            if "segmentation" in status.name:
-                with self._lock:
-                    self._diagnostics = {kv.key: kv.value for kv in status.values}
+        """Keep the node's latest key/values: its backend status and its camera's, merged."""
+        merged = {
+            kv.key: kv.value
+            for status in array.status
+            if "segmentation" in status.name
+            for kv in status.values
+        }
+        if merged:
+            with self._lock:
+                self._diagnostics = merged
 
     # --- the demo -----------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.logging import get_logger
 
 from seg_ros import node_parameters as params
-from seg_ros.node import SegmentationCore
+from seg_ros.node import SegmentationCore, init_ros
 
 _LOAD_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
 
@@ -79,8 +79,8 @@ class SegmentationLifecycleNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> int:
     """Console script ``segmentation_lifecycle_node``: 1 only when the parameters are unusable."""
-    # -- Fast DDS transport set-up (seg_ros.dds) goes here, before rclpy.init(). --
-    rclpy.init(args=args)
+    if init_ros(args) is None:
+        return 1
     try:
         node = SegmentationLifecycleNode()
     except ValueError as exc:

@@ -42,6 +42,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_srvs.srv import SetBool
 
+from seg_ros.dds import apply_default_transport
 from seg_ros import node_parameters as params
 from seg_ros.camera_inputs import Camera
 from seg_ros.image_codec import ImageDecodeError
@@ -530,10 +531,26 @@ class SegmentationNode(Node):
         super().destroy_node()
 
 
+def init_ros(args: list[str] | None) -> str | None:
+    """Apply seg_ros's DDS defaults, then ``rclpy.init``; the transport line, None on failure.
+
+    Fast DDS reads its settings when the participant is made, so they go first. rcl's own
+    start-up errors (a ``--params-file`` that does not exist, a malformed remap) become one line.
+    """
+    transport = apply_default_transport()
+    try:
+        rclpy.init(args=args)
+    except Exception as exc:  # rclpy raises its RCLError, not importable from a public module
+        print(f"{params.NODE_NAME}: cannot start: {exc}", file=sys.stderr)
+        return None
+    get_logger(params.NODE_NAME).info(f"transport: {transport}")
+    return transport
+
+
 def main(args: list[str] | None = None) -> int:
     """Console script ``segmentation_node``: 0 after a clean shutdown, 1 when it cannot start."""
-    # -- Fast DDS transport set-up (seg_ros.dds) goes here, before rclpy.init(). --
-    rclpy.init(args=args)
+    if init_ros(args) is None:
+        return 1
     logger = get_logger(params.NODE_NAME)
     try:
         node = SegmentationNode()

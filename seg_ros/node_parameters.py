@@ -16,11 +16,11 @@ from pathlib import Path
 import yaml
 
 from seg_ros.choices import BACKENDS, FAMILIES, PRECISIONS
+from seg_ros.dds import RELIABILITIES
 from seg_ros.pipeline import CrfSettings, PipelineConfig
 
 NODE_NAME = "segmentation_node"
 TRANSPORTS = ("raw", "compressed")
-RELIABILITIES = ("best_effort", "reliable")
 OUTPUTS = ("label", "confidence", "color", "overlay", "probabilities")
 # A camera name is a relative ROS name: it prefixes the camera's input and output topics.
 _CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$")
@@ -218,8 +218,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ),
     ParameterSpec(
         "qos.reliability",
-        "best_effort",
-        "Reliability of the image subscription (depth 1: the newest frame wins)." + _RESTART,
+        "auto",
+        "Reliability of the image subscription (depth 1: the newest frame wins): auto = "
+        "reliable when every publisher offers it (camera-sized frames then survive lost "
+        "fragments), else best effort, the sensor-data profile." + _RESTART,
         choices=RELIABILITIES,
     ),
     ParameterSpec(
@@ -393,6 +395,8 @@ def pipeline_config(values: dict) -> PipelineConfig:
         backend_options["workspace_mb"] = values["tensorrt.workspace_mb"]
     if values["tensorrt.dla_core"] >= 0:
         backend_options["dla_core"] = values["tensorrt.dla_core"]
+    if len(values["cameras"]) > 1:  # waiting frames of all cameras run as one batch
+        backend_options["max_batch"] = len(values["cameras"])
     return PipelineConfig(
         model=values["model"],
         weights=values["weights"],
