@@ -120,3 +120,22 @@ class _Frames(list):
 
     def describe(self) -> str:
         return f"{len(self)} synthetic frames"
+
+
+@pytest.mark.ros
+def test_missing_params_file_is_one_line(tmp_path):
+    """Rcl refuses the arguments before any node exists: one line and exit code 1, no traceback."""
+    pytest.importorskip("rclpy", reason="rclpy is not importable")
+    import subprocess
+    import sys
+
+    missing = tmp_path / "none.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "seg_ros.node", "--ros-args", "--params-file", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "segmentation_node: cannot start: " in result.stderr and str(missing) in result.stderr
