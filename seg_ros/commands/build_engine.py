@@ -25,12 +25,6 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--calibration-frames",
-        type=int,
-        default=None,
-        help="INT8: frames drawn evenly from the calibration images or bag (default 100)",
-    )
-    parser.add_argument(
         "--force", action="store_true", help="rebuild even when a valid engine is cached"
     )
     parser.add_argument(
@@ -58,8 +52,6 @@ def run(args: argparse.Namespace) -> int:
             f"build-engine builds TensorRT engines; --backend {config.backend} makes no sense here"
         )
     options = dict(config.backend_options)
-    if args.calibration_frames is not None:
-        options["calibration_frames"] = args.calibration_frames
     options["implicit_precision"] = args.implicit_precision
     options = BackendOptions.from_dict(options)
 
