@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from seg_ros.image_sources import IMAGE_SUFFIXES
+from seg_ros.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
 IGNORE = 255  # label value the loss and the metrics skip, after remapping
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)

@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from seg_ros.image_codec import ImageDecodeError, decode_compressed, decode_image
+from seg_ros.bags import decode_image_message, image_connections, image_topics, open_bag
+from seg_ros.image_codec import ImageDecodeError
 
 LOG = logging.getLogger(__name__)
 
+# Every image file suffix seg_ros reads (OpenCV decodes them all): folders, datasets, calibration.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
-IMAGE_TYPE = "sensor_msgs/msg/Image"
-COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 
 
 @dataclass
@@ -36,7 +37,7 @@ class SourceFrame:
 
 @dataclass
 class ImageSource:
-    """An ordered, re-iterable image sequence; ``count`` is its length (after ``limit``), 0 if unknown."""
+    """An ordered, re-iterable image sequence; ``count``: length after ``limit`` (0: unknown)."""
 
     kind: str  # image | folder | video | rosbag
     path: Path
@@ -81,20 +82,14 @@ class ImageSource:
             capture.release()
 
     def _bag(self) -> Iterator[SourceFrame]:
-        from rosbags.highlevel import AnyReader
-
-        with AnyReader([self.path], default_typestore=_default_typestore()) as reader:
-            connections = [c for c in reader.connections if c.topic == self.topic]
+        with closing(open_bag(self.path)) as reader:
+            connections = image_connections(reader, self.topic, self.path)
             for connection, _, raw in reader.messages(connections=connections):
                 msg = reader.deserialize(raw, connection.msgtype)
                 stamp = msg.header.stamp
                 name = f"{int(stamp.sec):010d}_{int(stamp.nanosec):09d}"
                 try:
-                    image = (
-                        decode_compressed(msg)
-                        if connection.msgtype == COMPRESSED_TYPE
-                        else decode_image(msg)
-                    )
+                    image = decode_image_message(msg, connection.msgtype)
                 except ImageDecodeError as exc:
                     LOG.warning("%s: skipping the image stamped %s: %s", self.topic, name, exc)
                     continue
@@ -102,18 +97,11 @@ class ImageSource:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An image file -> RGB uint8 H×W×3 (grey and 16-bit files are converted like OpenCV's IMREAD_COLOR)."""
+    """Read an image file as RGB uint8 H×W×3 (grey and 16-bit files as OpenCV's IMREAD_COLOR)."""
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError(f"cannot read image {path}: not an image file OpenCV can decode")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def _default_typestore():
-    """Message definitions for bags that do not embed them (rosbag2 before Iron)."""
-    from rosbags.typesys import Stores, get_typestore
-
-    return get_typestore(Stores.ROS2_HUMBLE)
 
 
 def _is_bag(path: Path) -> bool:
@@ -121,21 +109,14 @@ def _is_bag(path: Path) -> bool:
 
 
 def _bag_topic(path: Path, topic: str) -> tuple[str, int]:
-    """The image topic to read (the requested one, or the only one) and its message count."""
-    from rosbags.highlevel import AnyReader
-
-    try:
-        with AnyReader([path], default_typestore=_default_typestore()) as reader:
-            images = {}
-            for c in reader.connections:
-                if c.msgtype in (IMAGE_TYPE, COMPRESSED_TYPE):
-                    images[c.topic] = images.get(c.topic, 0) + c.msgcount
-    except Exception as exc:  # rosbags raises its own error types for broken bags
-        raise ValueError(f"cannot read bag {path}: {exc}") from exc
+    """Return the image topic to read (the requested one, or the only one) and its count."""
+    with closing(open_bag(path)) as reader:
+        images = image_topics(reader)
     if topic:
         if topic not in images:
             raise ValueError(
-                f"bag {path} has no image topic {topic!r}; image topics: {sorted(images) or 'none'}"
+                f"bag {path} has no image topic {topic!r}; "
+                f"image topics: {sorted(images) or 'none'}"
             )
         return topic, images[topic]
     if len(images) != 1:
@@ -149,7 +130,7 @@ def _bag_topic(path: Path, topic: str) -> tuple[str, int]:
 
 
 def open_image_source(path: str | Path, *, topic: str = "", limit: int = 0) -> ImageSource:
-    """Check ``path`` and describe how to read it; raises FileNotFoundError/ValueError with the reason."""
+    """Check ``path`` and describe how to read it; FileNotFoundError/ValueError with the reason."""
     path = Path(path).expanduser()
     if limit < 0:
         raise ValueError(f"frame limit must be >= 0, got {limit}")
@@ -163,7 +144,8 @@ def open_image_source(path: str | Path, *, topic: str = "", limit: int = 0) -> I
         path = path.parent  # one file of a bag: read the whole bag
     if topic and not _is_bag(path):
         raise ValueError(
-            f"--topic {topic} only applies to bags, but {path} is not a rosbag2 folder or .bag file"
+            f"--topic {topic} only applies to bags, but {path} is not a rosbag2 folder "
+            "or .bag file"
         )
     if _is_bag(path):
         topic, count = _bag_topic(path, topic)
@@ -190,7 +172,8 @@ def open_image_source(path: str | Path, *, topic: str = "", limit: int = 0) -> I
         kind, files = "video", ()
     else:
         raise ValueError(
-            f"cannot tell what {path} is: expected an image ({', '.join(IMAGE_SUFFIXES)}), a folder of images, "
+            f"cannot tell what {path} is: expected an image ({', '.join(IMAGE_SUFFIXES)}), "
+            "a folder of images, "
             f"a video ({', '.join(VIDEO_SUFFIXES)}), a rosbag2 folder or a ROS 1 .bag file"
         )
     if limit:

@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from contextlib import closing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from seg_ros.bags import decode_image_message, image_connections, open_bag
+from seg_ros.image_sources import IMAGE_SUFFIXES, read_image
 from seg_ros.preprocess import Preprocessor
 
 LOG = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
-_IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 TABLE_SUFFIX = ".calibration.json"  # models/<name>.calibration.json beside <name>.safetensors
 
 
@@ -113,62 +113,38 @@ class CalibrationSource:
         }
 
     def count(self) -> int:
-        """How many frames ``images()`` will yield."""
+        """Return how many frames ``images_rgb()`` will yield."""
         if self.images:
             return min(len(self.image_files()), self.frames)
-        with self._bag_reader() as reader:
-            return min(sum(c.msgcount for c in self._bag_connections(reader)), self.frames)
+        with closing(open_bag(self.bag)) as reader:
+            total = sum(c.msgcount for c in image_connections(reader, self.topic, self.bag))
+        return min(total, self.frames)
 
     def images_rgb(self) -> Iterator[np.ndarray]:
         """Yield the chosen frames as RGB (or mono) uint8 arrays."""
         if self.images:
             files = self.image_files()
             for index in evenly_spaced(len(files), self.frames):
-                image = cv2.imread(str(files[index]), cv2.IMREAD_COLOR)
-                if image is None:
-                    raise ValueError(f"cannot read calibration image {files[index]}")
-                yield cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+                try:
+                    image = read_image(files[index])
+                except ValueError as exc:  # fail: never calibrate on part of the data
+                    raise ValueError(f"cannot read calibration image {files[index]}") from exc
+                yield image
             return
-        from seg_ros.image_codec import decode_compressed, decode_image
-
-        with self._bag_reader() as reader:
-            connections = self._bag_connections(reader)
+        with closing(open_bag(self.bag)) as reader:
+            connections = image_connections(reader, self.topic, self.bag)
             total = sum(c.msgcount for c in connections)
             wanted = set(evenly_spaced(total, self.frames))
             for index, (connection, _, raw) in enumerate(reader.messages(connections=connections)):
-                if index not in wanted:
-                    continue
-                msg = reader.deserialize(raw, connection.msgtype)
-                yield (
-                    decode_compressed(msg)
-                    if connection.msgtype.endswith("CompressedImage")
-                    else decode_image(msg)
-                )
+                if index in wanted:  # deserialise only the frames that are used
+                    msg = reader.deserialize(raw, connection.msgtype)
+                    yield decode_image_message(msg, connection.msgtype)
 
     def batches(self, height: int, width: int, mean, std) -> Iterator[np.ndarray]:
         """1×3×height×width float32 network inputs, preprocessed exactly as the pipeline does."""
         preprocess = Preprocessor(height, width, mean, std)
         for image in self.images_rgb():
             yield preprocess(image)[1]
-
-    def _bag_reader(self):
-        from rosbags.highlevel import AnyReader
-        from rosbags.typesys import Stores, get_typestore
-
-        return AnyReader([Path(self.bag)], default_typestore=get_typestore(Stores.LATEST))
-
-    def _bag_connections(self, reader) -> list:
-        connections = [c for c in reader.connections if c.topic == self.topic]
-        if not connections:
-            topics = sorted({f"{c.topic} ({c.msgtype})" for c in reader.connections})
-            raise ValueError(f"topic {self.topic!r} is not in bag {self.bag}; it has {topics}")
-        wrong = [c.msgtype for c in connections if c.msgtype not in _IMAGE_TYPES]
-        if wrong:
-            raise ValueError(
-                f"topic {self.topic!r} in {self.bag} carries {wrong[0]}, "
-                f"not an image type {_IMAGE_TYPES}"
-            )
-        return connections
 
 
 def table_path(spec) -> Path | None:

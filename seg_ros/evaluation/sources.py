@@ -17,13 +17,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from seg_ros.bags import COMPRESSED_TYPE, IMAGE_TYPE, IMAGE_TYPES, open_bag
 from seg_ros.image_codec import ImageDecodeError, decode_compressed, decode_image, message_to_array
+from seg_ros.image_sources import IMAGE_SUFFIXES
 
 LOG = logging.getLogger(__name__)
 
-IMAGE_TYPE = "sensor_msgs/msg/Image"
-COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
 
 
 @dataclass
@@ -149,21 +148,15 @@ class BagSource:
         max_pending: int = 64,
         on_message: Callable | None = None,
     ):
-        from rosbags.highlevel import AnyReader, AnyReaderError
-
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"bag {self.path} does not exist")
         self.max_pending = int(max_pending)
         self.on_message = on_message
-        self.reader = AnyReader([self.path])
-        try:
-            self.reader.open()
-        except AnyReaderError as exc:
-            raise ValueError(f"cannot read bag {self.path}: {exc}") from exc
+        self.reader = open_bag(self.path)
         topics = self.reader.topics
         image_like = sorted(
-            t for t, info in topics.items() if info.msgtype in (IMAGE_TYPE, COMPRESSED_TYPE)
+            t for t, info in topics.items() if info.msgtype in IMAGE_TYPES
         )
         self.image_topic = self._resolve(image_topic, topics, image_like, "image")
         self.label_topic = self._resolve(label_topic, topics, image_like, "ground-truth label")

@@ -20,11 +20,10 @@ from torch import nn
 
 from seg_ros.models.zoo import FAMILIES, build_model, resolve_options, variant_name
 from seg_ros.paths import models_dir
+from seg_ros.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 LOG = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 METADATA_KEY = "seg_ros.spec"
 DEFAULT_FAMILY = "deeplab"  # used when nothing is bundled and no family is asked for
 DEFAULT_CLASS_TABLE = "camvid"
