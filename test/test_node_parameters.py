@@ -250,3 +250,10 @@ def test_backend_stats_count_batches_and_their_sizes():
     assert snap["frames"] == 8 and snap["batch_size_mean"] == pytest.approx(2.0)
     assert snap["batch_rate"] == pytest.approx(3 / 3.0)
     assert snap["inference_ms"][0] == pytest.approx(15.0)
+
+
+def test_several_cameras_ask_the_backend_for_batches_of_all_of_them():
+    assert "max_batch" not in p.pipeline_config(p.defaults()).backend_options
+    assert "max_batch" not in p.pipeline_config(p.validate({"cameras": ["a"]})).backend_options
+    config = p.pipeline_config(p.validate({"cameras": ["a", "b", "c", "d"]}))
+    assert config.backend_options["max_batch"] == 4

@@ -47,6 +47,9 @@ class BackendOptions:
     implicit_precision: bool = False
     # torch: cpu|cuda; onnxruntime: cpu|cuda|tensorrt (execution provider); "" = best available
     device: str = ""
+    # The largest batch the caller will send (the node: one frame per camera); a backend with a
+    # fixed input (TensorRT profile, static ONNX graph) builds for 1..max_batch.
+    max_batch: int = 1
 
     @classmethod
     def from_dict(cls, options: dict | None) -> BackendOptions:
