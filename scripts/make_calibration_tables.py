@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Write the INT8 calibration table every bundled model ships (models/<name>.calibration.json).
+
+    .venv/bin/python scripts/make_calibration_tables.py [--camvid DIR] [--frames 32]
+
+Each table holds the activation ranges (tensor name -> min, max) ONNX Runtime's
+MinMax calibrator found on --frames CamVid train frames drawn evenly over the
+split, at the model's own network size, through seg_ros.backends.quantize's
+``calibrate`` (the same code a user's own calibration runs). Drive 0006R0 is
+left out: it is the held-out drive INT8 accuracy is measured on. No image is
+shipped, only the ranges (~10 kB per model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+HELD_OUT = "0006R0_"  # the drive INT8 accuracy is evaluated on
+
+
+def main() -> int:
+    """Calibrate each bundled model and write its table beside its weights."""
+    from seg_ros.backends.calibration import CalibrationSource, evenly_spaced, table_path
+    from seg_ros.backends.onnx_cache import cached_onnx
+    from seg_ros.backends.quantize import calibrate
+    from seg_ros.image_sources import IMAGE_SUFFIXES
+    from seg_ros.models import bundled_models, load_model
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    default = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid"
+    parser.add_argument("--camvid", default=os.environ.get("SEG_ROS_CAMVID", str(default)))
+    parser.add_argument("--frames", type=int, default=32)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    train = Path(args.camvid) / "train"
+    files = sorted(
+        p for p in train.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and HELD_OUT not in p.name
+    )
+    chosen = [files[i] for i in evenly_spaced(len(files), args.frames)]
+    with tempfile.TemporaryDirectory(prefix="seg_ros-calibration-frames-") as folder:
+        for path in chosen:
+            (Path(folder) / path.name).symlink_to(path)
+        source = CalibrationSource(images=folder, frames=args.frames)
+        for spec in bundled_models():
+            loaded = load_model(weights=spec.weights_path)
+            height, width = loaded.spec.input_height, loaded.spec.input_width
+            fp32 = cached_onnx(loaded, height, width, head=True)
+            table = calibrate(
+                fp32,
+                source.batches(height, width, loaded.spec.mean, loaded.spec.std),
+                source.count(),
+                info={
+                    "model": loaded.spec.name,
+                    "height": height,
+                    "width": width,
+                    "data": f"CamVid train, {args.frames} frames evenly spaced, "
+                    "drive 0006R0 left out",
+                    "files": [p.name for p in chosen],
+                },
+            )
+            out = table.save(table_path(loaded.spec))
+            print(f"{out}: {len(table.ranges)} tensors")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
