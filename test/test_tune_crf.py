@@ -136,7 +136,12 @@ def test_pipeline_uses_stored_parameters_unless_given(small_weights):
     assert used.enabled and all(getattr(used, k) == v for k, v in TARGET.items())
     mine = crf(crf=CrfSettings(iterations=7), crf_explicit=("iterations",))
     assert mine.iterations == 7 and mine.bilateral_srgb == 8.0
-    assert crf(crf=CrfSettings(iterations=7)).iterations == 7  # not the default: set by the user
+    built = build_pipeline(PipelineConfig(weights=str(small_weights), backend="torch"))
+    assert built.pipeline.crf.iterations == 3
+    built.pipeline.set_crf(CrfSettings(enabled=True))  # the node toggling crf.enabled at run time
+    assert built.pipeline.crf.enabled and built.pipeline.crf.bilateral_srgb == 8.0
+    built.pipeline.set_crf(CrfSettings(enabled=True, iterations=7))  # set by the user: kept
+    assert built.pipeline.crf.iterations == 7 and built.pipeline.crf.gaussian_sxy == 2.0
 
 
 def test_tune_crf_command_writes_table_json_and_weights(small_weights, tmp_path, capsys):
@@ -167,3 +172,31 @@ def test_tune_crf_command_writes_table_json_and_weights(small_weights, tmp_path,
     else:
         assert all(stored[k] == summary["best"][k] for k in TARGET)
     assert main(["tune-crf", "--backend", "torch"]) == 2  # no frames: one clear error
+
+
+def test_evaluate_and_tune_crf_score_the_new_drive_split(small_weights, tmp_path):
+    """--data --split new-drive scores drive 0006R0 only (generated CamVid-layout frames)."""
+    from seg_ros.cli import main
+
+    frames = _frames(5)
+    names = {"train": ["0001TP_0", "0006R0_1", "0006R0_2", "0016E5_3"], "val": ["0016E5_4"]}
+    index = 0
+    for split, stems in names.items():
+        for folder in (split, f"{split}annot"):
+            (tmp_path / folder).mkdir()
+        for stem in stems:
+            frame = frames[index]
+            index += 1
+            cv2.imwrite(str(tmp_path / split / f"{stem}.png"), frame.image[..., ::-1])
+            cv2.imwrite(str(tmp_path / f"{split}annot" / f"{stem}.png"), frame.label)
+    common = ["--data", str(tmp_path), "--weights", str(small_weights), "--backend", "torch"]
+    out = tmp_path / "nd.json"
+    assert main(["evaluate", *common, "--json", str(out), "--no-progress"]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["frames"]["used"] == 2 and "split new-drive" in summary["source"]
+    assert main(["evaluate", *common, "--split", "val", "--json", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["frames"]["used"] == 1
+    tuned = tmp_path / "crf.json"
+    args = ["tune-crf", *common, "--passes", "1", "--no-progress", "--json", str(tuned)]
+    assert main(args) == 0
+    assert json.loads(tuned.read_text())["frames"] == 2
