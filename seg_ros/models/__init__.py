@@ -1,4 +1,4 @@
-"""Segmentation networks (pure torch): SegNet, DeepLab v3/v3+, RefineNet, and their checkpoints.
+"""Segmentation networks (pure torch): SegNet, DeepLab v3/v3+, RefineNet, FCN; their checkpoints.
 
 ``build_model`` makes a network; ``load_model`` makes one and loads weights
 (bundled, a seg_ros checkpoint or a torchvision state_dict); ``save_checkpoint``
