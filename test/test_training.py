@@ -147,6 +147,31 @@ def test_ema_maths():
     assert restored.updates == 12 and restored.decay == 0.5
 
 
+def test_ohem_keeps_the_hardest_pixels_and_ignores_void():
+    import torch.nn.functional as F
+
+    from seg_ros.datasets import IGNORE
+    from seg_ros.training.loss import SegmentationLoss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5)
+    labels = torch.randint(0, 3, (2, 4, 5))
+    labels[0, 0] = IGNORE
+    weights = np.array([1.0, 2.0, 0.5], np.float32)
+    pixel = F.cross_entropy(
+        logits, labels, weight=torch.from_numpy(weights), ignore_index=IGNORE, reduction="none"
+    )[labels != IGNORE]
+    hardest = pixel.sort(descending=True).values[: int(0.25 * pixel.numel())]
+    ohem = SegmentationLoss(weights, ohem=0.25)(logits, labels)
+    torch.testing.assert_close(ohem, hardest.mean())
+    plain = SegmentationLoss(weights)(logits, labels)
+    expected = F.cross_entropy(
+        logits, labels, weight=torch.from_numpy(weights), ignore_index=IGNORE
+    )
+    torch.testing.assert_close(plain, expected)
+    assert float(ohem) > float(plain)
+
+
 def _interrupt_after(monkeypatch, steps: int, batch_size: int) -> None:
     """Ctrl-C while the loader fetches the batch after `steps` training steps."""
     calls = {"n": 0}
