@@ -14,11 +14,14 @@ settings whose boundary F1 is not below the CRF off; miou; boundary_f1; mean
 (ModelSpec.crf) and rewrites their model card; `evaluate --crf`, `benchmark
 --crf` and the node then use them unless CRF options are given explicitly.
 Tune only on training/validation data (the default: the new-drive split's
-held-out drive 0006R0), never on a test set.
+held-out drive 0006R0), never on a test set, and with a network that did not
+train on those frames: for weights trained on all 468 frames, tune with the
+new-drive run of the same recipe (--weights) and store into the bundled file
+(--write-to).
 
 examples:
   seg_ros tune-crf --data ../shared/datasets/camvid --json crf.json
-  seg_ros tune-crf --data ../shared/datasets/camvid --limit 30 \\
+  seg_ros tune-crf --data ../shared/datasets/camvid --weights runs/new_drive.safetensors \\
       --write-to models/refinenet_lw_mobilenet_v2_camvid.safetensors
 """
 
@@ -63,7 +66,8 @@ def register(subparsers) -> None:
     out.add_argument(
         "--write-to",
         metavar="WEIGHTS",
-        help="store the fitted parameters in these bundled weights (.safetensors) and their card",
+        help="store the fitted parameters in these bundled weights (.safetensors) and their card "
+        "(default network to tune with, unless --weights names another)",
     )
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_pipeline_arguments(parser)
@@ -118,9 +122,7 @@ def run(args) -> int:
     log = logging.getLogger("seg_ros.tune_crf")
     pairs, where = _pairs(args)
     config = pipeline_config_from_args(args)
-    if args.write_to:
-        if config.weights and Path(config.weights).resolve() != Path(args.write_to).resolve():
-            raise ValueError("--write-to stores into the weights it tunes: drop --weights")
+    if args.write_to and not config.weights:
         config = replace(config, weights=args.write_to)
     built = build_pipeline(config)
     table = built.class_table
@@ -165,7 +167,8 @@ def run(args) -> int:
     if args.write_to:
         fitted = dict(result.best or {"enabled": False})
         fitted.update(
-            tuned_on=f"{len(frames)} frames of {where}",
+            tuned_on=f"{len(frames)} frames of {where}"
+            + (f" with the network {built.spec.weights_path}" if args.weights else ""),
             objective=args.objective,
             scores={
                 "CRF off": {"miou": base.miou, "boundary_f1": base.boundary_f1},
