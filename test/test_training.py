@@ -172,15 +172,24 @@ def test_ohem_keeps_the_hardest_pixels_and_ignores_void():
     assert float(ohem) > float(plain)
 
 
-def _interrupt_after(monkeypatch, steps: int, batch_size: int) -> None:
-    """Ctrl-C while the loader fetches the batch after `steps` training steps."""
+def _interrupt_after(monkeypatch, steps: int, batch_size: int, how: str) -> None:
+    """Stop a run after `steps` training steps, as a kill (TERM) or a loader exception would.
+
+    TERM arrives while the loader fetches the last batch: the loop finishes that step, then stops.
+    A KeyboardInterrupt raised in the loader stops it before the next step.
+    """
+    import os
+    import signal
+
     calls = {"n": 0}
     original = SegmentationDataset.__getitem__
 
     def getitem(self, index):
         if self.augment is not None:
             calls["n"] += 1
-            if calls["n"] > steps * batch_size:
+            if how == "term" and calls["n"] == (steps - 1) * batch_size + 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            if how == "exception" and calls["n"] > steps * batch_size:
                 raise KeyboardInterrupt
         return original(self, index)
 
@@ -194,10 +203,13 @@ def _run_state(path) -> dict:
     return state
 
 
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(data_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("how", ["term", "exception"])
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
+    data_root, tmp_path, monkeypatch, how
+):
     changes = dict(epochs=3, val_every=3, precise_bn=0)
     whole = train(_config(data_root, tmp_path / "whole", **changes))
-    _interrupt_after(monkeypatch, 3, 4)  # mid-epoch 2 of 3
+    _interrupt_after(monkeypatch, 3, 4, how)  # mid-epoch 2 of 3
     cut = train(_config(data_root, tmp_path / "cut", **changes))
     assert cut.interrupted and cut.steps == 3 and not cut.best_checkpoint.is_file()
     saved = load_training_checkpoint(cut.last_checkpoint)

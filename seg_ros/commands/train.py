@@ -362,14 +362,9 @@ def _new_config(args):
     )
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace) -> int:
     """Train (or resume, or only bundle) as the flags say; 130 when interrupted (Ctrl-C, TERM)."""
     import logging
-    import signal
     from pathlib import Path
 
     from seg_ros.training import train
@@ -385,11 +380,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.output = args.output
     elif args.resume:
         cfg.output = str(Path(args.resume).parent)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # kill / session end: save, then stop
-    try:
-        result = train(cfg)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    result = train(cfg)  # Ctrl-C or kill (TERM): finishes the step, saves last.pt, stops
     if result.interrupted:
         return 130
     log.info(

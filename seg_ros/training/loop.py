@@ -11,7 +11,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +108,29 @@ def epoch_batches(count: int, batch_size: int, seed: int, epoch: int) -> list[li
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
     full = count // batch_size * batch_size
     return order[:full].view(-1, batch_size).tolist()
+
+
+@contextmanager
+def stop_requests():
+    """Turn SIGINT/SIGTERM into a request the loop honours between steps (a whole step is saved).
+
+    Yields a dict whose "stop" becomes True on a signal; outside the main thread, where
+    handlers cannot be installed, it stays False and the signals keep their usual effect.
+    """
+    request = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum, frame):
+        request["stop"] = True
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -260,91 +286,102 @@ def train(cfg: TrainConfig) -> TrainResult:
         device,
         f"autocast {amp_dtype}" if amp_dtype else "fp32",
     )
-    while step < total_steps and not stopped:
-        module.train()
-        train_set.epoch = epoch
-        batches = epoch_batches(len(train_set), cfg.batch_size, cfg.seed, epoch)
-        loader = DataLoader(
-            train_set,
-            batch_sampler=batches[position:],
-            num_workers=cfg.workers,
-            generator=torch.Generator().manual_seed(cfg.seed + epoch),
-            pin_memory=device.type == "cuda",
-        )
-        bar = tqdm(
-            loader,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            unit="batch",
-            total=len(batches),
-            initial=position,
-            leave=False,
-            mininterval=tqdm_interval(),
-        )
-        try:
-            for images, labels in bar:
-                t0 = time.monotonic()
-                lr = learning_rate(cfg.lr, step, total_steps, cfg.poly_power)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
-                labels = labels.to(device, non_blocking=True)
-                with torch.autocast(
-                    device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None
-                ):
-                    loss = criterion(module(images).float(), labels)
-                if not torch.isfinite(loss):
-                    raise RuntimeError(f"the loss became {loss.item()} at step {step}: lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                if ema is not None:
-                    ema.update(module)
-                step += 1
-                position += 1
-                epoch_losses.append(loss.item())
-                bar.set_postfix(loss=f"{epoch_losses[-1]:.3f}", lr=f"{lr:.2e}", refresh=False)
-                seconds = time.monotonic() - t0
-                step_seconds = 0.9 * step_seconds + 0.1 * seconds if step_seconds else seconds
-                if cfg.save_every_min and time.monotonic() - saved_at > 60 * cfg.save_every_min:
-                    save_last()
-                    saved_at = time.monotonic()
-                spent = time.monotonic() - started
-                if limit_s and spent + step_seconds + 1.2 * val_estimate_s + 10 > limit_s:
-                    stopped = True
-                    break
-        except KeyboardInterrupt:
-            stopped = interrupted = True
-        bar.close()
-        if position >= len(batches):
-            epoch, position = epoch + 1, 0
-            entry = {
-                "epoch": epoch,
-                "step": step,
-                "lr": learning_rate(cfg.lr, step, total_steps, cfg.poly_power),
-                "train_loss": float(np.mean(epoch_losses)) if epoch_losses else None,
-                "elapsed_s": round(elapsed(), 1),
-            }
-            epoch_losses = []
-            if step >= total_steps or epoch % cfg.val_every == 0:
-                result = validate()
-                val_estimate_s = result.get("seconds", 0.0)
-                entry.update({f"val_{k}": v for k, v in result.items() if k != "seconds"})
-            history.append(entry)
-            log_file.write(json.dumps(entry) + "\n")
-            log_file.flush()
-            LOG.info(
-                "epoch %d step %d/%d lr %.2e loss %s val mIoU %s (best %.4f) %.0f s",
-                epoch,
-                step,
-                total_steps,
-                entry["lr"],
-                "-" if entry["train_loss"] is None else f"{entry['train_loss']:.4f}",
-                f"{entry['val_miou']:.4f}" if "val_miou" in entry else "-",
-                best_miou,
-                entry["elapsed_s"],
+    with stop_requests() as request:
+        while step < total_steps and not stopped:
+            module.train()
+            train_set.epoch = epoch
+            batches = epoch_batches(len(train_set), cfg.batch_size, cfg.seed, epoch)
+            loader = DataLoader(
+                train_set,
+                batch_sampler=batches[position:],
+                num_workers=cfg.workers,
+                generator=torch.Generator().manual_seed(cfg.seed + epoch),
+                pin_memory=device.type == "cuda",
             )
-        save_last()
+            bar = tqdm(
+                loader,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                unit="batch",
+                total=len(batches),
+                initial=position,
+                leave=False,
+                mininterval=tqdm_interval(),
+            )
+            try:
+                for images, labels in bar:
+                    t0 = time.monotonic()
+                    lr = learning_rate(cfg.lr, step, total_steps, cfg.poly_power)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    images = images.to(
+                        device, non_blocking=True, memory_format=torch.channels_last
+                    )
+                    labels = labels.to(device, non_blocking=True)
+                    with torch.autocast(
+                        device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None
+                    ):
+                        loss = criterion(module(images).float(), labels)
+                    if not torch.isfinite(loss):
+                        raise RuntimeError(
+                            f"the loss became {loss.item()} at step {step}: lower --lr"
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    if ema is not None:
+                        ema.update(module)
+                    step += 1
+                    position += 1
+                    epoch_losses.append(loss.item())
+                    bar.set_postfix(loss=f"{epoch_losses[-1]:.3f}", lr=f"{lr:.2e}", refresh=False)
+                    seconds = time.monotonic() - t0
+                    step_seconds = 0.9 * step_seconds + 0.1 * seconds if step_seconds else seconds
+                    if (
+                        cfg.save_every_min
+                        and time.monotonic() - saved_at > 60 * cfg.save_every_min
+                    ):
+                        save_last()
+                        saved_at = time.monotonic()
+                    if request["stop"]:
+                        stopped = interrupted = True
+                        break
+                    spent = time.monotonic() - started
+                    if limit_s and spent + step_seconds + 1.2 * val_estimate_s + 10 > limit_s:
+                        stopped = True
+                        break
+            except KeyboardInterrupt:
+                stopped = interrupted = True
+            bar.close()
+            if position >= len(batches):
+                epoch, position = epoch + 1, 0
+                entry = {
+                    "epoch": epoch,
+                    "step": step,
+                    "lr": learning_rate(cfg.lr, step, total_steps, cfg.poly_power),
+                    "train_loss": float(np.mean(epoch_losses)) if epoch_losses else None,
+                    "elapsed_s": round(elapsed(), 1),
+                }
+                epoch_losses = []
+                if step >= total_steps or epoch % cfg.val_every == 0:
+                    result = validate()
+                    val_estimate_s = result.get("seconds", 0.0)
+                    entry.update({f"val_{k}": v for k, v in result.items() if k != "seconds"})
+                history.append(entry)
+                log_file.write(json.dumps(entry) + "\n")
+                log_file.flush()
+                LOG.info(
+                    "epoch %d step %d/%d lr %.2e loss %s val mIoU %s (best %.4f) %.0f s",
+                    epoch,
+                    step,
+                    total_steps,
+                    entry["lr"],
+                    "-" if entry["train_loss"] is None else f"{entry['train_loss']:.4f}",
+                    f"{entry['val_miou']:.4f}" if "val_miou" in entry else "-",
+                    best_miou,
+                    entry["elapsed_s"],
+                )
+            save_last()
     log_file.close()
     if stopped:
         LOG.info(
