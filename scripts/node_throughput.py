@@ -230,6 +230,7 @@ def play(args, parameters: dict, cameras: int, layout: str, frame: np.ndarray) -
         ):
             for process, _, log_path in started:
                 if process.poll() is not None or time.monotonic() > deadline:
+                    time.sleep(1.0)  # its last words reach the log
                     raise RuntimeError(f"a node did not start:\n{log_path.read_text()}")
             time.sleep(0.5)
         time.sleep(2.0)  # let every node settle before the clock starts

@@ -123,6 +123,7 @@ class SegmentationPipeline:
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         crf: CrfSettings | None = None,
+        tensor_stages: bool | None = None,
     ):
         self.backend = backend
         self.num_classes = int(num_classes)
@@ -131,8 +132,13 @@ class SegmentationPipeline:
         self.crf = crf or CrfSettings()
         self.fitted_crf: dict = {}  # the model's CRF parameters from tune-crf (spec.crf)
         self.label_dtype = np.uint8 if self.num_classes <= 254 else np.uint16
+        # Torch-tensor stages where they pay: on a GPU (one upload, everything there); on a CPU
+        # OpenCV's uint8 resizing is faster, so only when asked (the tests run them there).
+        device = getattr(backend, "tensor_device", None)
+        if tensor_stages is None:
+            tensor_stages = device is not None and device.type != "cpu"
         self._tensors = None
-        if getattr(backend, "tensor_device", None) is not None:
+        if tensor_stages:
             from seg_ros.pipeline_torch import TorchStages
 
             self._tensors = TorchStages(

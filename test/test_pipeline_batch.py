@@ -75,8 +75,18 @@ def torch_pipeline():
         threads=1,
     )
     built = build_pipeline(config)
-    yield built.pipeline
-    built.pipeline.backend.close()
+    assert built.pipeline._tensors is None  # on a CPU OpenCV's uint8 resizing is faster
+    spec = built.spec
+    pipeline = SegmentationPipeline(
+        built.pipeline.backend,
+        num_classes=spec.num_classes,
+        input_size=(64, 96),
+        mean=spec.mean,
+        std=spec.std,
+        tensor_stages=True,  # what a GPU backend runs, here on CPU tensors
+    )
+    yield pipeline
+    pipeline.backend.close()
 
 
 def _numpy_path(pipeline, frames, want_probabilities):
@@ -88,7 +98,7 @@ def _numpy_path(pipeline, frames, want_probabilities):
 
 
 def test_torch_stages_on_cpu_tensors_match_the_numpy_path(torch_pipeline):
-    assert torch_pipeline._tensors is not None  # the torch backend computes on tensors
+    assert torch_pipeline._tensors is not None
     rng = np.random.default_rng(1)
     frames = [
         rng.integers(0, 256, (64, 96, 3), np.uint8),  # network size: no resizing at all
