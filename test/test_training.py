@@ -203,12 +203,20 @@ def _run_state(path) -> dict:
     return state
 
 
+INTERRUPTED = dict(epochs=3, val_every=3, precise_bn=0)
+
+
+@pytest.fixture(scope="module")
+def whole(data_root, tmp_path_factory):
+    """Train the uninterrupted run the interrupted ones must equal."""
+    return train(_config(data_root, tmp_path_factory.mktemp("whole"), **INTERRUPTED))
+
+
 @pytest.mark.parametrize("how", ["term", "exception"])
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(
-    data_root, tmp_path, monkeypatch, how
+    data_root, tmp_path, monkeypatch, how, whole
 ):
-    changes = dict(epochs=3, val_every=3, precise_bn=0)
-    whole = train(_config(data_root, tmp_path / "whole", **changes))
+    changes = INTERRUPTED
     _interrupt_after(monkeypatch, 3, 4, how)  # mid-epoch 2 of 3
     cut = train(_config(data_root, tmp_path / "cut", **changes))
     assert cut.interrupted and cut.steps == 3 and not cut.best_checkpoint.is_file()
