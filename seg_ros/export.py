@@ -296,6 +296,7 @@ def convert_to_fp16(fp32_path: str | Path, out_path: str | Path) -> Path:
     )
     _topological_order(half.graph)
     del half.graph.value_info[:]  # the converter leaves some stale fp32 entries; re-inferred below
+    _drop_fp16_round_trips(half, onnx.load(str(fp32_path)))
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(half, str(out_path))
@@ -306,6 +307,79 @@ def convert_to_fp16(fp32_path: str | Path, out_path: str | Path) -> Path:
             f"{out_path}: the fp16 graph has operators TensorRT rejects: {rejected}"
         )
     return out_path
+
+
+def _drop_fp16_round_trips(half, original) -> None:
+    """Undo what the fp16 converter does between fp32 nodes: Casts to fp16 and straight back.
+
+    It casts every kept-fp32 node's output to fp16 and the next fp32 node's
+    input back, and keeps their weights as fp16 + Cast: that would round the
+    logits and the classifier to fp16 after all. Here fp32 flows from one fp32
+    node to the next, with the original fp32 weights.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = half.graph
+    weights = {init.name: init for init in original.graph.initializer}
+    inferred = onnx.shape_inference.infer_shapes(half)
+    elem = {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)
+    }
+    elem.update({init.name: init.data_type for init in graph.initializer})
+
+    def cast_to(node) -> int | None:
+        if node.op_type != "Cast":
+            return None
+        return next(
+            (helper.get_attribute_value(a) for a in node.attribute if a.name == "to"), None
+        )
+
+    outputs = {o.name for o in graph.output}
+    rename: dict[str, str] = {}
+    drop = []
+    for node in graph.node:
+        source = node.input[0] if node.op_type == "Cast" else ""
+        if cast_to(node) == TensorProto.FLOAT and elem.get(source) == TensorProto.FLOAT16:
+            if source in weights and weights[source].data_type == TensorProto.FLOAT:
+                fp32 = onnx.TensorProto()
+                fp32.CopyFrom(weights[source])
+                fp32.name = node.output[0]
+                graph.initializer.append(fp32)  # the weight as it was, not rounded to fp16
+                drop.append(node)
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for node in graph.node:
+        if cast_to(node) != TensorProto.FLOAT16 or elem.get(node.input[0]) != TensorProto.FLOAT:
+            continue
+        after = consumers.get(node.output[0], [])
+        if node.output[0] in outputs or not after:
+            continue
+        if all(cast_to(c) == TensorProto.FLOAT for c in after):
+            drop.append(node)
+            for back in after:
+                if back.output[0] in outputs:  # a graph output keeps its name: an Identity
+                    back.op_type = "Identity"
+                    back.input[0] = node.input[0]
+                    del back.attribute[:]
+                else:
+                    rename[back.output[0]] = node.input[0]
+                    drop.append(back)
+    dropped = {id(node) for node in drop}
+    kept = [node for node in graph.node if id(node) not in dropped]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {name for node in graph.node for name in node.input}
+    unused = [init for init in graph.initializer if init.name not in used]
+    for init in unused:
+        graph.initializer.remove(init)
 
 
 def _constant_values(graph) -> dict:

@@ -588,6 +588,12 @@ def test_runtime_path_runs_the_engine_on_bound_buffers(install, tmp_path, versio
     assert set(context.addresses) == {"image", "label", "confidence", "probabilities"}
     got = backend.infer(batch, ("label", "confidence", "probabilities"))
     assert context.runs == 1
+    import torch
+
+    assert backend.tensor_device == torch.device("cpu")  # the pipeline's tensor stages run there
+    two = backend.infer_tensor(torch.from_numpy(np.concatenate([batch, batch])), ("label",))
+    assert context.runs == 3 and two["label"].shape == (2, H, W)
+    assert (two["label"].numpy() == got["label"]).all()
     with create_backend(
         "onnxruntime", loaded, height=H, width=W, options={"device": "cpu"}
     ) as ort:

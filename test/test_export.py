@@ -1,4 +1,4 @@
-"""ONNX export: ONNX Runtime equals PyTorch for every family, TensorRT's operator set, SegNet's unpooling."""
+"""ONNX export: ONNX Runtime equals PyTorch per family, TensorRT's operators, SegNet unpooling."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_segnet_tensorrt_friendly_unpooling_gives_identical_outputs(backbone, si
     assert model.tensorrt_friendly is False  # restored after the block
 
 
-# ---------------------------------------------------------------- every family through ONNX Runtime
+# ------------------------------------------------------------- every family through ONNX Runtime
 
 
 # SegNet goes through ONNX Runtime in the export-command test below (head graph); each export
@@ -101,7 +101,7 @@ def test_logits_export_matches_pytorch_in_onnxruntime(tmp_path, family, options)
 
 
 def test_export_command_writes_the_head_graph(tmp_path, capsys):
-    """`seg_ros export` from a checkpoint: label/confidence/probabilities with the node's dtypes."""
+    """Export from a checkpoint: label/confidence/probabilities with the node's dtypes."""
     torch.manual_seed(0)
     model = build_model("segnet", 11, backbone="basic").eval()
     weights = save_checkpoint(
@@ -129,7 +129,9 @@ def test_export_command_writes_the_head_graph(tmp_path, capsys):
     )
     assert args.func(args) == 0
     printed = capsys.readouterr().out
-    assert "all operators supported" in printed and "label agreement" in printed
+    assert "all operators supported" in printed
+    assert "(fp32 graph as written) vs PyTorch fp32: label agreement 100.0000%" in printed
+    assert "with its graph optimisations (as the backends run it): label agreement" in printed
 
     session = _session(out)
     assert [o.name for o in session.get_outputs()] == list(HEAD_OUTPUTS)
@@ -230,3 +232,160 @@ def test_operator_check_looks_inside_local_functions(tmp_path):
     assert unsupported_tensorrt_ops(path) == [
         "MaxUnpool"
     ]  # the call itself is fine: the parser inlines it
+
+
+# ---------------------------------------------------------------- what `seg_ros export` claims
+
+
+def test_segnet_export_is_the_network_and_the_printed_difference_says_where_it_moves(tmp_path):
+    """The bundled SegNet: its graph matches PyTorch to 1e-5; ORT's fused graph moves tied maxima.
+
+    Fusing BatchNorm into the convolutions rounds at the 1e-6 level; where a
+    pooling window holds two maxima that close, the index unpooling puts the
+    value in the other cell. That is where `seg_ros export` shows ~1e-2: it
+    is not an export error, and labels still agree.
+    """
+    from seg_ros.models import load_model
+
+    loaded = load_model("segnet")
+    height, width = loaded.spec.input_height, loaded.spec.input_width
+    path = export_onnx(loaded.module, tmp_path / "segnet.onnx", height, width, head=False)
+    image = np.random.default_rng(0).standard_normal((1, 3, height, width), dtype=np.float32)
+    as_written = compare_with_torch(loaded.module, path, image)
+    fused = compare_with_torch(loaded.module, path, image, optimized=True)
+    assert as_written["max_abs_diff"] < 1e-4 and as_written["label_agreement"] == 1.0
+    assert fused["label_agreement"] >= 0.999
+    assert fused["max_abs_diff"] >= as_written["max_abs_diff"]
+
+
+def _frames(count: int, height: int, width: int, seed: int) -> list[np.ndarray]:
+    """CamVid val frames when present (else generated street-like scenes), as RGB uint8."""
+    import cv2
+
+    from conftest import camvid_root
+
+    files = sorted((camvid_root() / "val").glob("*.png"))
+    if files:
+        picks = files[:: max(len(files) // count, 1)][:count]
+        return [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in picks]
+    rng = np.random.default_rng(seed)
+    scenes = []
+    for _ in range(count):
+        sky = np.array([130, 160, 200]) + rng.integers(-20, 20, 3)
+        road = np.array([90, 90, 95]) + rng.integers(-15, 15, 3)
+        image = np.zeros((height, width, 3))
+        horizon = int(height * rng.uniform(0.35, 0.55))
+        image[:horizon], image[horizon:] = sky, road
+        for _ in range(6):  # buildings, cars, trees: boxes of other colours
+            y0, x0 = rng.integers(0, height - 8), rng.integers(0, width - 8)
+            image[
+                y0 : y0 + rng.integers(8, height // 2), x0 : x0 + rng.integers(8, width // 3)
+            ] = rng.integers(0, 256, 3)
+        image += rng.normal(0, 6, image.shape)
+        scenes.append(np.clip(image, 0, 255).astype(np.uint8))
+    return scenes
+
+
+def _agreement(loaded, onnx_path, images) -> float:
+    """Fraction of pixels where ONNX Runtime's labels equal PyTorch fp32's.
+
+    The graph is run as written (optimisations off): QDQ nodes then compute
+    what TensorRT computes (int32 accumulation). ONNX Runtime's fused x86
+    integer kernels saturate on CPUs without VNNI (this one: 81.5 % for the
+    same INT8 graph), which says nothing about the graph.
+    """
+    from seg_ros.preprocess import Preprocessor
+
+    spec = loaded.spec
+    preprocess = Preprocessor(spec.input_height, spec.input_width, spec.mean, spec.std)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    same = []
+    for image in images:
+        batch = preprocess(image)[1]
+        (label,) = session.run(["label"], {"image": batch})
+        with torch.no_grad():
+            reference = loaded.module.eval()(torch.from_numpy(batch)).argmax(1).numpy()
+        same.append((label == reference).mean())
+    return float(np.mean(same))
+
+
+@pytest.fixture(scope="module")
+def bundled_fp32(tmp_path_factory):
+    """Load the default bundled model and export its fp32 head graph at its trained size."""
+    from seg_ros.models import load_model
+
+    loaded = load_model("refinenet")
+    spec = loaded.spec
+    folder = tmp_path_factory.mktemp("graphs")
+    path = export_onnx(loaded.module, folder / "fp32.onnx", spec.input_height, spec.input_width)
+    return loaded, path
+
+
+def test_fp16_graph_is_strongly_typed_fp16_and_agrees_with_pytorch(bundled_fp32, tmp_path):
+    from seg_ros.export import FP32_OPS, convert_to_fp16
+
+    loaded, fp32 = bundled_fp32
+    path = convert_to_fp16(fp32, tmp_path / "fp16.onnx")
+    model = onnx.load(str(path))
+    types = {init.data_type for init in model.graph.initializer}
+    assert TensorProto.FLOAT16 in types  # the network's weights are fp16 ...
+    softmax = next(n for n in model.graph.node if n.op_type == "Softmax")
+    producers = {out: n for n in model.graph.node for out in n.output}
+    assert producers[softmax.input[0]].op_type != "Cast"  # ... the head reads fp32 logits
+    assert not {n.op_type for n in model.graph.node} & set(FP32_OPS)  # none in this network
+    io = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]}
+    assert io == {
+        "image": TensorProto.FLOAT,
+        "label": TensorProto.INT32,
+        "confidence": TensorProto.FLOAT,
+        "probabilities": TensorProto.FLOAT,
+    }
+    assert unsupported_tensorrt_ops(path) == []
+    spec = loaded.spec
+    assert _agreement(loaded, path, _frames(4, spec.input_height, spec.input_width, 1)) >= 0.99
+
+
+@pytest.fixture(scope="module")
+def bundled_int8(bundled_fp32, tmp_path_factory):
+    """Quantise the bundled model with the shared QDQ function, calibrated on 8 other frames."""
+    import cv2
+
+    from seg_ros.backends.calibration import CalibrationSource
+    from seg_ros.backends.quantize import calibrate, write_qdq_onnx
+
+    loaded, fp32 = bundled_fp32
+    spec = loaded.spec
+    folder = tmp_path_factory.mktemp("int8")
+    frames = folder / "calibration"
+    frames.mkdir()
+    for i, image in enumerate(_frames(8, spec.input_height, spec.input_width, seed=7)[::-1]):
+        cv2.imwrite(str(frames / f"{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    source = CalibrationSource(images=str(frames), frames=8)
+    batches = source.batches(spec.input_height, spec.input_width, spec.mean, spec.std)
+    table = calibrate(fp32, batches, source.count())
+    return loaded, write_qdq_onnx(fp32, folder / "qdq.onnx", table)
+
+
+def test_int8_graph_for_tensorrt_runs_the_same_numbers(bundled_int8, tmp_path):
+    from seg_ros.export import for_tensorrt_qdq, tensorrt_qdq_problems
+
+    loaded, qdq = bundled_int8
+    assert any("int32 data" in p for p in tensorrt_qdq_problems(qdq))  # ORT's int32 biases
+    path = for_tensorrt_qdq(qdq, tmp_path / "int8.onnx")
+    assert tensorrt_qdq_problems(path) == [] and unsupported_tensorrt_ops(path) == []
+    spec = loaded.spec
+    batch = np.random.default_rng(4).standard_normal(
+        (1, 3, spec.input_height, spec.input_width), dtype=np.float32
+    )
+    ort_form = _session(qdq).run(None, {"image": batch})
+    trt_form = _session(path).run(None, {"image": batch})
+    assert (ort_form[0] == trt_form[0]).mean() > 0.999  # labels
+    np.testing.assert_allclose(ort_form[2], trt_form[2], atol=1e-4)  # probabilities
+
+
+def test_int8_graph_agrees_with_pytorch(bundled_int8):
+    loaded, qdq = bundled_int8
+    spec = loaded.spec
+    assert _agreement(loaded, qdq, _frames(4, spec.input_height, spec.input_width, 1)) >= 0.97

@@ -130,13 +130,16 @@ def _calibration_id(calibration, typing: str) -> str:
     """Identify the INT8 ranges an engine was built with (data, and how they became INT8)."""
     if calibration is None:
         return ""
-    from seg_ros.backends.quantize import SETTINGS, RangeTable
+    from seg_ros.backends.quantize import PROFILES, SETTINGS, RangeTable
 
     if isinstance(calibration, RangeTable):
         data = {"table": calibration.fingerprint()}
     else:
         data = {"frames": calibration.fingerprint()}
-    method = SETTINGS if typing == "strong" else {"calibrator": "IInt8EntropyCalibrator2"}
+    if typing == "strong":
+        method = {"settings": SETTINGS, "profile": PROFILES["tensorrt"]}
+    else:
+        method = {"calibrator": "IInt8EntropyCalibrator2"}
     return digest({"data": data, "method": method})
 
 
@@ -159,7 +162,7 @@ def tensorrt_graph(
     else:
         from seg_ros.backends.quantize import quantized_onnx
 
-        qdq = quantized_onnx(loaded, height, width, calibration)
+        qdq = quantized_onnx(loaded, height, width, calibration, profile="tensorrt")
         path = for_tensorrt_qdq(qdq, Path(folder) / f"{qdq.stem}-tensorrt.onnx")
         problems = tensorrt_qdq_problems(path)
         if problems:
@@ -444,6 +447,7 @@ class TensorRTBackend(Backend):
                 raise BackendError(f"TensorRT refused the buffer for {name!r}")
         if self._buffers.cuda:
             torch.cuda.synchronize()
+        self.tensor_device = torch.device(BUFFER_DEVICE)  # the pipeline's stages can run there
 
     def _record(self, artifact: EngineArtifact) -> None:
         """Say which engine this backend runs and whether it was built on this start."""
@@ -467,6 +471,36 @@ class TensorRTBackend(Backend):
         else:
             self._execute()
         return {name: buffers.host[name].numpy().copy() for name in outputs}
+
+    def infer_tensor(self, batch, outputs: tuple[str, ...]) -> dict:
+        """Run an N×3×H×W float32 tensor on ``tensor_device``; outputs stay there (copies).
+
+        The engine is built for batch 1: a larger batch runs image by image.
+        """
+        if self._context is None:
+            raise RuntimeError(f"{self.name} was started with build_only (or closed)")
+        torch, buffers = self._torch, self._buffers
+        if tuple(batch.shape[1:]) != self.input_shape[1:]:
+            raise ValueError(
+                f"{self.name} takes N×{self.input_shape[1:]}, got {tuple(batch.shape)}"
+            )
+        results: dict = {name: [] for name in outputs}
+        caller = torch.cuda.current_stream() if buffers.cuda else None
+        for image in batch.to(torch.float32):
+            if buffers.cuda:
+                buffers.stream.wait_stream(caller)  # the input was made on the caller's stream
+                with torch.cuda.stream(buffers.stream):
+                    buffers.device[INPUT_NAME][0].copy_(image)
+                    self._execute()
+                    for name in outputs:
+                        results[name].append(buffers.device[name].clone())
+                caller.wait_stream(buffers.stream)
+            else:
+                buffers.device[INPUT_NAME][0].copy_(image)
+                self._execute()
+                for name in outputs:
+                    results[name].append(buffers.device[name].clone())
+        return {name: torch.cat(parts) for name, parts in results.items()}
 
     def _execute(self) -> None:
         if not self._context.execute_async_v3(self._buffers.stream_handle):

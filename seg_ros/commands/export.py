@@ -100,7 +100,7 @@ def _write_int8(args, loaded, fp32: Path, height: int, width: int) -> Path:
     from seg_ros.backends import BackendOptions
     from seg_ros.backends.calibration import resolve_calibration
     from seg_ros.backends.quantize import RangeTable, calibrate, write_qdq_onnx
-    from seg_ros.export import tensorrt_qdq_problems
+    from seg_ros.export import for_tensorrt_qdq, tensorrt_qdq_problems
 
     options = BackendOptions.from_dict(
         {
@@ -118,7 +118,8 @@ def _write_int8(args, loaded, fp32: Path, height: int, width: int) -> Path:
     else:
         print(f"INT8 calibration: {source.count()} frames of {source.describe()}")
         table = calibrate(fp32, source.batches(height, width, spec.mean, spec.std), source.count())
-    path = write_qdq_onnx(fp32, args.onnx, table)
+    qdq = write_qdq_onnx(fp32, fp32.with_name("qdq.onnx"), table)
+    path = for_tensorrt_qdq(qdq, args.onnx)
     problems = tensorrt_qdq_problems(path)
     if problems:
         raise RuntimeError(f"{path}: TensorRT could not build this INT8 graph: {problems}")
