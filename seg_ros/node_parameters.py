@@ -397,8 +397,6 @@ def pipeline_config(values: dict) -> PipelineConfig:
         backend_options["dla_core"] = values["tensorrt.dla_core"]
     if len(values["cameras"]) > 1:  # waiting frames of all cameras run as one batch
         backend_options["max_batch"] = len(values["cameras"])
-    if len(values["cameras"]) > 1:  # waiting frames of all cameras run as one batch
-        backend_options["max_batch"] = len(values["cameras"])
     return PipelineConfig(
         model=values["model"],
         weights=values["weights"],
