@@ -84,6 +84,7 @@ def measure(size: tuple[int, int], setup: str, args: argparse.Namespace) -> dict
         "sent": sent,
         "node_received": node.get("frames_received"),
         "node_dropped": node.get("frames_dropped"),
+        "node_lost_in_transport": node.get("frames_lost_in_transport"),
         "outputs": report["received"],
         "latency_p50_ms": report["latency_ms"]["p50"],
     }
@@ -117,7 +118,8 @@ def main() -> int:
             outputs = " ".join(f"{k} {v}" for k, v in row["outputs"].items())
             print(
                 f"{row['size']:>9} {setup:<16} sent {row['sent']:>4}  node received "
-                f"{row['node_received']} dropped {row['node_dropped']}  back: {outputs}",
+                f"{row['node_received']} dropped {row['node_dropped']} lost "
+                f"{row['node_lost_in_transport']}  back: {outputs}",
                 flush=True,
             )
     if args.json:

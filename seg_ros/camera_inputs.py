@@ -11,6 +11,7 @@ subscriber (``update_subscription``, polled by the node like image_proc).
 from __future__ import annotations
 
 import numpy as np
+import rclpy.subscription
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
@@ -22,6 +23,9 @@ from seg_ros.stats import NodeStats
 from seg_ros.visualize import colorize, overlay
 
 
+# rclpy passes message info (publisher and sequence number) to two-argument callbacks from
+# Jazzy on; on Humble the transport-loss count stays 0.
+WITH_MESSAGE_INFO = hasattr(rclpy.subscription, "MessageInfo")
 RELIABLE_INPUT_DEPTH = 10  # serialised frames DDS may hold until the executor takes them
 
 
@@ -106,13 +110,22 @@ class Camera:
             self.subscription = self._node.create_subscription(
                 self._msg_type,
                 self.input_topic,
-                lambda data: self._on_frame(self, data),
+                self._received_with_info if WITH_MESSAGE_INFO else self._received,
                 input_qos(reliability),
                 raw=True,
             )
             self._reliability, changed = reliability, True
             self._node.get_logger().info(f"subscribed to {self.input_topic} ({reliability})")
         return changed
+
+    def _received(self, data: bytes) -> None:
+        self._on_frame(self, data)
+
+    def _received_with_info(self, data: bytes, info) -> None:
+        sequence = info.get("publication_sequence_number")
+        if sequence:  # 0 / None: the RMW does not number its samples
+            self.stats.sequence_seen(str(info.get("publisher_gid")), sequence)
+        self._on_frame(self, data)
 
     def decode(self, data: bytes):
         """Parse and decode a serialised frame: (header bytes, pixels); ImageDecodeError if bad."""

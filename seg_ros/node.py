@@ -465,6 +465,7 @@ class SegmentationCore:
             "frames_dropped": str(snap["dropped"]),
             "frames_bad": str(snap["bad"]),
             "frames_skipped_no_subscriber": str(snap["skipped"]),
+            "frames_lost_in_transport": str(snap["lost"]),
         }
         for stage, (p50, p95) in snap["latency_ms"].items():
             entries[f"{stage}_p50_ms"] = f"{p50:.2f}"

@@ -87,12 +87,23 @@ class NodeStats:
         self.bad = 0  # could not be decoded or processed
         self.published = 0
         self.skipped = 0  # not processed because no output had a subscriber
+        self.lost = 0  # sent by a publisher but never delivered (gaps in its sequence numbers)
+        self._last_sequence: dict[str, int] = {}
         self._bad_at_last_snapshot = 0
 
     def frame_received(self) -> None:
         with self._lock:
             self.received += 1
             self._input.tick(self._clock())
+
+    def sequence_seen(self, publisher: str, sequence: int) -> None:
+        """Count frames lost in transport: gaps in one publisher's publication sequence."""
+        with self._lock:
+            last = self._last_sequence.get(publisher)
+            if last is not None and sequence > last + 1:
+                self.lost += sequence - last - 1
+            if last is None or sequence > last:
+                self._last_sequence[publisher] = sequence
 
     def frame_dropped(self) -> None:
         with self._lock:
@@ -131,6 +142,7 @@ class NodeStats:
                 "bad": self.bad,
                 "published": self.published,
                 "skipped": self.skipped,
+                "lost": self.lost,
                 "bad_recent": bad_recent,
                 "latency_ms": {
                     name: window.percentiles(50, 95)

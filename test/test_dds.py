@@ -99,6 +99,7 @@ def test_camera_sized_frames_all_arrive_and_come_back(tmp_path):
     node = {key: value for key, value in report["node"].items() if key.startswith("frames_")}
     sent = report["frames_sent"] + report["warmup_frames_sent"]
     assert int(node["frames_received"]) == sent, node  # every frame reached the node
+    assert node["frames_lost_in_transport"] == "0", node
     # What the node could not keep up with is counted, never lost; what it published came back.
     published = int(node["frames_published"])
     accounted = published + sum(

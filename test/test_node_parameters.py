@@ -257,3 +257,12 @@ def test_several_cameras_ask_the_backend_for_batches_of_all_of_them():
     assert "max_batch" not in p.pipeline_config(p.validate({"cameras": ["a"]})).backend_options
     config = p.pipeline_config(p.validate({"cameras": ["a", "b", "c", "d"]}))
     assert config.backend_options["max_batch"] == 4
+
+
+def test_sequence_gaps_count_frames_lost_in_transport():
+    stats = NodeStats()
+    for sequence in (1, 2, 5, 6, 4, 10):  # 3-4 and 7-9 never came; 4 arrived late
+        stats.sequence_seen("camera A", sequence)
+    for sequence in (7, 8):  # another publisher numbers its own samples
+        stats.sequence_seen("camera B", sequence)
+    assert stats.snapshot()["lost"] == 2 + 3
