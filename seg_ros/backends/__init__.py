@@ -4,7 +4,10 @@
 ``infer(batch, outputs)`` gives the exported head's outputs. ``auto`` picks
 TensorRT when it is importable and a GPU is present, else ONNX Runtime (CUDA,
 then CPU), else PyTorch; it logs the choice and why, and moves on to the next
-candidate (with a warning) when one fails to start.
+candidate (with a warning) when one fails to start. ONNX Runtime runs int8
+when int8 is asked for, else fp32 (the default): the CPU never picks int8 on
+its own. Missing INT8 calibration data is a ValueError, not a reason to fall
+back: the user has to fix it.
 """
 
 from __future__ import annotations
