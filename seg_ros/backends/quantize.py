@@ -321,6 +321,13 @@ def calibrate(
     return RangeTable(ranges, dict(info or {}, frames=count, method=SETTINGS["calibration"]))
 
 
+class _DropPreprocessingHint(logging.Filter):
+    """Drop quantize_static's advice to pre-process (shape inference): our graph is static."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-process" not in record.getMessage()
+
+
 def write_qdq_onnx(
     fp32_onnx: str | Path, out_path: str | Path, table: RangeTable, profile: str = "tensorrt"
 ) -> Path:
@@ -372,24 +379,29 @@ def write_qdq_onnx(
         if name in wanted
     }
     out_path = Path(out_path)
-    with tempfile.TemporaryDirectory(prefix="seg_ros-qdq-") as tmp:
-        cache = Path(tmp) / "ranges.json"
-        save_tensors_data(tensors_data(method.MinMax, ranges), cache)
-        quantize_static(
-            str(fp32_onnx),
-            str(out_path),
-            calibration_data_reader=None,
-            calibration_cache_path=cache,
-            calibrate_method=method.MinMax,
-            quant_format=quant_format.QDQ,
-            per_channel=True,
-            reduce_range=encoding["weight_bits"] == 7,
-            activation_type=quant_type.QInt8 if symmetric else quant_type.QUInt8,
-            weight_type=quant_type.QInt8,
-            op_types_to_quantize=op_types,
-            nodes_to_exclude=excluded,
-            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
-        )
+    hint = _DropPreprocessingHint()
+    logging.getLogger().addFilter(hint)
+    try:
+        with tempfile.TemporaryDirectory(prefix="seg_ros-qdq-") as tmp:
+            cache = Path(tmp) / "ranges.json"
+            save_tensors_data(tensors_data(method.MinMax, ranges), cache)
+            quantize_static(
+                str(fp32_onnx),
+                str(out_path),
+                calibration_data_reader=None,
+                calibration_cache_path=cache,
+                calibrate_method=method.MinMax,
+                quant_format=quant_format.QDQ,
+                per_channel=True,
+                reduce_range=encoding["weight_bits"] == 7,
+                activation_type=quant_type.QInt8 if symmetric else quant_type.QUInt8,
+                weight_type=quant_type.QInt8,
+                op_types_to_quantize=op_types,
+                nodes_to_exclude=excluded,
+                extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+            )
+    finally:
+        logging.getLogger().removeFilter(hint)
     return out_path
 
 
