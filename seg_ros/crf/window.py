@@ -26,7 +26,7 @@ MAX_WINDOW = 31
 
 
 def check_window(window, downsample) -> None:
-    """ValueError naming the bad window or grid factor."""
+    """Raise ValueError naming the bad window or grid factor."""
     if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
         raise ValueError(f"window must be an odd integer >= 1, got {window!r}")
     if window > MAX_WINDOW:
