@@ -186,17 +186,6 @@ def read_label(path: Path, num_classes: int, ignore_index: int) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'360x480' -> (360, 480): height x width, as everywhere in seg_ros."""
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"size {text!r} must be HEIGHTxWIDTH, e.g. 360x480") from None
-    if height <= 0 or width <= 0:
-        raise ValueError(f"size {text!r} must be positive")
-    return height, width
-
-
 @dataclass(frozen=True)
 class Augmentation:
     """Training augmentation: geometric (scale, crop, flip), then photometric (a new camera).

@@ -42,6 +42,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_srvs.srv import SetBool
 
+from seg_ros.sizes import format_size
 from seg_ros.dds import apply_default_transport
 from seg_ros import node_parameters as params
 from seg_ros.camera_inputs import Camera
@@ -169,7 +170,7 @@ class SegmentationCore:
         self.error = ""
         self._logger.info(
             f"{self.spec.family} ({self.spec.name}) on {self.backend_name} at "
-            f"{self.pipeline.input_width}x{self.pipeline.input_height}, "
+            f"{format_size(self.pipeline.input_height, self.pipeline.input_width)} (HxW), "
             f"{self.table.num_classes} classes ({self.table.name})"
         )
 
@@ -438,7 +439,7 @@ class SegmentationCore:
                 "weights": self.spec.weights_path or "random initialisation",
                 "backend": self.backend_name,
                 "precision": str(getattr(self.pipeline.backend, "precision", values["precision"])),
-                "input_size": f"{self.pipeline.input_width}x{self.pipeline.input_height}",
+                "input_size": format_size(self.pipeline.input_height, self.pipeline.input_width),
                 "classes": f"{self.table.num_classes} ({self.table.name})",
                 "crf": "on" if values["crf.enabled"] else "off",
                 "cameras": str(len(self.cameras)),

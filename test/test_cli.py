@@ -24,7 +24,8 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_defaults_are_the_pipeline_defaults():
-    assert pipeline_config_from_args(parse()) == PipelineConfig()
+    # Nothing explicit: every CRF setting may come from the model's fitted parameters.
+    assert pipeline_config_from_args(parse()) == PipelineConfig(crf_explicit=())
 
 
 def test_every_flag_lands_in_the_config():
@@ -91,6 +92,7 @@ def test_every_flag_lands_in_the_config():
             "calibration_topic": "/cam",
         },
         crf=CrfSettings(enabled=True, iterations=3),
+        crf_explicit=("iterations",),  # given on the command line: wins over the model's fit
     )
 
 
@@ -193,7 +195,7 @@ def test_segment_end_to_end(tmp_path, checkpoint, images):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "onnxruntime" in result.stdout
-    assert "96x64" in result.stdout  # the checkpoint's input size
+    assert "64x96 (HxW)" in result.stdout  # the checkpoint's input size, height x width
     assert "latency p50" in result.stdout
     legend = cv2.imread(str(out / "legend.png"))
     assert legend is not None and legend.shape[0] > 11 * 20  # a row per CamVid class

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from seg_ros.sizes import format_size, parse_size
 from seg_ros.datasets import (
     HELD_OUT_DRIVE,
     IGNORE,
@@ -21,7 +22,6 @@ from seg_ros.datasets import (
     drive_of,
     folder_pairs,
     median_frequency_weights,
-    parse_size,
     photometric,
     read_label,
     split_pairs,
@@ -180,7 +180,8 @@ def test_median_frequency_weights_by_hand(tmp_path):
     np.testing.assert_allclose(weights, [median / f0, median / f1, 0.0], rtol=1e-6)
 
 
-def test_parse_size():
+def test_sizes_read_and_write_height_by_width():
+    assert format_size(*parse_size("360x480")) == "360x480"
     assert parse_size("360x480") == (360, 480)
     for bad in ("360", "0x480", "axb"):
         with pytest.raises(ValueError):

@@ -113,7 +113,7 @@ def test_demo_end_to_end(tmp_path, checkpoint):
     assert 1 <= report["received"]["label"] <= 4
     assert report["received"]["overlay"] >= 1
     assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["max"]
-    assert report["node"]["input_size"] == "96x64"  # the -p overrides reached the node
+    assert report["node"]["input_size"] == "64x96"  # the -p overrides reached the node (HxW)
     assert report["node"]["input_topic"] == demo.INPUT_TOPIC
     assert report["node"]["backend"]
 

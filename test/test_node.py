@@ -662,7 +662,7 @@ def test_diagnostics_report_rates_stages_and_model(raw):
         probe.send(image_msg(scene(*FRAME_SIZE), "rgb8", next_stamp()))
     values = probe.diagnostics_after(len(probe.diagnostics))
     assert values["model"] == "deeplab" and values["backend"].startswith("torch")
-    assert values["precision"] == "fp32" and values["input_size"] == "96x64"
+    assert values["precision"] == "fp32" and values["input_size"] == "64x96"
     assert values["input_topic"] == "/seg_raw/camera/image"
     assert float(values["output_rate_hz"]) > 0 and float(values["input_rate_hz"]) > 0
     for stage in (

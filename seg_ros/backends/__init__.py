@@ -142,7 +142,7 @@ def create_backend(
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: expected one of {PRECISIONS}")
     if int(height) <= 0 or int(width) <= 0:
-        raise ValueError(f"the network input size must be positive, got {width}x{height}")
+        raise ValueError(f"the network input size must be positive, got {height}x{width} (HxW)")
     if int(threads) < 0:
         raise ValueError(f"threads must be >= 0, got {threads}")
     parsed = BackendOptions.from_dict(options)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from seg_ros.commands.options import add_pipeline_arguments
+from seg_ros.sizes import format_size
 
 # The variant of each family that is small enough for a CPU (and the ones that ship with weights).
 SMALL_VARIANTS = {
@@ -31,7 +32,8 @@ JSON written by --json FILE:
   backend.latency_ms   mean, p50, p95, min, max (milliseconds)
   pipeline.fps         frames per second of the whole pipeline.process()
   pipeline.latency_ms  mean, p50, p95, min, max
-  pipeline.stages_ms   mean preprocess, inference, crf (if on), postprocess
+  pipeline.stages_ms   mean preprocess, inference, crf (if on), postprocess (wall clock),
+                       preprocess_cpu, postprocess_cpu (CPU time of the calling thread)
 With --compare: configuration, "results": a list of {family, variant, options,
 backend_kind, backend_name, backend: {...}, pipeline: {...}} (keys as above), and
 "speedup": {family: {backend, pipeline}} = onnxruntime fps / torch fps.
@@ -115,19 +117,20 @@ def measure(pipeline, frame, frames: int, warmup: int, label: str = "") -> dict:
 
 
 def benchmark_frame(path: str):
-    """(RGB uint8 frame, where it came from): --image, else a CamVid validation image, else synthetic."""
+    """Return (RGB uint8 frame, its source): --image, else a shipped sample frame."""
     import cv2
     import numpy as np
 
     from seg_ros.commands.demo import default_data
+    from seg_ros.image_sources import IMAGE_SUFFIXES
 
     if path:
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:
             raise FileNotFoundError(f"cannot read --image {path}")
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), path
-    val = default_data()
-    files = sorted(val.glob("*.png")) if val.is_dir() else []
+    samples = default_data()
+    files = sorted(p for p in samples.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if files:
         return cv2.cvtColor(cv2.imread(str(files[0]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), str(
             files[0]
@@ -175,7 +178,8 @@ def table(rows: list[tuple[str, str, dict]]) -> str:
     backend_w = max([len("backend")] + [len(r[1]) for r in rows])
     numbers = f"{'fps':>7} {'p50 ms':>8} {'p95 ms':>8}"
     lines = [
-        f"{'':<{name_w}}  {'':<{backend_w}}  {'---- backend alone ----':>25}  {'--- whole pipeline ---':>25}",
+        f"{'':<{name_w}}  {'':<{backend_w}}  {'---- backend alone ----':>25}  "
+        f"{'--- whole pipeline ---':>25}",
         f"{'model':<{name_w}}  {'backend':<{backend_w}}  {numbers}  {numbers}",
     ]
     for name, backend, result in rows:
@@ -201,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
     frame, frame_source = benchmark_frame(args.image)
     import torch
 
-    # Without bundled weights the networks are random: seeded, so a repeated benchmark reuses the exported graph.
+    # Without bundled weights the networks are random: seeded, so a repeated benchmark reuses
+    # the exported graph.
     torch.manual_seed(0)
     report = (
         run_compare(args, frame, frame_source)
@@ -244,7 +249,8 @@ def run_single(args, frame, frame_source: str) -> dict:
         **_environment(args, frame, frame_source),
     }
     print(
-        f"{spec.name} at {pipeline.input_width}x{pipeline.input_height} on {built.backend_name} "
+        f"{spec.name} at {format_size(pipeline.input_height, pipeline.input_width)} (HxW) on "
+        f"{built.backend_name} "
         f"({pipeline.backend.precision}; {pipeline.backend.reason}); frame: {frame_source}, "
         f"{args.frames} frames after {args.warmup} warm-up"
     )
@@ -304,7 +310,7 @@ def run_compare(args, frame, frame_source: str) -> dict:
                     **result,
                 }
             )
-            rows.append((spec.name, backend.name, result))
+            rows.append((f"{spec.name} @{format_size(height, width)}", backend.name, result))
             print(
                 f"{spec.name} on {backend.name}: backend {result['backend']['fps']:.2f} fps, "
                 f"pipeline {result['pipeline']['fps']:.2f} fps",
@@ -316,8 +322,9 @@ def run_compare(args, frame, frame_source: str) -> dict:
         }
     print()
     print(
-        f"ONNX Runtime vs eager PyTorch at {width}x{height}, {args.frames} frames after {args.warmup} "
-        f"warm-up, threads={args.threads or 'default'}, frame: {frame_source}"
+        f"ONNX Runtime vs eager PyTorch, each model at its network size (HxW after @), "
+        f"{args.frames} frames after {args.warmup} warm-up, threads={args.threads or 'default'}, "
+        f"frame: {frame_source}"
     )
     print(table(rows))
     for family, ratio in speedup.items():

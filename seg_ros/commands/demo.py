@@ -208,7 +208,7 @@ def format_report(report: dict) -> str:
     lines = [
         f"node: {node.get('model', '?')} ({node.get('model_name', '?')}) "
         f"on {node.get('backend', '?')} "
-        f"at {node.get('input_size', '?')}",
+        f"at {node.get('input_size', '?')} (HxW)",
         f"first (untimed warm-up) frame came back after {report['first_frame_ms']:.0f} ms",
         f"sent {report['frames_sent']} frames; received {received}",
         f"output rate {report['output_rate_hz']:.2f} Hz; latency (output received - input sent) "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from seg_ros.sizes import format_size
 
 JSON_KEYS_HELP = """\
 --json FILE keys (ratios are fractions in [0, 1], null where a class can not be scored):
@@ -18,7 +19,8 @@ Skip reasons: no_ground_truth, label_without_image, size_mismatch,
 examples:
   seg_ros evaluate --bag drive.mcap --image-topic /camera/image_raw --label-topic /camera/labels \\
       --json metrics.json --report report/
-  seg_ros evaluate --images camvid/val --labels camvid/valannot --model deeplab --backend onnxruntime
+  seg_ros evaluate --images camvid/val --labels camvid/valannot --model deeplab \\
+      --backend onnxruntime
   seg_ros evaluate --data ../shared/datasets/camvid --split new-drive --json new_drive.json
 """
 
@@ -87,7 +89,8 @@ def register(subparsers) -> None:
     out.add_argument(
         "--output-namespace",
         default="segmentation_node",
-        help="namespace of the added topics (default: segmentation_node, like the node's ~/ topics)",
+        help="namespace of the added topics (default: segmentation_node, like the node's ~/ "
+        "topics)",
     )
     out.add_argument(
         "--output-storage",
@@ -219,7 +222,9 @@ def run(args) -> int:
             "model": f"{built.spec.family} {built.spec.name} "
             f"({built.spec.weights_path or 'random init'})",
             "backend": built.backend_name,
-            "network input": f"{built.pipeline.input_width}x{built.pipeline.input_height}",
+            "network input (HxW)": format_size(
+                built.pipeline.input_height, built.pipeline.input_width
+            ),
             "dense CRF": "on" if args.crf else "off",
         }
         path = write_report(
@@ -241,9 +246,11 @@ def run(args) -> int:
         )
     bf = summary["boundary_f1"]
     print(
-        f"mIoU {100 * summary['miou']:.2f}%  pixel accuracy {100 * summary['pixel_accuracy']:.2f}%  "
+        f"mIoU {100 * summary['miou']:.2f}%  "
+        f"pixel accuracy {100 * summary['pixel_accuracy']:.2f}%  "
         f"mean class accuracy {100 * summary['mean_class_accuracy']:.2f}%  "
         f"boundary F1 {'n/a' if bf is None else f'{100 * bf:.2f}%'}  "
-        f"frames {frames['used']} scored, {sum(frames['skipped'].values())} skipped {frames['skipped'] or ''}"
+        f"frames {frames['used']} scored, {sum(frames['skipped'].values())} skipped "
+        f"{frames['skipped'] or ''}"
     )
     return 0

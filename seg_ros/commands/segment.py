@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from seg_ros.commands.options import add_pipeline_arguments
+from seg_ros.sizes import format_size
 
 
 def register(subparsers) -> None:
@@ -68,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     _write_png(output / "legend.png", cv2.cvtColor(legend, cv2.COLOR_RGB2BGR))
     print(
         f"{built.spec.name} ({built.spec.family}) on {built.backend_name}, "
-        f"{built.pipeline.input_width}x{built.pipeline.input_height}; input: {source.describe()}"
+        f"{format_size(built.pipeline.input_height, built.pipeline.input_width)} (HxW); "
+        f"input: {source.describe()}"
     )
 
     latencies, seen = [], set()

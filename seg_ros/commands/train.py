@@ -46,7 +46,7 @@ def _pair(text: str) -> tuple[float, float]:
 
 
 def _size(text: str) -> tuple[int, int]:
-    from seg_ros.datasets import parse_size
+    from seg_ros.sizes import parse_size
 
     try:
         return parse_size(text)

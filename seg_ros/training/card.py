@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from seg_ros.training.device import cpu_name
+from seg_ros.sizes import format_size
 
 EVALUATION_TITLES = {
     "new-drive": "new drive (0006R0 held out: a street the model never saw)",
@@ -155,7 +156,8 @@ def write_model_card(weights: str | Path, latencies: list[dict], *, notes: str =
         f"- family `{spec.family}`, options `{json.dumps(spec.options, sort_keys=True)}`",
         f"- {params / 1e6:.2f} M parameters; file {weights.stat().st_size / 2**20:.1f} MiB "
         f"(fp16 safetensors), sha256 `{file_sha256(weights)[:16]}…`",
-        f"- network input {spec.input_width}x{spec.input_height} (width x height); the pipeline "
+        f"- network input {format_size(spec.input_height, spec.input_width)} (height x width); "
+        "the pipeline "
         "resizes any frame to it and the label back to the frame's size; ImageNet mean/std",
         "",
         "## Training",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from seg_ros.sizes import format_size
 
 
 def measure_cpu_latency(
@@ -34,7 +35,7 @@ def measure_cpu_latency(
     return {
         "backend": built.backend_name,
         "threads": threads,
-        "image": f"{image.shape[1]}x{image.shape[0]}",
+        "image": format_size(*image.shape[:2]),
         "pipeline_ms_median": round(float(np.median(totals)), 1),
         "pipeline_ms_p90": round(float(np.percentile(totals, 90)), 1),
         "inference_ms_median": round(float(np.median(inference)), 1),
