@@ -178,10 +178,10 @@ def test_tensorrt_requested_without_tensorrt_says_so(deeplab):
         create_backend("tensorrt", deeplab, height=H, width=W, precision="fp16")
     with pytest.raises(BackendError, match="a DLA core runs fp16 or int8 only"):
         create_backend("tensorrt", deeplab, height=H, width=W, options={"dla_core": 0})
-    with pytest.raises(
-        BackendError, match="INT8 calibration: .*exactly one of calibration_images"
-    ):
-        create_backend("tensorrt", deeplab, height=H, width=W, precision="int8")
+    # Weights without a shipped calibration table and no calibration data: said before any work.
+    random = LoadedModel(deeplab.module, ModelSpec(name="r", family="deeplab", num_classes=11))
+    with pytest.raises(BackendError, match="INT8 calibration: .*ships no calibration table"):
+        create_backend("tensorrt", random, height=H, width=W, precision="int8")
 
 
 # --- auto ---------------------------------------------------------------------------------------
