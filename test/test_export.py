@@ -259,12 +259,14 @@ def test_segnet_export_is_the_network_and_the_printed_difference_says_where_it_m
 
 
 def _frames(count: int, height: int, width: int, seed: int) -> list[np.ndarray]:
-    """CamVid val frames when present (else generated street-like scenes), as RGB uint8."""
+    """CamVid val frames, else the package's sample frames, else generated scenes; RGB uint8."""
     import cv2
 
     from conftest import camvid_root
+    from seg_ros.paths import samples_dir
 
     files = sorted((camvid_root() / "val").glob("*.png"))
+    files = files or sorted((samples_dir() / "camvid").glob("*.jpg"))
     if files:
         picks = files[:: max(len(files) // count, 1)][:count]
         return [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in picks]
@@ -349,23 +351,16 @@ def test_fp16_graph_is_strongly_typed_fp16_and_agrees_with_pytorch(bundled_fp32,
 
 @pytest.fixture(scope="module")
 def bundled_int8(bundled_fp32, tmp_path_factory):
-    """Quantise the bundled model with the shared QDQ function, calibrated on 8 other frames."""
-    import cv2
-
-    from seg_ros.backends.calibration import CalibrationSource
-    from seg_ros.backends.quantize import calibrate, write_qdq_onnx
+    """Quantise the bundled model with the shared QDQ function and its shipped calibration."""
+    from seg_ros.backends import BackendOptions
+    from seg_ros.backends.calibration import resolve_calibration
+    from seg_ros.backends.quantize import RangeTable, write_qdq_onnx
 
     loaded, fp32 = bundled_fp32
-    spec = loaded.spec
+    table = resolve_calibration(BackendOptions(), loaded.spec)
+    assert isinstance(table, RangeTable)  # the bundled model ships its calibration
     folder = tmp_path_factory.mktemp("int8")
-    frames = folder / "calibration"
-    frames.mkdir()
-    for i, image in enumerate(_frames(8, spec.input_height, spec.input_width, seed=7)[::-1]):
-        cv2.imwrite(str(frames / f"{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    source = CalibrationSource(images=str(frames), frames=8)
-    batches = source.batches(spec.input_height, spec.input_width, spec.mean, spec.std)
-    table = calibrate(fp32, batches, source.count())
-    return loaded, write_qdq_onnx(fp32, folder / "qdq.onnx", table)
+    return loaded, write_qdq_onnx(fp32, folder / "qdq.onnx", table, profile="tensorrt")
 
 
 def test_int8_graph_for_tensorrt_runs_the_same_numbers(bundled_int8, tmp_path):

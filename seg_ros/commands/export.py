@@ -17,7 +17,7 @@ QDQ graph (symmetric INT8, calibrated from --calibration-images or
 --calibration-bag/--calibration-topic, else the model's shipped table) that
 both ONNX Runtime and TensorRT run. The export is checked with onnx.checker,
 for what TensorRT's ONNX parser rejects, and against PyTorch with ONNX Runtime
-on a random image (skip with --no-verify).
+on a random image, or on --verify-images frames (skip with --no-verify).
 
 Examples:
   seg_ros export --model deeplab --onnx deeplab.onnx        (bundled weights, trained size)
@@ -66,6 +66,14 @@ def register(subparsers) -> None:
         help="fp32, fp16 (strongly typed fp16 graph) or int8 (QDQ graph)",
     )
     out.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime comparison")
+    out.add_argument(
+        "--verify-images",
+        default="",
+        help="compare on frames from this folder (drawn evenly) instead of one random image",
+    )
+    out.add_argument(
+        "--verify-frames", type=int, default=10, help="frames for --verify-images (default 10)"
+    )
     calib = parser.add_argument_group("INT8 calibration (default: the model's shipped table)")
     calib.add_argument("--calibration-images", default="", help="folder of calibration images")
     calib.add_argument("--calibration-bag", default="", help="rosbag2 with calibration images")
@@ -165,18 +173,29 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("TensorRT operator check: all operators supported")
     if not args.no_verify:
-        image = np.random.default_rng(0).standard_normal((1, 3, height, width), dtype=np.float32)
-        _verify(loaded.module, path, image, args.precision, "logits" if args.logits else "")
+        if args.verify_images:
+            from seg_ros.backends.calibration import CalibrationSource
+
+            frames = CalibrationSource(images=args.verify_images, frames=args.verify_frames)
+            frames.validate()
+            images = list(frames.batches(height, width, spec.mean, spec.std))
+            where = f"{len(images)} frames of {args.verify_images}"
+        else:
+            rng = np.random.default_rng(0)
+            images = [rng.standard_normal((1, 3, height, width), dtype=np.float32)]
+            where = "a random image"
+        what = "logits" if args.logits else "probabilities"
+        _verify(loaded.module, path, images, args.precision, what, where)
     return 0
 
 
-def _verify(module, path: Path, image, precision: str, what: str) -> None:
+def _verify(module, path: Path, images, precision: str, what: str, where: str) -> None:
     """Print how the file agrees with PyTorch fp32; refuse an fp32 export that differs from it."""
     from seg_ros.export import compare_with_torch
 
-    what = what or "probabilities"
-    graph = compare_with_torch(module, path, image)
-    deployed = compare_with_torch(module, path, image, optimized=True)
+    graph = compare_with_torch(module, path, images)
+    deployed = compare_with_torch(module, path, images, optimized=True)
+    print(f"compared with PyTorch fp32 on {where}:")
     print(
         f"ONNX Runtime ({precision} graph as written) vs PyTorch fp32: label agreement "
         f"{graph['label_agreement']:.4%}, max |{what} difference| {graph['max_abs_diff']:.2e}"
@@ -190,8 +209,8 @@ def _verify(module, path: Path, image, precision: str, what: str) -> None:
     if graph["label_agreement"] < AGREEMENT[precision]:
         message = (
             f"{path}: ONNX Runtime disagrees with PyTorch on "
-            f"{1 - graph['label_agreement']:.2%} of pixels of a random image"
+            f"{1 - graph['label_agreement']:.2%} of pixels of {where}"
         )
         if precision == "fp32":
             raise RuntimeError(message)
-        print(f"warning: {message} (random input; check on real frames with seg_ros evaluate)")
+        print(f"warning: {message} (check on real frames: --verify-images)")
