@@ -48,7 +48,7 @@ class TorchBackend(Backend):
             torch.set_num_threads(threads)  # process-wide: torch has no per-module thread setting
         self.device = torch.device(device)
         self._dtype = torch.float16 if precision == "fp16" else torch.float32
-        # A private copy: moving to CUDA, halving or channels-last must not change the caller's module.
+        # A private copy: moving to CUDA, halving or channels-last must leave the caller's module.
         module = copy.deepcopy(loaded.module).eval()
         self._module = module.to(self.device, dtype=self._dtype, memory_format=torch.channels_last)
         label = torch.cuda.get_device_name(self.device) if device == "cuda" else "cpu"
