@@ -217,3 +217,20 @@ def test_cpu_profile_is_a_known_one():
     assert q.cpu_profile() in q.PROFILES
     with pytest.raises(ValueError, match="unknown INT8 profile"):
         q.write_qdq_onnx("x.onnx", "y.onnx", q.RangeTable({"a": (0.0, 1.0)}), "gpu")
+
+
+def test_cli_flags_reach_the_backend_options():
+    import argparse
+
+    from seg_ros.backends.base import BackendOptions
+    from seg_ros.commands.options import add_pipeline_arguments, pipeline_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_pipeline_arguments(parser)
+    args = parser.parse_args(
+        ["--precision", "int8", "--calibration-images", "frames/", "--calibration-frames", "8"]
+    )
+    config = pipeline_config_from_args(args)
+    options = BackendOptions.from_dict(config.backend_options)
+    assert config.precision == "int8"
+    assert (options.calibration_images, options.calibration_frames) == ("frames/", 8)
