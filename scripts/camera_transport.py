@@ -13,7 +13,7 @@ back on each output. Set-ups:
 
 The network runs at a small input size: this measures transport, not the model.
 
-    .venv/bin/python scripts/camera_transport.py --sizes 640x480,1280x720,1920x1080 --rate 5
+    .venv/bin/python scripts/camera_transport.py --sizes 480x640,720x1280,1080x1920 --rate 5
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import numpy as np
 from seg_ros.commands import demo
 from seg_ros.demo_session import DemoSession
 from seg_ros.dds import USER_SETTINGS
+from seg_ros.sizes import format_size, parse_size
 
 SETUPS = {
     "seg_ros": ({}, []),
@@ -50,11 +51,11 @@ class SyntheticCamera:
 
     def describe(self) -> str:
         height, width = self.frames[0].shape[:2]
-        return f"synthetic {width}x{height} rgb8"
+        return f"synthetic {format_size(height, width)} rgb8"
 
 
 def measure(size: tuple[int, int], setup: str, args: argparse.Namespace) -> dict:
-    width, height = size
+    height, width = size
     node_env, params = SETUPS[setup]
     commands = argparse.ArgumentParser().add_subparsers()
     demo.register(commands)
@@ -71,14 +72,14 @@ def measure(size: tuple[int, int], setup: str, args: argparse.Namespace) -> dict
         try:
             session.wait_ready(frames[0], args.startup_timeout)
         except RuntimeError as exc:  # the warm-up frame never came back: nothing gets through
-            print(f"{width}x{height} {setup}: {exc}", flush=True)
+            print(f"{format_size(height, width)} {setup}: {exc}", flush=True)
             sent = 0
         else:
             session.send(frames, sent, args.rate)
         report = session.report()
     node = report.get("node", {})
     return {
-        "size": f"{width}x{height}",
+        "size": format_size(height, width),
         "setup": setup,
         "rate_hz": args.rate,
         "sent": sent,
@@ -92,7 +93,9 @@ def measure(size: tuple[int, int], setup: str, args: argparse.Namespace) -> dict
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="640x480,1280x720,1920x1080", help="WxH list")
+    parser.add_argument(
+        "--sizes", default="480x640,720x1280,1080x1920", help="camera sizes, HEIGHTxWIDTH"
+    )
     parser.add_argument("--setups", default=",".join(SETUPS), help=f"of {', '.join(SETUPS)}")
     parser.add_argument("--rate", type=float, default=5.0, help="camera rate in Hz")
     parser.add_argument("--seconds", type=float, default=10.0, help="frames = rate x seconds")
@@ -111,9 +114,8 @@ def main() -> int:
     os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
     rows = []
     for text in args.sizes.split(","):
-        width, height = (int(v) for v in text.lower().split("x"))
         for setup in args.setups.split(","):
-            row = measure((width, height), setup, args)
+            row = measure(parse_size(text), setup, args)
             rows.append(row)
             outputs = " ".join(f"{k} {v}" for k, v in row["outputs"].items())
             print(

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Play cameras into the segmentation node at a fixed rate; compare with the backend alone.
 
-    .venv/bin/python scripts/node_throughput.py --seconds 20 --rate 30 --frame-size 640x480
+    .venv/bin/python scripts/node_throughput.py --seconds 20 --rate 30 --frame-size 480x640
     .venv/bin/python scripts/node_throughput.py --cameras 1,2,4 --layout both --seconds 20
 
 1. times the model, backend and network size without ROS (``backend.infer`` on a batch of
@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from seg_ros.sizes import format_size, parse_size
+
 OUTPUTS = ("label", "confidence", "color", "overlay")
 NODE_STAGES = ("decode", "preprocess", "postprocess", "publish")  # everything but the network
 NAMESPACE = "throughput"
@@ -48,7 +50,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="how long each run plays")
     parser.add_argument("--rate", type=float, default=30.0, help="frames per second per camera")
-    parser.add_argument("--frame-size", default="640x480", help="WIDTHxHEIGHT of the frames")
+    parser.add_argument("--frame-size", default="480x640", help="HEIGHTxWIDTH of the frames")
     parser.add_argument(
         "--cameras", default="1", help="comma-separated camera counts to run, e.g. 1,2,4"
     )
@@ -299,7 +301,7 @@ def play(args, parameters: dict, cameras: int, layout: str, frame: np.ndarray) -
 
 def main() -> int:
     args = parse_args()
-    width, height = (int(v) for v in args.frame_size.lower().split("x"))
+    height, width = parse_size(args.frame_size)
     os.environ.setdefault("ROS_DOMAIN_ID", str(150 + os.getpid() % 60))
     parameters = node_parameters(args)
     backend_rate, backend_name = backend_only_rate(parameters, min(args.seconds, 15.0))
@@ -315,7 +317,7 @@ def main() -> int:
     result = {
         "model": args.model,
         "backend": backend_name,
-        "frame_size": f"{width}x{height}",
+        "frame_size": format_size(height, width),
         "rate_hz_per_camera": args.rate,
         "backend_only_rate_hz": round(backend_rate, 2),
         "transport": args.transport,

@@ -23,6 +23,7 @@ import cv2
 from seg_ros.commands import demo
 from seg_ros.demo_session import DemoSession
 from seg_ros.image_sources import open_image_source
+from seg_ros.sizes import format_size
 
 
 def rss_mib(pid: int) -> float:
@@ -46,7 +47,7 @@ class ResizedSamples:
 
     def describe(self) -> str:
         height, width = self.frames[0].shape[:2]
-        return f"{self.count} sample frames resized to {width}x{height}"
+        return f"{self.count} sample frames resized to {format_size(height, width)}"
 
 
 def main() -> int:
@@ -80,7 +81,7 @@ def main() -> int:
     result = {
         "frames_sent": args.warmup_frames + args.frames,
         "rate_hz": args.rate,
-        "size": f"{args.width}x{args.height}",
+        "size": format_size(args.height, args.width),
         "rss_after_warmup_mib": round(baseline, 1),
         "rss_final_mib": round(final, 1),
         "rss_growth_percent": round(growth, 2),
