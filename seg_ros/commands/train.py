@@ -78,6 +78,21 @@ def register(subparsers) -> None:
         help="refinenet: Light-Weight RefineNet",
     )
     model.add_argument(
+        "--variant", choices=("8s", "16s", "32s"), default=None, help="fcn: FCN-8s/16s/32s"
+    )
+    model.add_argument(
+        "--crf-rnn",
+        action="store_true",
+        default=None,
+        help="end the network in the CRF-as-RNN layer and train it end to end with the network",
+    )
+    model.add_argument(
+        "--crf-rnn-iterations",
+        type=int,
+        default=None,
+        help="mean-field iterations the CRF-as-RNN layer unrolls (default 5)",
+    )
+    model.add_argument(
         "--pretrained-backbone",
         default="",
         help="local ImageNet backbone weights (.pth/.safetensors)",
@@ -317,9 +332,11 @@ def _new_config(args):
         raise ValueError("seg_ros train needs --model and --data (or --resume)")
     options = {
         key: getattr(args, key)
-        for key in ("backbone", "version", "output_stride", "light_weight")
+        for key in ("backbone", "version", "output_stride", "light_weight", "variant", "crf_rnn")
         if getattr(args, key) is not None
     }
+    if args.crf_rnn_iterations is not None:
+        options["crf_iterations"] = args.crf_rnn_iterations
     name = args.name or f"{args.model}_{args.dataset}"
     return TrainConfig(
         model=args.model,
