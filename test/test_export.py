@@ -132,6 +132,7 @@ def test_export_command_writes_the_head_graph(tmp_path, capsys):
     assert "all operators supported" in printed
     assert "(fp32 graph as written) vs PyTorch fp32: label agreement 100.0000%" in printed
     assert "with its graph optimisations (as the backends run it): label agreement" in printed
+    assert "compared with PyTorch fp32 on a random image" in printed
 
     session = _session(out)
     assert [o.name for o in session.get_outputs()] == list(HEAD_OUTPUTS)
