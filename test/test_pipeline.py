@@ -9,8 +9,10 @@ from seg_ros.pipeline import CrfSettings, SegmentationPipeline
 
 
 class ColourRuleBackend:
-    """A deterministic backend: class = the dominant colour channel, probabilities a softmax of the
-    normalised channels. It lets the pipeline's resizing and head logic be checked exactly.
+    """A deterministic backend: class = the dominant colour channel.
+
+    Probabilities are a softmax of the normalised channels, so the pipeline's resizing and head
+    logic can be checked exactly.
     """
 
     name = "colour-rule"

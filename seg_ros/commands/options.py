@@ -56,7 +56,7 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags that choose a network and its weights (also used by `seg_ros export`)."""
+    """Add the flags that choose a network and its weights (also `seg_ros export`'s)."""
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model",
@@ -103,7 +103,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--light-weight",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="refinenet: Light-Weight RefineNet, or the paper's 4-cascade one with --no-light-weight",
+        help="refinenet: Light-Weight RefineNet, or the paper's 4-cascade one with "
+        "--no-light-weight",
     )
     model.add_argument(
         "--separable",
@@ -131,7 +132,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def model_options_from_args(args: argparse.Namespace) -> dict:
-    """The variant flags that were given, as ``build_model`` / ``load_model`` options."""
+    """Return the variant flags given, as ``build_model`` / ``load_model`` options."""
     return {
         key: getattr(args, dest)
         for dest, key in _MODEL_OPTIONS.items()
@@ -188,7 +189,8 @@ def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
         "--crf-downsample",
         type=_non_negative_int,
         default=0,
-        help="message-passing grid factor: 0 automatic (fastest), 1 full resolution (as pydensecrf)",
+        help="message-passing grid factor: 0 automatic (fastest), 1 full resolution (as "
+        "pydensecrf)",
     )
 
     trt = parser.add_argument_group("TensorRT")
@@ -223,7 +225,7 @@ def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
 
 def pipeline_config_from_args(args: argparse.Namespace):
     """Map the flags added by ``add_pipeline_arguments`` onto a ``PipelineConfig``."""
-    from seg_ros.pipeline import CrfSettings, PipelineConfig
+    from seg_ros.pipeline import PipelineConfig
 
     backend_options = {
         key: getattr(args, key) for key in _BACKEND_OPTIONS if getattr(args, key, None) is not None

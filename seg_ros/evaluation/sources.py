@@ -1,4 +1,6 @@
-"""Frames with ground truth for the offline evaluator: from a rosbag2 (sqlite3 or mcap) or from two folders.
+"""Frames with ground truth for the offline evaluator: from a rosbag2 or from two folders.
+
+Bags may be sqlite3 or mcap.
 
 A source yields ``Frame`` objects in reading order. A frame that can not be
 scored still comes out, with ``skip_reason`` (a short key counted in the
@@ -22,7 +24,6 @@ from seg_ros.image_codec import ImageDecodeError, decode_compressed, decode_imag
 from seg_ros.image_sources import IMAGE_SUFFIXES
 
 LOG = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -51,7 +52,8 @@ def _label_from_array(pixels: np.ndarray, what: str) -> np.ndarray:
         ):
             return np.ascontiguousarray(pixels[:, :, 0])  # grey stored as colour
         raise ValueError(
-            f"{what} is a colour image; ground truth must hold one class index per pixel (mono8/mono16)"
+            f"{what} is a colour image; ground truth must hold one class index per pixel "
+            "(mono8/mono16)"
         )
     if pixels.dtype not in (np.uint8, np.uint16):
         raise ValueError(
@@ -61,7 +63,7 @@ def _label_from_array(pixels: np.ndarray, what: str) -> np.ndarray:
 
 
 def decode_label_message(msg, compressed: bool) -> np.ndarray:
-    """A ground-truth Image (mono8/mono16) or lossless CompressedImage (png) -> H×W class indices."""
+    """Decode a ground-truth Image (mono8/16) or png CompressedImage to H×W class indices."""
     if compressed:
         data = np.asarray(msg.data, dtype=np.uint8).reshape(-1)
         pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
@@ -81,7 +83,7 @@ def read_label_file(path: Path) -> np.ndarray:
 
 
 class FolderSource:
-    """Images in one folder, ground truth with the same file stem in another (CamVid's val/ + valannot/)."""
+    """Images in one folder, ground truth with the same file stem in another (val/ + valannot/)."""
 
     def __init__(self, images: str | Path, labels: str | Path):
         self.images_dir, self.labels_dir = Path(images), Path(labels)
@@ -155,9 +157,7 @@ class BagSource:
         self.on_message = on_message
         self.reader = open_bag(self.path)
         topics = self.reader.topics
-        image_like = sorted(
-            t for t, info in topics.items() if info.msgtype in IMAGE_TYPES
-        )
+        image_like = sorted(t for t, info in topics.items() if info.msgtype in IMAGE_TYPES)
         self.image_topic = self._resolve(image_topic, topics, image_like, "image")
         self.label_topic = self._resolve(label_topic, topics, image_like, "ground-truth label")
         if self.image_topic == self.label_topic:
@@ -191,7 +191,8 @@ class BagSource:
                 return name
         self.close()
         raise ValueError(
-            f"bag {self.path} has no {what} topic {topic}; its image topics are: {', '.join(image_like) or 'none'}"
+            f"bag {self.path} has no {what} topic {topic}; its image topics are: "
+            f"{', '.join(image_like) or 'none'}"
         )
 
     @property
@@ -269,7 +270,8 @@ class BagSource:
                             yield Frame(
                                 key=stamp_key(*stamp),
                                 skip_reason="duplicate_stamp",
-                                problem=f"two labels with stamp {stamp_key(*stamp)}; using the later one",
+                                problem=f"two labels with stamp {stamp_key(*stamp)}; using the "
+                                "later one",
                             )
                         pending_labels[stamp] = (msg, compressed)
                 while len(pending_images) > self.max_pending:

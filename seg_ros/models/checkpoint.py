@@ -105,7 +105,7 @@ def save_checkpoint(
 
 
 def read_spec(path: str | Path) -> ModelSpec:
-    """The ModelSpec stored in a seg_ros .safetensors checkpoint; ValueError if it is not one."""
+    """Read the ModelSpec stored in a seg_ros .safetensors file; ValueError if it is not one."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -185,7 +185,8 @@ def _load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: Path)
     unexpected = sorted(set(state) - set(wanted))
     if missing or unexpected:
         raise ValueError(
-            f"{path}: weights do not match the network ({len(missing)} missing, e.g. {missing[:2]}; "
+            f"{path}: weights do not match the network ({len(missing)} missing, e.g. "
+            f"{missing[:2]}; "
             f"{len(unexpected)} unexpected, e.g. {unexpected[:2]})"
         )
     for key, value in state.items():
@@ -198,7 +199,7 @@ def _load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: Path)
 
 
 def _resolve_path(weights: str) -> Path:
-    """A path as given, or a file in models/ named by file name or stem."""
+    """Resolve a path as given, or a file in models/ named by file name or stem."""
     path = Path(weights).expanduser()
     if path.is_file():
         return path
@@ -216,7 +217,8 @@ def _class_setup(num_classes: int, class_table: str) -> tuple[int, str]:
         table = load_class_table(class_table)
         if num_classes and num_classes != table.num_classes:
             raise ValueError(
-                f"num_classes={num_classes} does not match class table {class_table!r} ({table.num_classes} classes)"
+                f"num_classes={num_classes} does not match class table {class_table!r} "
+                f"({table.num_classes} classes)"
             )
         return table.num_classes, class_table
     if num_classes:
@@ -322,7 +324,8 @@ def _load_seg_ros_checkpoint(
         )
     if num_classes and num_classes != spec.num_classes:
         raise ValueError(
-            f"{path}: predicts {spec.num_classes} classes, but num_classes={num_classes} was asked for"
+            f"{path}: predicts {spec.num_classes} classes, but num_classes={num_classes} was "
+            "asked for"
         )
     asked = resolve_options(spec.family, **options)
     conflicts = [
@@ -356,7 +359,8 @@ def _load_state_dict_file(
     classifier_key = f"{probe.CLASSIFIER}.weight"
     if classifier_key not in state:
         raise ValueError(
-            f"{path}: no {classifier_key!r}, so it is not a {variant_name(family, resolved)} state_dict"
+            f"{path}: no {classifier_key!r}, so it is not a {variant_name(family, resolved)} "
+            "state_dict"
         )
     file_classes = int(state[classifier_key].shape[0])
     if num_classes and num_classes != file_classes:

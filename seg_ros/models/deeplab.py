@@ -26,7 +26,7 @@ LOW_LEVEL_CHANNELS = 48  # v3+ reduces the stride-4 features to 48 channels befo
 
 
 def _conv3x3(cin: int, cout: int, dilation: int, separable: bool) -> nn.Sequential:
-    """3x3 conv + BN + ReLU; separable = depthwise 3x3 + BN + ReLU, then pointwise 1x1 + BN + ReLU."""
+    """3x3 conv + BN + ReLU; separable: depthwise 3x3 + BN + ReLU, pointwise 1x1 + BN + ReLU."""
     if not separable:
         return nn.Sequential(
             nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation, bias=False),
@@ -59,7 +59,7 @@ class ImagePooling(nn.Sequential):
 
 
 class ASPP(nn.Module):
-    """Atrous spatial pyramid pooling: 1x1, three atrous 3x3 and image pooling, concatenated and projected."""
+    """ASPP: 1x1, three atrous 3x3 and image pooling, concatenated and projected."""
 
     def __init__(
         self,
@@ -89,7 +89,7 @@ class ASPP(nn.Module):
 
 
 class DeepLabV3(nn.Module):
-    """Backbone -> ASPP head (torchvision's DeepLabHead layout) -> bilinear upsampling to the input size."""
+    """Backbone -> ASPP head (torchvision's DeepLabHead layout) -> bilinear upsampling."""
 
     CLASSIFIER = "classifier.4"
 
@@ -104,7 +104,7 @@ class DeepLabV3(nn.Module):
 
 
 class PlusDecoder(nn.Module):
-    """v3+ decoder: upsample the ASPP output to stride 4, concatenate reduced low-level features, refine, classify."""
+    """v3+ decoder: ASPP output at stride 4 + reduced low-level features, classified."""
 
     def __init__(self, low_channels: int, num_classes: int, separable: bool):
         super().__init__()

@@ -33,7 +33,7 @@ def _upsample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class ChainedResidualPooling(nn.Module):
-    """A chain of (5x5 stride-1 max-pool, conv) blocks; every block's output is added to the input."""
+    """Chain (5x5 stride-1 max-pool, conv) blocks; every block's output is added to the input."""
 
     def __init__(self, channels: int, blocks: int, kernel: int):
         super().__init__()
@@ -51,7 +51,7 @@ class ChainedResidualPooling(nn.Module):
 
 
 class ResidualConvUnit(nn.Module):
-    """RCU: ReLU, 3x3 conv, ReLU, 3x3 conv, plus the input (a simplified ResNet block without BN)."""
+    """RCU: ReLU, 3x3 conv, ReLU, 3x3 conv, plus the input (a ResNet block without BN)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -63,7 +63,7 @@ class ResidualConvUnit(nn.Module):
 
 
 class RefineBlock(nn.Module):
-    """One RefineNet block: per path adaptive conv + 2 RCUs, multi-resolution fusion, CRP, output RCU."""
+    """One RefineNet block: per path conv + 2 RCUs, multi-resolution fusion, CRP, output RCU."""
 
     def __init__(self, tap_channels: list[int], previous_channels: int, width: int):
         super().__init__()
@@ -100,7 +100,7 @@ class RefineBlock(nn.Module):
 
 
 class LightRefineLevel(nn.Module):
-    """Light-Weight RefineNet level: 1x1 reductions summed with the upsampled coarser level, ReLU, CRP (4 x 1x1)."""
+    """LW-RefineNet level: 1x1 reductions + upsampled coarser level, ReLU, CRP (4 x 1x1)."""
 
     def __init__(self, tap_channels: list[int], width: int, out_channels: int):
         super().__init__()
@@ -118,7 +118,7 @@ class LightRefineLevel(nn.Module):
 
 
 class RefineNet(nn.Module):
-    """Backbone taps grouped by stride -> cascade from coarse to fine -> classifier -> upsampling to input size."""
+    """Backbone taps by stride -> cascade from coarse to fine -> classifier -> upsampling."""
 
     CLASSIFIER = "classifier"
 
@@ -155,7 +155,8 @@ def refinenet(
     groups = [[name for name, s, _ in taps if s == stride] for stride in strides]
     channels = {name: c for name, _, c in taps}
     body = feature_extractor(backbone, {name: name for name, _, _ in taps})
-    # The ResNet variants give the coarsest level 512 channels, as both papers do; the rest use 256.
+    # The ResNet variants give the coarsest level 512 channels, as both papers do; the rest use
+    # 256.
     deep_width = 512 if backbone.startswith("resnet") else 256
     levels: list[nn.Module] = []
     previous = 0

@@ -21,7 +21,9 @@ from seg_ros.models.backbones import load_imagenet_weights
 
 
 def unpool_like_max(values: torch.Tensor, pre_pool: torch.Tensor) -> torch.Tensor:
-    """``MaxUnpool2d(2, 2)`` of ``values`` at the indices ``MaxPool2d(2, 2)`` would return for ``pre_pool``.
+    """Unpool ``values`` as ``MaxUnpool2d(2, 2)`` would at ``MaxPool2d(2, 2)``'s indices.
+
+    The indices are those ``MaxPool2d`` would return for ``pre_pool``.
 
     PyTorch keeps the first maximum of each 2x2 window in row-major order; so
     does this (ties included), using only ops TensorRT parses.
@@ -33,7 +35,8 @@ def unpool_like_max(values: torch.Tensor, pre_pool: torch.Tensor) -> torch.Tenso
         .reshape(n, c, h // 2, w // 2, 4)
     )
     is_max = (windows == windows.amax(dim=-1, keepdim=True)).to(values.dtype)
-    # earlier[j, k] = 1 for j < k, so (is_max @ earlier)[k] counts the maxima before slot k of a window.
+    # earlier[j, k] = 1 for j < k, so (is_max @ earlier)[k] counts the maxima before slot k of a
+    # window.
     earlier = torch.ones(4, 4, dtype=values.dtype, device=values.device).triu(diagonal=1)
     earlier_maxima = torch.matmul(is_max, earlier)
     first_max = (is_max > 0) & (earlier_maxima == 0)
@@ -100,11 +103,15 @@ class SegNet(nn.Module):
 
 
 def segnet_vgg16_bn(num_classes: int, pretrained_backbone: str = "") -> SegNet:
-    """The paper's SegNet: VGG16-bn's 13 conv layers, a mirrored 13-conv decoder (29.4M params for 11 classes)."""
+    """Build the paper's SegNet: VGG16-bn's 13 conv layers and a mirrored 13-conv decoder.
+
+    29.4M parameters for 11 classes.
+    """
     features = make_layers(cfgs["D"], batch_norm=True)
     if pretrained_backbone:
         load_imagenet_weights(features, pretrained_backbone, "features.")
-    # Decoder stage widths, deepest first; the last conv of each stage narrows to the next stage's width.
+    # Decoder stage widths, deepest first; the last conv of each stage narrows to the next stage's
+    # width.
     plan = [
         (512, 512, 512, 512),
         (512, 512, 512, 256),
@@ -122,7 +129,7 @@ def segnet_vgg16_bn(num_classes: int, pretrained_backbone: str = "") -> SegNet:
 
 
 def segnet_basic(num_classes: int) -> SegNet:
-    """SegNet-Basic: 4 encoders + 4 decoders of one 7x7 conv with 64 channels; no ReLU in the decoder."""
+    """SegNet-Basic: 4 encoders + 4 decoders of one 7x7 conv, 64 channels; no decoder ReLU."""
     layers: list[nn.Module] = []
     for cin in (3, 64, 64, 64):
         layers += _conv_bn(cin, 64, 7) + [nn.MaxPool2d(2, 2)]
