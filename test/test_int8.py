@@ -114,6 +114,10 @@ def test_tensorrt_profile_is_symmetric_int8(refinenet, tmp_path):
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    # One cache key, not the fp32 export's inherited beside its own: the checker accepts it.
+    keys = [prop.key for prop in model.metadata_props]
+    assert len(keys) == len(set(keys))
+    onnx.checker.check_model(str(path))
 
 
 def test_onnxruntime_backend_runs_int8_from_the_shipped_table(refinenet, samples):

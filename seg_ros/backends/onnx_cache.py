@@ -152,6 +152,11 @@ def store_cache_key(path: Path, key: dict) -> None:
     import onnx
 
     model = onnx.load(str(path))
+    # A graph made from a cached one (the QDQ graph from the fp32 export) inherits its key: keep
+    # one entry, or onnx.checker refuses the file for duplicate metadata keys.
+    kept = [prop for prop in model.metadata_props if prop.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
     entry = model.metadata_props.add()
     entry.key = METADATA_KEY
     entry.value = json.dumps(key, sort_keys=True)
