@@ -19,7 +19,8 @@ SUPPORTED_TENSORRT_MAJORS = (10, 11)
 TENSORRT_MISSING = (
     "TensorRT is not installed (import tensorrt failed: {error}). It comes with JetPack on "
     "a Jetson; on an x86 desktop install TensorRT 10 or 11 from NVIDIA's package index "
-    "(pip install tensorrt). Until then use --backend onnxruntime (backend: onnxruntime)."
+    "(pip install tensorrt). Until then choose the onnxruntime backend (node parameter "
+    "backend, launch argument backend:=onnxruntime, CLI --backend onnxruntime)."
 )
 
 
