@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import sys
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
-from rclpy.logging import get_logger
 
 from seg_ros import node_parameters as params
-from seg_ros.node import SegmentationCore, init_ros
+from seg_ros.node import SegmentationCore, run_node
 
 _LOAD_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
 
@@ -79,22 +76,8 @@ class SegmentationLifecycleNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> int:
     """Console script ``segmentation_lifecycle_node``: 1 only when the parameters are unusable."""
-    if init_ros(args) is None:
-        return 1
-    try:
-        node = SegmentationLifecycleNode()
-    except ValueError as exc:
-        get_logger(params.NODE_NAME).fatal(f"cannot start: {exc}")
-        rclpy.try_shutdown()
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    # The model loads in configure, where failures become a state with a reason, not an exit.
+    return run_node(SegmentationLifecycleNode, args, (ValueError,))
 
 
 if __name__ == "__main__":

@@ -549,16 +549,17 @@ def init_ros(args: list[str] | None) -> str | None:
     return transport
 
 
-def main(args: list[str] | None = None) -> int:
-    """Console script ``segmentation_node``: 0 after a clean shutdown, 1 when it cannot start."""
+def run_node(make_node, args: list[str] | None, start_errors: tuple) -> int:
+    """Start ROS, make the node and spin: 0 after a clean shutdown, 1 when it cannot start.
+
+    ``start_errors`` are the failures that get one clear line instead of a traceback.
+    """
     if init_ros(args) is None:
         return 1
-    logger = get_logger(params.NODE_NAME)
     try:
-        node = SegmentationNode()
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        # Missing or corrupt weights, bad parameters, a backend that cannot start: one clear line.
-        logger.fatal(f"cannot start: {exc}")
+        node = make_node()
+    except start_errors as exc:
+        get_logger(params.NODE_NAME).fatal(f"cannot start: {exc}")
         rclpy.try_shutdown()
         return 1
     try:
@@ -569,6 +570,12 @@ def main(args: list[str] | None = None) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console script ``segmentation_node``: 0 after a clean shutdown, 1 when it cannot start."""
+    # Missing or corrupt weights, bad parameters, a backend that cannot start: one clear line.
+    return run_node(SegmentationNode, args, (ValueError, FileNotFoundError, RuntimeError))
 
 
 if __name__ == "__main__":

@@ -464,7 +464,7 @@ def test_cpu_latency_of_bundled_weights(trained, tmp_path):
     export_bundled(result.best_checkpoint, path, evaluate_val=False)
     image = np.random.default_rng(0).integers(0, 256, (72, 100, 3), dtype=np.uint8)
     latency = measure_cpu_latency(path, image, backend="torch", threads=1, frames=2)
-    assert latency["backend"].startswith("torch") and latency["image"] == "100x72"
+    assert latency["backend"].startswith("torch") and latency["image"] == "72x100"  # HxW
     assert latency["frames"] == 2
     assert (
         0
