@@ -117,6 +117,27 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ),
     ParameterSpec("light_weight", False, "RefineNet: use Light-Weight RefineNet." + _RESTART),
     ParameterSpec(
+        "variant",
+        "",
+        "FCN on VGG16: 32s, 16s or 8s; empty = the default (8s)." + _RESTART,
+        choices=("", "32s", "16s", "8s"),
+    ),
+    ParameterSpec(
+        "aux_head", False, "FCN on ResNet: the weights carry torchvision's aux head." + _RESTART
+    ),
+    ParameterSpec(
+        "crf_rnn",
+        False,
+        "End the network in the CRF-as-RNN layer (starts as the model's fitted CRF)." + _RESTART,
+    ),
+    ParameterSpec(
+        "crf_rnn_iterations",
+        0,
+        "Mean-field iterations of the CRF-as-RNN layer; 0 = the layer's default." + _RESTART,
+        minimum=0,
+        maximum=20,
+    ),
+    ParameterSpec(
         "weights", "", "Safetensors checkpoint; empty = the family's bundled weights." + _RESTART
     ),
     ParameterSpec(
@@ -386,6 +407,14 @@ def pipeline_config(values: dict) -> PipelineConfig:
         model_options["output_stride"] = values["output_stride"]
     if values["light_weight"]:
         model_options["light_weight"] = True
+    if values["variant"]:
+        model_options["variant"] = values["variant"]
+    if values["aux_head"]:
+        model_options["aux_head"] = True
+    if values["crf_rnn"]:
+        model_options["crf_rnn"] = True
+    if values["crf_rnn_iterations"]:
+        model_options["crf_iterations"] = values["crf_rnn_iterations"]
     backend_options = {
         key: values[f"tensorrt.{key}"]
         for key in ("engine_cache", "calibration_images", "calibration_bag", "calibration_topic")

@@ -40,6 +40,8 @@ def test_every_default_passes_its_own_check():
         ("crf.iterations", 2.0, "must be of type int"),
         ("output_stride", 12, "multiple of 8"),
         ("output_stride", 32, "[0, 16]"),
+        ("variant", "4s", "one of"),
+        ("crf_rnn_iterations", 21, "[0, 20]"),
         ("qos.depth", 0, "[1, 100]"),
         ("tensorrt.dla_core", -2, "[-1, 7]"),
         ("publish.label", 1, "must be of type bool"),
@@ -122,6 +124,9 @@ def test_pipeline_config_passes_only_the_variant_options_that_are_set():
     assert p.pipeline_config(
         p.validate({"model": "refinenet", "light_weight": True})
     ).model_options == {"light_weight": True}
+    assert p.pipeline_config(
+        p.validate({"model": "fcn", "variant": "16s", "crf_rnn": True, "crf_rnn_iterations": 3})
+    ).model_options == {"variant": "16s", "crf_rnn": True, "crf_iterations": 3}
 
 
 def test_read_params_file_merges_wildcard_and_node_sections(tmp_path):
