@@ -26,8 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main() -> int:
     """Measure every bundled model and print one markdown table."""
-    import numpy as np
-
     from seg_ros.backends import create_backend
     from seg_ros.backends.quantize import cpu_profile
     from seg_ros.classes import load_class_table
@@ -37,6 +35,7 @@ def main() -> int:
     from seg_ros.image_sources import read_image
     from seg_ros.models import bundled_models, load_model
     from seg_ros.pipeline import SegmentationPipeline
+    from seg_ros.timing import percentiles
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     default = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid"
@@ -92,7 +91,7 @@ def main() -> int:
                 start = time.perf_counter()
                 backend.infer(batch)
                 times[p].append((time.perf_counter() - start) * 1e3)
-        ms = {p: float(np.median(t)) for p, t in times.items()}
+        ms = {p: percentiles(t, (50,))[0] for p, t in times.items()}
         miou = {p: 100 * m.summary()["miou"] for p, m in matrices.items()}
         rows.append(
             f"| {spec.name} | {width}x{height} | {ms['fp32']:.1f} | {ms['int8']:.1f} | "

@@ -40,6 +40,7 @@ import numpy as np
 import yaml
 
 from seg_ros.sizes import format_size, parse_size
+from seg_ros.timing import percentiles
 
 OUTPUTS = ("label", "confidence", "color", "overlay")
 NODE_STAGES = ("decode", "preprocess", "postprocess", "publish")  # everything but the network
@@ -287,7 +288,7 @@ def play(args, parameters: dict, cameras: int, layout: str, frame: np.ndarray) -
         "frames_complete": len(done),
         "frames_sent": number * cameras,
         "age_ms_p50": _median_ms(ages),
-        "age_ms_p95": round(1e3 * float(np.percentile(ages, 95)), 1) if ages else None,
+        "age_ms_p95": round(1e3 * percentiles(ages, (95,))[0], 1) if ages else None,
         "age_ms_first_half_p50": _median_ms([a for w, a, _ in done if w < half]),
         "age_ms_second_half_p50": _median_ms([a for w, a, _ in done if w >= half]),
         "node_stages_p50_ms": round(max(node_stages), 2) if node_stages else None,

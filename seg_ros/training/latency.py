@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from seg_ros.sizes import format_size
 
 
@@ -18,7 +19,7 @@ def measure_cpu_latency(
 ) -> dict:
     """Median and p90 ms of the whole pipeline (and of inference alone) on one RGB frame."""
     from seg_ros.pipeline import PipelineConfig, build_pipeline
-    from seg_ros.timing import time_calls
+    from seg_ros.timing import percentiles, time_calls
 
     built = build_pipeline(PipelineConfig(weights=str(weights), backend=backend, threads=threads))
     inference: list[float] = []
@@ -36,8 +37,8 @@ def measure_cpu_latency(
         "backend": built.backend_name,
         "threads": threads,
         "image": format_size(*image.shape[:2]),
-        "pipeline_ms_median": round(float(np.median(totals)), 1),
-        "pipeline_ms_p90": round(float(np.percentile(totals, 90)), 1),
-        "inference_ms_median": round(float(np.median(inference)), 1),
+        "pipeline_ms_median": round(percentiles(totals, (50,))[0], 1),
+        "pipeline_ms_p90": round(percentiles(totals, (90,))[0], 1),
+        "inference_ms_median": round(percentiles(inference, (50,))[0], 1),
         "frames": frames,
     }
