@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from crf_scenes import two_regions
 
 from seg_ros.crf import dense_crf
 from seg_ros.crf.layer import CrfRnn
@@ -12,23 +13,9 @@ from seg_ros.models import build_model, load_model, resolve_options, save_checkp
 from seg_ros.models.checkpoint import ModelSpec
 
 
-def two_regions(height=40, width=56, edge=28, offset=4, seed=0):
-    """Make a red | blue image and probabilities whose soft boundary is `offset` pixels off."""
-    rng = np.random.default_rng(seed)
-    image = np.zeros((height, width, 3), np.float32)
-    image[:, :edge] = (200, 40, 40)
-    image[:, edge:] = (40, 60, 200)
-    image = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
-    right = 1.0 / (1.0 + np.exp(-(np.arange(width) - edge - offset) / 3.0))
-    probabilities = np.zeros((3, height, width), np.float32)
-    probabilities[0] = 0.8 * (1 - right)
-    probabilities[1] = 0.8 * right
-    probabilities[2] = 0.2
-    probabilities += rng.uniform(0, 0.15, probabilities.shape).astype(np.float32)
-    probabilities /= probabilities.sum(0, keepdims=True)
-    truth = np.zeros((height, width), np.int64)
-    truth[:, edge:] = 1
-    return image, probabilities, truth
+def small_two_regions(seed=0):
+    """Return the CRF tests' two-region scene at a size the unrolled layer runs quickly."""
+    return two_regions(height=40, width=56, edge=28, offset=4, seed=seed)
 
 
 def as_batch(image, probabilities):
@@ -56,7 +43,7 @@ def test_layer_with_fixed_parameters_is_the_post_hoc_windowed_crf(window, downsa
 
 
 def test_windowed_crf_snaps_labels_to_the_image_edge():
-    image, probabilities, truth = two_regions()
+    image, probabilities, truth = small_two_regions()
     before = (probabilities.argmax(0) == truth).mean()
     after = (dense_crf(image, probabilities, kernel="window").argmax(0) == truth).mean()
     lattice = (dense_crf(image, probabilities).argmax(0) == truth).mean()
@@ -78,7 +65,7 @@ def test_gradients_reach_every_crf_parameter_and_the_network():
 
 def test_training_the_layer_lowers_the_loss():
     """A few steps on the CRF's own parameters fit a frame better than the post-hoc start."""
-    image, probabilities, truth = two_regions(seed=2)
+    image, probabilities, truth = small_two_regions(seed=2)
     logits, colours = as_batch(image, probabilities)
     target = torch.from_numpy(truth)[None]
     layer = CrfRnn(3, 3)
@@ -152,7 +139,7 @@ def test_bad_layer_settings_are_refused(kwargs, message):
 
 
 def test_bad_post_hoc_kernel_is_refused():
-    image, probabilities, _ = two_regions()
+    image, probabilities, _ = small_two_regions()
     with pytest.raises(ValueError, match="kernel must be one of lattice, window"):
         dense_crf(image, probabilities, kernel="permutohedral")
     with pytest.raises(ValueError, match="window must be an odd integer"):
@@ -181,7 +168,7 @@ def test_weights_trained_without_the_layer_gain_one_that_starts_as_their_fitted_
     layered = load_model(weights=str(path), crf_rnn=True, crf_iterations=3)
     assert layered.spec.options["crf_rnn"] and layered.spec.options["crf_iterations"] == 3
     assert layered.spec.weights_sha256 == plain.spec.weights_sha256
-    image, _, _ = two_regions()
+    image, _, _ = small_two_regions()
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     x = ((torch.from_numpy(image.transpose(2, 0, 1)).float() / 255 - mean) / std)[None]
     with torch.no_grad():
