@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,6 +34,8 @@ SMALL_VARIANTS = [
     ("segnet", {"backbone": "basic"}),
     ("deeplab", {}),  # v3+ MobileNetV3-Large, separable
     ("refinenet", {}),  # Light-Weight RefineNet, MobileNetV2
+    ("deeplab", {"backbone": "espnet_c"}),
+    ("refinenet", {"backbone": "espnet_c"}),
 ]
 # ResNet-50 stands in for ResNet-101 in forward passes (same code, half the set-up time);
 # the ResNet-101 layouts are checked on the meta device in the tests of sizes and layouts.
@@ -270,6 +273,50 @@ def test_pretrained_backbone_rejects_wrong_or_unsafe_files(tmp_path):
         build_model("refinenet", 11, pretrained_backbone=str(tmp_path / "missing.pth"))
 
 
+# ---------------------------------------------------------------- ESPNet-C
+
+ESPNET_FILE = (
+    Path(__file__).resolve().parents[2] / "shared/pretrained/espnet_c_p2_q8_cityscapes.pth"
+)
+
+
+def test_espnet_c_converts_imagenet_input_to_the_authors_normalisation():
+    """Fed ImageNet-normalised RGB, the encoder computes what the authors' BGR input gives."""
+    from seg_ros.models.espnet import ESPNET_MEAN_BGR, ESPNET_STD_BGR, EspNetC
+    from seg_ros.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+    torch.manual_seed(0)
+    encoder = EspNetC({"level3": "out"}).eval()
+    pixels = torch.randint(0, 256, (1, 3, 40, 56)).float()  # RGB, 0..255
+    imagenet = (pixels / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        IMAGENET_STD
+    ).view(1, 3, 1, 1)
+    bgr = pixels.flip(1)
+    authors = (
+        (bgr - torch.tensor(ESPNET_MEAN_BGR).view(1, 3, 1, 1))
+        / torch.tensor(ESPNET_STD_BGR).view(1, 3, 1, 1)
+        / 255
+    )
+    with torch.no_grad():
+        ours = encoder(imagenet)["out"]
+        encoder.input_scale.fill_(1.0)
+        encoder.input_shift.fill_(0.0)
+        theirs = encoder(authors.flip(1))["out"]  # forward flips RGB->BGR first
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    assert ours.shape == (1, 256, 5, 7)  # stride 8
+
+
+@pytest.mark.skipif(not ESPNET_FILE.is_file(), reason=f"{ESPNET_FILE} not here")
+def test_the_authors_espnet_c_file_loads_as_a_pretrained_backbone():
+    state = torch.load(ESPNET_FILE, map_location="cpu", weights_only=True)
+    model = build_model("deeplab", 11, backbone="espnet_c", pretrained_backbone=str(ESPNET_FILE))
+    ours = model.backbone.state_dict()
+    loaded = [k for k in state if k in ours]
+    assert len(loaded) == len(state) - 1  # all but the authors' Cityscapes classifier
+    for key in loaded:
+        torch.testing.assert_close(ours[key], state[key])
+
+
 # ---------------------------------------------------------------- shapes at any size
 
 
@@ -348,6 +395,7 @@ def test_defaults_are_the_bundled_variants_and_the_papers():
         ("segnet", {"crf_iterations": 3}, "crf_iterations=3 needs crf_rnn=True"),
         ("deeplab", {"crf_rnn": True, "crf_iterations": 0}, r"not an integer in \[1, 20\]"),
         ("refinenet", {"crf_rnn": "maybe"}, "crf_rnn='maybe' is not one of"),
+        ("deeplab", {"backbone": "espnet_c", "output_stride": 16}, "output stride 8"),
     ],
 )
 def test_bad_options_are_named(family, options, message):

@@ -455,6 +455,49 @@ def test_train_command_line_bundles_weights_with_a_model_card(data_root, tmp_pat
         args.func(args)
 
 
+def test_init_weights_with_crf_rnn_fine_tunes_a_trained_model_end_to_end(
+    trained, data_root, tmp_path
+):
+    """--init-weights starts from the weights; the new CRF layer starts as the fitted CRF."""
+    from dataclasses import replace
+
+    from seg_ros.commands.train import _new_config
+    from seg_ros.models import ModelSpec, save_checkpoint
+    from seg_ros.training import build_network
+    from seg_ros.training.loop import _param_groups
+
+    cfg, result = trained
+    state = load_training_checkpoint(result.best_checkpoint)
+    network = build_network(cfg.resolved())
+    network.load_state_dict(state["model"])
+    fitted = {"gaussian_sxy": 2.0, "gaussian_weight": 2.5, "bilateral_weight": 4.5}
+    spec = ModelSpec(
+        name="tiny", family=MODEL, options=dict(OPTIONS), num_classes=11, class_table="camvid"
+    )
+    weights = save_checkpoint(tmp_path / "tiny.safetensors", network, replace(spec, crf=fitted))
+    args = _parser().parse_args(
+        ["train", "--init-weights", str(weights), "--crf-rnn", "--data", str(data_root)]
+        + ["--size", "64x96", "--batch-size", "4", "--limit-train", "4", "--threads", "1"]
+        + ["--epochs", "1", "--lr", "1e-2", "--output", str(tmp_path / "ft")]
+    )
+    tuned_cfg = _new_config(args)
+    assert tuned_cfg.model == MODEL and tuned_cfg.model_options["crf_rnn"] is True
+    first = build_network(tuned_cfg.resolved())
+    x = torch.randn(1, 3, *FIT_SIZE)
+    with torch.no_grad():  # the network inside the layer is the saved one
+        torch.testing.assert_close(first.network.eval()(x), network.eval()(x))
+    assert first.crf.kernel_widths[0] == 2.0
+    assert first.crf.kernel_weights[0].tolist() == [2.5] * 11
+    assert first.crf.kernel_weights[1].tolist() == [4.5] * 11
+    decayed = {id(p) for p in _param_groups(first, 1e-4)[0]["params"]}
+    assert not decayed & {id(p) for p in first.crf.parameters()}
+    before = {k: v.clone() for k, v in first.crf.state_dict().items()}
+    assert args.func(args) == 0
+    after = load_training_checkpoint(tmp_path / "ft" / "last.pt")["model"]
+    changed = [k for k in before if not torch.equal(before[k], after[f"crf.{k}"])]
+    assert "compatibility" in changed  # gradients reached the CRF's learned parameters
+
+
 def test_cpu_latency_of_bundled_weights(trained, tmp_path):
     """The model card's latency path on the PyTorch backend (ONNX export: the backends' tests)."""
     from seg_ros.training import measure_cpu_latency

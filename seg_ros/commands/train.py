@@ -64,7 +64,9 @@ def register(subparsers) -> None:
     )
     model = parser.add_argument_group("model")
     model.add_argument(
-        "--model", choices=FAMILIES, help="network family (required unless --bundle)"
+        "--model",
+        choices=FAMILIES,
+        help="network family (required unless --bundle, --resume or --init-weights)",
     )
     model.add_argument("--backbone", default=None, help="backbone (see `seg_ros segment --help`)")
     model.add_argument("--version", choices=("v3", "v3plus"), default=None, help="deeplab version")
@@ -91,6 +93,14 @@ def register(subparsers) -> None:
         type=int,
         default=None,
         help="mean-field iterations the CRF-as-RNN layer unrolls (default 5)",
+    )
+    model.add_argument(
+        "--init-weights",
+        default="",
+        metavar="WEIGHTS",
+        help="fine-tune: start from these seg_ros weights (.safetensors, or a bundled model's "
+        "name); family, options and classes come from them. With --crf-rnn the new layer starts "
+        "as the model's fitted post-hoc CRF",
     )
     model.add_argument(
         "--pretrained-backbone",
@@ -328,8 +338,6 @@ def _resumed_config(args):
 def _new_config(args):
     from seg_ros.training import TrainConfig
 
-    if not args.model or not args.data:
-        raise ValueError("seg_ros train needs --model and --data (or --resume)")
     options = {
         key: getattr(args, key)
         for key in ("backbone", "version", "output_stride", "light_weight", "variant", "crf_rnn")
@@ -337,6 +345,16 @@ def _new_config(args):
     }
     if args.crf_rnn_iterations is not None:
         options["crf_iterations"] = args.crf_rnn_iterations
+    if args.init_weights:
+        from seg_ros.models.checkpoint import read_spec, resolve_weights_path
+
+        # The run's network is the weights' own, plus what this command line asks to change.
+        start = read_spec(resolve_weights_path(args.init_weights))
+        args.model = args.model or start.family
+        if args.model == start.family:
+            options = {**start.options, **options}
+    if not args.model or not args.data:
+        raise ValueError("seg_ros train needs --model and --data (or --resume or --init-weights)")
     name = args.name or f"{args.model}_{args.dataset}"
     return TrainConfig(
         model=args.model,
@@ -372,6 +390,7 @@ def _new_config(args):
         precise_bn=args.precise_bn,
         output=args.output or f"runs/{name}",
         pretrained_backbone=args.pretrained_backbone,
+        init_weights=args.init_weights,
         seed=args.seed,
         limit_train=args.limit_train,
         limit_val=args.limit_val,

@@ -1,4 +1,4 @@
-"""torchvision backbones as feature extractors, atrous strides and local ImageNet weights.
+"""Backbones as feature extractors (torchvision's and ESPNet-C), atrous strides, local weights.
 
 The feature extractors keep torchvision's module names, so torchvision's
 classification checkpoints (ImageNet) and segmentation checkpoints load by key.
@@ -37,6 +37,9 @@ TAPS: dict[str, tuple[tuple[str, int, int], ...]] = {
         ("16", 32, 160),
         ("17", 32, 320),
     ),
+    # ESPNet-C (seg_ros.models.espnet) ends at stride 8; its stride-2 tap is left to the decoders
+    # that want it.
+    "espnet_c": (("level2", 4, 131), ("level3", 8, 256)),
 }
 
 # Where the backbone's weights sit in torchvision's ImageNet classification checkpoints.
@@ -45,6 +48,7 @@ IMAGENET_PREFIX = {
     "resnet101": "",
     "mobilenet_v3_large": "features.",
     "mobilenet_v2": "features.",
+    "espnet_c": "",  # the authors' Cityscapes encoder file (sacmehta/ESPNet)
 }
 
 
@@ -75,12 +79,16 @@ def make_atrous(features: nn.Sequential, output_stride: int) -> None:
 
 def feature_extractor(
     name: str, return_layers: dict[str, str], output_stride: int = 32
-) -> IntermediateLayerGetter:
-    """Build torchvision backbone ``name`` returning the named taps at ``output_stride``."""
+) -> nn.Module:
+    """Build backbone ``name`` returning the named taps (a dict) at ``output_stride``."""
     if name not in TAPS:
         raise ValueError(f"unknown backbone {name!r}: expected one of {sorted(TAPS)}")
     if output_stride not in (8, 16, 32):
         raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+    if name == "espnet_c":
+        from seg_ros.models.espnet import EspNetC
+
+        return EspNetC(return_layers)  # stride 8 by design: its blocks are already dilated
     if name.startswith("resnet"):
         dilate = [False, output_stride <= 8, output_stride <= 16]  # layer2, layer3, layer4
         net = getattr(tvm, name)(weights=None, replace_stride_with_dilation=dilate)
@@ -131,7 +139,8 @@ def load_imagenet_weights(
         for k, v in state.items()
         if k.startswith(prefix) and k[len(prefix) :] in wanted
     }
-    missing = sorted(set(wanted) - set(picked))
+    # BatchNorm's step counters are not weights; files from PyTorch < 0.4.1 have none.
+    missing = sorted(k for k in set(wanted) - set(picked) if not k.endswith("num_batches_tracked"))
     if missing:
         raise ValueError(
             f"{path}: does not fit this backbone, {len(missing)} weights missing "
@@ -144,4 +153,5 @@ def load_imagenet_weights(
             f"{path}: does not fit this backbone, {k} has shape {tuple(picked[k].shape)}, "
             f"expected {tuple(wanted[k].shape)}"
         )
+    picked.update({k: wanted[k] for k in set(wanted) - set(picked)})  # the counters left out
     module.load_state_dict(picked, strict=True)

@@ -198,7 +198,7 @@ def _load_weights(module: nn.Module, state: dict[str, torch.Tensor], path: Path)
     module.load_state_dict(state, strict=True)
 
 
-def _resolve_path(weights: str) -> Path:
+def resolve_weights_path(weights: str) -> Path:
     """Resolve a path as given, or a file in models/ named by file name or stem."""
     path = Path(weights).expanduser()
     if path.is_file():
@@ -270,7 +270,7 @@ def _load_model(
             family, **options
         )  # reject unknown options/values early, with the family's message
     if weights:
-        path = _resolve_path(weights)
+        path = resolve_weights_path(weights)
         if path.suffix == ".safetensors":
             return _load_seg_ros_checkpoint(path, family, num_classes, class_table, options)
         return _load_state_dict_file(path, family, num_classes, class_table, options)

@@ -18,13 +18,13 @@ CHOICES: dict[str, dict[str, tuple]] = {
     "segnet": {"backbone": ("vgg16_bn", "basic")},
     "deeplab": {
         "version": ("v3plus", "v3"),
-        "backbone": ("mobilenet_v3_large", "resnet50", "resnet101"),
+        "backbone": ("mobilenet_v3_large", "resnet50", "resnet101", "espnet_c"),
         "output_stride": (16, 8),
         "separable": (True, False),
     },
     "refinenet": {
         "light_weight": (True, False),
-        "backbone": ("mobilenet_v2", "resnet50", "resnet101"),
+        "backbone": ("mobilenet_v2", "resnet50", "resnet101", "espnet_c"),
     },
     "fcn": {
         "backbone": ("vgg16", "resnet50", "resnet101"),
@@ -33,6 +33,7 @@ CHOICES: dict[str, dict[str, tuple]] = {
     },
 }
 FAMILIES = tuple(CHOICES)
+LIGHT_BACKBONES = ("mobilenet_v3_large", "mobilenet_v2", "espnet_c")
 
 # Options every family has: the CRF-as-RNN layer at the network's end (seg_ros.crf.layer).
 MAX_CRF_ITERATIONS = 20
@@ -48,7 +49,9 @@ def _default(family: str, name: str, chosen: dict):
     if family == "deeplab" and name == "separable":
         # The v3+ paper's separable ASPP/decoder keeps the MobileNet model small (< 20 MB in fp16);
         # everything else defaults to plain convs, so version='v3' stays torchvision's DeepLabV3.
-        return chosen["version"] == "v3plus" and chosen["backbone"].startswith("mobilenet")
+        return chosen["version"] == "v3plus" and chosen["backbone"] in LIGHT_BACKBONES
+    if family == "deeplab" and name == "output_stride" and chosen["backbone"] == "espnet_c":
+        return 8  # ESPNet-C is built at stride 8
     if family == "refinenet" and name == "backbone":
         return "mobilenet_v2" if chosen["light_weight"] else "resnet101"  # RefineNet's paper model
     if name == "crf_iterations":
@@ -117,6 +120,12 @@ def resolve_options(family: str, **options) -> dict:
                 f"fcn on {resolved['backbone']} follows torchvision's layout (dilated, output "
                 f"stride 8): variant must be '8s', got {resolved['variant']!r}"
             )
+    if (
+        family == "deeplab"
+        and resolved["backbone"] == "espnet_c"
+        and resolved["output_stride"] != 8
+    ):
+        raise ValueError("deeplab on espnet_c has output stride 8 (ESPNet-C's own), not 16")
     if family == "fcn" and resolved["backbone"] == "vgg16" and resolved["aux_head"]:
         raise ValueError("fcn option aux_head=True needs backbone resnet50 or resnet101")
     return resolved

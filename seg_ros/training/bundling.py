@@ -81,7 +81,7 @@ def export_bundled(
 
     state = load_training_checkpoint(checkpoint)
     cfg = checkpoint_config(state)
-    cfg.pretrained_backbone = ""  # the weights already hold it
+    cfg.pretrained_backbone = cfg.init_weights = ""  # the weights already hold them
     module = build_network(cfg)
     module.load_state_dict(checkpoint_weights(state))
     batches = cfg.precise_bn if precise_bn is None else precise_bn

@@ -49,6 +49,7 @@ class TrainConfig:
     output: str = "runs/train"
     resume: str = ""
     pretrained_backbone: str = ""
+    init_weights: str = ""  # seg_ros weights (a file, or a bundled model's name) to start from
     seed: int = 0
     limit_train: int = 0  # use only the first N training pairs (quick checks); 0 = all
     limit_val: int = 0
@@ -83,6 +84,8 @@ class TrainConfig:
             )
         if not 0 <= cfg.ohem < 1 or not 0 <= cfg.ema < 1:
             raise ValueError("--ohem and --ema must be in [0, 1)")
+        if cfg.init_weights and cfg.pretrained_backbone:
+            raise ValueError("--init-weights already holds a backbone: drop --pretrained-backbone")
         if not cfg.data:
             raise ValueError("--data DIR is required (the dataset's root folder)")
         cfg.name = cfg.name or f"{cfg.model}_{cfg.dataset}"

@@ -50,3 +50,14 @@ def cpu_name() -> str:
             )
     except OSError:
         return "CPU"
+
+
+def memory_format(device: torch.device, amp_dtype: torch.dtype | None) -> torch.memory_format:
+    """Channels-last, except for bf16 on a CPU.
+
+    There, oneDNN's channels-last backward of dilated convolutions (torch 2.15) returns NaN
+    gradients (ESPNet-C's ESP blocks hit it at step 1), and contiguous bf16 is faster anyway.
+    """
+    if device.type == "cpu" and amp_dtype == torch.bfloat16:
+        return torch.contiguous_format
+    return torch.channels_last

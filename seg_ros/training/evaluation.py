@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from seg_ros.datasets import IGNORE, SegmentationDataset
+from seg_ros.training.device import memory_format
 
 
 def tqdm_interval() -> float:
@@ -48,7 +49,7 @@ def evaluate(
         with torch.autocast(
             device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None
         ):
-            logits = module(image[None].to(device, memory_format=torch.channels_last))
+            logits = module(image[None].to(device, memory_format=memory_format(device, amp_dtype)))
         logits = F.interpolate(
             logits.float(), size=label.shape, mode="bilinear", align_corners=False
         )
@@ -104,7 +105,7 @@ def recalibrate_batchnorm(
         with torch.autocast(
             device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None
         ):
-            module(images.to(device, memory_format=torch.channels_last))
+            module(images.to(device, memory_format=memory_format(device, amp_dtype)))
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
     module.train(was_training)

@@ -35,7 +35,7 @@ from seg_ros.training.checkpoints import (
     save_training_checkpoint,
 )
 from seg_ros.training.config import TrainConfig
-from seg_ros.training.device import autocast_dtype, pick_device
+from seg_ros.training.device import autocast_dtype, memory_format, pick_device
 from seg_ros.training.ema import ModelEma
 from seg_ros.training.evaluation import evaluate, recalibrate_batchnorm, tqdm_interval
 from seg_ros.training.loss import SegmentationLoss, class_weights
@@ -59,10 +59,15 @@ class TrainResult:
 
 
 def build_network(cfg: TrainConfig) -> torch.nn.Module:
-    """Build the run's network (with the local ImageNet backbone weights, if given)."""
-    from seg_ros.models import build_model
+    """Build the run's network: from --init-weights, or new (with local backbone weights)."""
+    from seg_ros.models import build_model, load_model
 
     options = dict(cfg.model_options)
+    if cfg.init_weights:
+        # A network trained without the CRF-as-RNN layer gets one that starts as its fitted
+        # post-hoc CRF (seg_ros.models.crf_rnn).
+        loaded = load_model(cfg.model, cfg.init_weights, cfg.num_classes, **options)
+        return loaded.module.train()
     if cfg.pretrained_backbone:
         if not Path(cfg.pretrained_backbone).is_file():
             raise FileNotFoundError(f"backbone weights {cfg.pretrained_backbone} do not exist")
@@ -134,11 +139,18 @@ def stop_requests():
 
 
 def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on norms and biases (1-D parameters)."""
+    """No weight decay on norms, biases (1-D) and the CRF-as-RNN layer's parameters.
+
+    The CRF's kernel weights and label compatibility are a model of the scene, not filters:
+    decaying them pulls the CRF towards doing nothing.
+    """
+    from seg_ros.crf.layer import CrfRnn
+
+    crf = {id(p) for m in module.modules() if isinstance(m, CrfRnn) for p in m.parameters()}
     decay, no_decay = [], []
     for param in module.parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
+            (no_decay if param.ndim <= 1 or id(param) in crf else decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -158,6 +170,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     device = pick_device(cfg.device)
     amp_dtype = autocast_dtype(device, cfg.amp)
     use_scaler = amp_dtype == torch.float16
+    layout = memory_format(device, amp_dtype)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     output = Path(cfg.output)
@@ -174,7 +187,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         LOG.info("split %s has no validation: best.pt is the latest model", cfg.split)
     train_set.preload()
 
-    module = build_network(cfg).to(device, memory_format=torch.channels_last)
+    module = build_network(cfg).to(device, memory_format=layout)
     optimizer = torch.optim.AdamW(_param_groups(module, cfg.weight_decay), lr=cfg.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     ema = ModelEma(module, cfg.ema) if cfg.ema else None
@@ -313,9 +326,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                     lr = learning_rate(cfg.lr, step, total_steps, cfg.poly_power)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                    images = images.to(
-                        device, non_blocking=True, memory_format=torch.channels_last
-                    )
+                    images = images.to(device, non_blocking=True, memory_format=layout)
                     labels = labels.to(device, non_blocking=True)
                     with torch.autocast(
                         device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None
