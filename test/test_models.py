@@ -525,6 +525,21 @@ def test_bundled_models_are_found_and_the_best_is_the_default(models_folder, cap
     assert "junk.safetensors" in caplog.text
 
     assert load_model().spec.name == "lw_refinenet_camvid"  # best val_miou
+    # A figure measured on a held-out drive outranks a higher one on val (same drive).
+    held_out = {"val_miou": 0.45, "evaluations": {"new-drive": {"miou": 0.45}}}
+    save_checkpoint(
+        models_folder / "segnet_basic.safetensors",
+        build_model("segnet", 11, backbone="basic"),
+        _spec(name="segnet_basic_camvid", metrics=held_out),
+        half=True,
+    )
+    assert load_model().spec.name == "segnet_basic_camvid"
+    save_checkpoint(
+        models_folder / "segnet_basic.safetensors",
+        build_model("segnet", 11, backbone="basic"),
+        _spec(name="segnet_basic_camvid", metrics={"val_miou": 0.40}),
+        half=True,
+    )
     segnet = load_model("segnet")  # the bundled SegNet-Basic, not the unbundled VGG16 default
     assert segnet.spec.name == "segnet_basic_camvid" and segnet.spec.options == {
         "backbone": "basic",

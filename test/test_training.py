@@ -329,7 +329,7 @@ def test_model_card_reports_the_recipe_splits_and_ablation(data_root, tmp_path, 
         ablation=rows,
     )
     card = write_model_card(path, []).read_text()
-    assert "random initialisation" in card and "local file" not in card
+    assert "random initialisation" in card and "pretrained backbone" not in card
     assert "new drive (0006R0 held out" in card and "val (drive 0016E5" in card
     new_drive = spec.metrics["evaluations"]["new-drive"]
     assert spec.metrics["val_miou"] == new_drive["miou"]  # the headline is the new-drive figure
@@ -344,9 +344,11 @@ def test_model_card_reports_the_recipe_splits_and_ablation(data_root, tmp_path, 
     torch.save(state, faked)
     path = tmp_path / "pretrained.safetensors"
     spec = export_bundled(faked, path, precise_bn=0, evaluate_val=False)
-    assert spec.metrics["training"]["pretrained_backbone"] is True
+    assert (
+        spec.metrics["training"]["pretrained_backbone"] == "local ImageNet weights mobilenet.pth"
+    )
     card = write_model_card(path, []).read_text()
-    assert "ImageNet backbone weights from a local file" in card
+    assert "pretrained backbone: local ImageNet weights mobilenet.pth" in card
     assert "random initialisation" not in card
 
 

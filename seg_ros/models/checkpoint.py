@@ -152,8 +152,14 @@ def _fits(spec: ModelSpec, family: str, num_classes: int, options: dict) -> bool
     return all(asked[k] == spec.options[k] for k in options)
 
 
-def _miou(spec: ModelSpec) -> float:
-    return float(spec.metrics.get("val_miou", float("-inf")))
+def _rank(spec: ModelSpec) -> tuple[bool, float]:
+    """Order bundled weights: a held-out-drive figure first, then mIoU.
+
+    Val shares a drive with training, so a val-only figure is optimistic and never outranks a
+    measured new-drive one.
+    """
+    measured_on_new_drive = "new-drive" in (spec.metrics.get("evaluations") or {})
+    return measured_on_new_drive, float(spec.metrics.get("val_miou", float("-inf")))
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -259,7 +265,7 @@ def _load_model(
       everything comes from its metadata; arguments given must agree with it.
     - ``weights`` a .pt/.pth state_dict (e.g. torchvision's deeplabv3_*):
       ``family`` and options say which network; num_classes comes from the file.
-    - ``weights`` empty: the best bundled weights (by ``metrics['val_miou']``)
+    - ``weights`` empty: the best bundled weights (new-drive figures first, see _rank)
       for ``family`` and the options given ('' = any family); when none fit,
       random initialisation with a loud warning.
     Missing file -> FileNotFoundError; unreadable or mismatched file -> ValueError.
@@ -287,7 +293,7 @@ def _load_model(
                 "at 0 for the bundled model, or pass weights=FILE trained for your classes"
             )
     if candidates:
-        best = max(candidates, key=_miou)
+        best = max(candidates, key=_rank)
         return _load_seg_ros_checkpoint(
             Path(best.weights_path), family, num_classes, class_table, options
         )

@@ -21,6 +21,10 @@ from seg_ros.preprocess import IMAGENET_MEAN, IMAGENET_STD
 # The authors' normalisation: (pixel[BGR, 0..255] - mean) / std / 255.
 ESPNET_MEAN_BGR = (72.3923111, 82.90893555, 73.15840149)
 ESPNET_STD_BGR = (45.3192215, 46.15289307, 44.91483307)
+PRETRAINED_CREDIT = (
+    "ESPNet-C encoder (p=2, q=8) trained on Cityscapes by its authors (Mehta et al., ECCV 2018; "
+    "github.com/sacmehta/ESPNet, MIT licence, copyright 2018 Sachin Mehta: models/ESPNET_LICENSE)"
+)
 P_BLOCKS, Q_BLOCKS = 2, 8  # ESP blocks at stride 4 and 8 (the ESPNet-C p=2, q=8 file)
 DILATIONS = (1, 2, 4, 8, 16)
 

@@ -54,6 +54,17 @@ def recipe_scores(checkpoint: str | Path, names: list[str]) -> dict:
     return entry
 
 
+def pretrained_credit(backbone: str, path: str) -> str:
+    """Say where a run's pretrained backbone came from, with the credit its licence asks for."""
+    if not path:
+        return ""
+    if backbone == "espnet_c":
+        from seg_ros.models.espnet import PRETRAINED_CREDIT
+
+        return f"{PRETRAINED_CREDIT} (file {Path(path).name})"
+    return f"local ImageNet weights {Path(path).name}"
+
+
 def export_bundled(
     checkpoint: str | Path,
     path: str | Path,
@@ -156,7 +167,10 @@ def export_bundled(
         "precise_bn_batches": batches,
         # best.pt: chosen by validation mIoU; last.pt or the "all" split: the run's end
         "selected_on_val": bool(state.get("selected_on_val")),
-        "pretrained_backbone": bool(state["config"].get("pretrained_backbone")),
+        "pretrained_backbone": pretrained_credit(
+            cfg.model_options.get("backbone", ""), state["config"].get("pretrained_backbone", "")
+        ),
+        "init_weights": Path(state["config"].get("init_weights") or "").name,
     }
     metrics.update(extra_metrics or {})
     spec = ModelSpec(

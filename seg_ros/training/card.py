@@ -19,6 +19,18 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
+def _start_line(recipe: dict) -> str:
+    """Where the weights started: another seg_ros model, a pretrained backbone, or nothing."""
+    if recipe.get("init_weights"):
+        return f"- fine-tuned from the seg_ros weights {recipe['init_weights']}"
+    pretrained = recipe.get("pretrained_backbone")
+    if pretrained is True:  # cards bundled before the source was recorded
+        return "- ImageNet backbone weights from a local file"
+    if pretrained:
+        return f"- pretrained backbone: {pretrained}"
+    return "- no pretrained weights: random initialisation"
+
+
 def _recipe_lines(recipe: dict) -> list[str]:
     photometric = recipe.get("photometric") or {"jitter": recipe.get("colour_jitter")}
     split = recipe.get("split", "val")
@@ -49,9 +61,7 @@ def _recipe_lines(recipe: dict) -> list[str]:
             if recipe.get("ohem")
             else ""
         ),
-        "- ImageNet backbone weights from a local file"
-        if recipe.get("pretrained_backbone")
-        else "- no ImageNet weights (none can be downloaded here): random initialisation",
+        _start_line(recipe),
         f"- wall time {recipe.get('train_seconds', 0) / 60:.0f} min with "
         f"{recipe.get('threads') or 'default'} torch thread(s) on {cpu_name()} "
         f"({os.cpu_count()} cores), {'autocast' if recipe.get('amp') else 'fp32'}",
