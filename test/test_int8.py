@@ -120,6 +120,41 @@ def test_tensorrt_profile_is_symmetric_int8(refinenet, tmp_path):
     onnx.checker.check_model(str(path))
 
 
+def _quantised_inputs(path) -> set[str]:
+    """Names of the nodes of a QDQ graph that read a dequantised (INT8) tensor."""
+    model = onnx.load(str(path))
+    dequantised = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return {n.name for n in model.graph.node if dequantised & set(n.input)}
+
+
+def test_tensorrt_profile_keeps_the_high_resolution_stem_fp32(tmp_path):
+    loaded = _small_random()  # SegNet-Basic: the stem is the first two encoder convolutions
+    fp32 = cached_onnx(loaded, H, W, cache_root=tmp_path)
+    model = onnx.load(str(fp32))
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    stem = q.stem_nodes(model)
+    assert [n for n in convs if n in stem] == convs[:2]
+    source = CalibrationSource(images=str(_frames(tmp_path / "frames")), frames=2)
+    tensorrt = q.quantized_onnx(loaded, H, W, source, profile="tensorrt", cache_root=tmp_path)
+    cpu = q.quantized_onnx(loaded, H, W, source, profile="cpu", cache_root=tmp_path)
+    quantised = _quantised_inputs(tensorrt)
+    assert not quantised & set(convs[:2]) and convs[2] in quantised
+    assert set(convs[:3]) <= _quantised_inputs(cpu)  # the CPU encodings quantise the stem
+
+
+def test_the_profile_keys_the_int8_graph_and_the_engine(tmp_path, monkeypatch):
+    from seg_ros.backends.tensorrt_backend import _calibration_id
+
+    loaded = _small_random()
+    source = CalibrationSource(images=str(_frames(tmp_path / "frames")), frames=2)
+    first = q.quantized_onnx(loaded, H, W, source, profile="tensorrt", cache_root=tmp_path)
+    engine_id = _calibration_id(source, "strong")
+    monkeypatch.setitem(q.PROFILES, "tensorrt", {**q.PROFILES["tensorrt"], "fp32": []})
+    again = q.quantized_onnx(loaded, H, W, source, profile="tensorrt", cache_root=tmp_path)
+    assert again != first and _quantised_inputs(again) > _quantised_inputs(first)
+    assert _calibration_id(source, "strong") != engine_id  # the engine is rebuilt too
+
+
 def test_onnxruntime_backend_runs_int8_from_the_shipped_table(refinenet, samples):
     with create_backend("onnxruntime", refinenet, height=H, width=W, precision="int8") as b:
         assert b.precision == "int8" and "int8" in b.onnx_path.name
@@ -150,7 +185,7 @@ def _options(**values):
 
 def test_weights_without_calibration_get_one_clear_line():
     loaded = _small_random()
-    with pytest.raises(ValueError, match="ships no calibration table.*calibration_images") as e:
+    with pytest.raises(ValueError, match="ships no calibration table.*calibration.images") as e:
         create_backend("onnxruntime", loaded, height=H, width=W, precision="int8")
     assert "\n" not in str(e.value)
 
