@@ -28,6 +28,7 @@ from torch import nn
 LOG = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
+BATCH_DIM = "batch"  # the symbolic batch dimension's name in the exported graph
 HEAD_OUTPUTS = ("label", "confidence", "probabilities")
 LOGITS_OUTPUT = "logits"
 MIN_OPSET = 17
@@ -130,12 +131,15 @@ def export_onnx(
     *,
     head: bool = True,
     opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
 ) -> Path:
-    """Export ``module`` for a fixed 1×3×height×width input to ``path``; returns the path.
+    """Export ``module`` for an N×3×height×width input to ``path``; returns the path.
 
-    The file passes ``onnx.checker`` and has outputs ``label``/``confidence``/``probabilities``
-    (``head=True``) or ``logits``. Raises ValueError for bad sizes/opsets, RuntimeError if the
-    exporter fails.
+    With ``dynamic_batch`` N is the symbolic ``BATCH_DIM`` (height and width
+    stay static), so one session or engine runs the frames of several cameras
+    at once; else N is 1. The file passes ``onnx.checker`` and has outputs
+    ``label``/``confidence``/``probabilities`` (``head=True``) or ``logits``.
+    Raises ValueError for bad sizes/opsets, RuntimeError if the exporter fails.
     """
     import onnx
 
@@ -149,6 +153,7 @@ def export_onnx(
     graph = _ExportGraph(module.eval(), head)
     example = torch.zeros(1, 3, int(height), int(width))
     outputs = list(HEAD_OUTPUTS) if head else [LOGITS_OUTPUT]
+    dynamic_shapes = ({0: torch.export.Dim(BATCH_DIM, min=1)},) if dynamic_batch else None
     try:
         with (
             tensorrt_friendly(module),
@@ -165,6 +170,7 @@ def export_onnx(
                 dynamo=True,
                 input_names=[INPUT_NAME],
                 output_names=outputs,
+                dynamic_shapes=dynamic_shapes,
                 opset_version=int(opset),
                 external_data=False,
                 verbose=False,
@@ -476,7 +482,7 @@ def tensorrt_qdq_problems(onnx_path: str | Path) -> list[str]:
 def compare_with_torch(
     module: nn.Module, onnx_path: str | Path, images, *, optimized: bool = False
 ) -> dict[str, float]:
-    """Run the file with ONNX Runtime (CPU) and the module with PyTorch on 1×3×H×W batches.
+    """Run the file with ONNX Runtime (CPU) and the module with PyTorch on N×3×H×W batches.
 
     ``images`` is one batch or a list of them. Returns ``label_agreement``
     (mean fraction of pixels with the same argmax), ``max_abs_diff`` (logits

@@ -9,7 +9,17 @@ bindings where seg_ros touches them:
   GPU_FALLBACK/TF32; IInt8EntropyCalibrator2 and IBuilderConfig.int8_calibrator.
 - 11.x: strongly typed only; no FP16/INT8 builder flags, no calibrator
   classes, no int8_calibrator attribute (setting it raises AttributeError, as
-  on a pybind class); STRONGLY_TYPED is kept and ignored.
+  on a pybind class), no set_calibration_profile; STRONGLY_TYPED is kept and
+  ignored.
+- both: dynamic shapes as the bindings have them. A parsed network's inputs
+  (num_inputs, get_input(i).name/.shape) show a symbolic ONNX dimension as
+  -1; Builder.create_optimization_profile() gives an IOptimizationProfile
+  whose set_shape(input, min, opt, max) IBuilderConfig.add_optimization_profile
+  takes (its index, -1 when invalid); a network with a dynamic input and no
+  profile for it does not build. The engine answers get_tensor_profile_shape
+  (name, profile index) with [min, opt, max], and reports -1 for dynamic
+  dimensions until IExecutionContext.set_input_shape (False outside the
+  profile) fixes them for a run; execute_async_v3 fails while one is unset.
 
 Builds record what they were given and check what TensorRT checks
 (precision flags on a strongly typed network fail the build; an INT8 build
@@ -133,9 +143,10 @@ def make_tensorrt(
         "progress_monitor",
         "default_device_type",
         "DLA_core",
+        "profiles",
     ]
     if major < 11:
-        config_slots.append("int8_calibrator")
+        config_slots += ["int8_calibrator", "calibration_profile"]
 
     class IBuilderConfig:
         __slots__ = config_slots
@@ -144,8 +155,33 @@ def make_tensorrt(
             self.flags, self.pools, self.timing_cache = set(), {}, None
             self.progress_monitor = None
             self.default_device_type, self.DLA_core = trt.DeviceType.GPU, -1
+            self.profiles = []
             if major < 11:
                 self.int8_calibrator = None
+                self.calibration_profile = None
+
+        def add_optimization_profile(self, profile):
+            assert isinstance(profile, IOptimizationProfile)
+            if not profile.valid:
+                return -1
+            self.profiles.append(profile)
+            return len(self.profiles) - 1
+
+        @property
+        def num_optimization_profiles(self):
+            return len(self.profiles)
+
+        if major < 11:
+
+            def set_calibration_profile(self, profile):
+                assert isinstance(profile, IOptimizationProfile)
+                if not profile.valid:
+                    return False
+                self.calibration_profile = profile
+                return True
+
+            def get_calibration_profile(self):
+                return self.calibration_profile
 
         def set_memory_pool_limit(self, pool, size):
             self.pools[pool.name] = size
@@ -171,6 +207,33 @@ def make_tensorrt(
         def get_timing_cache(self):
             return self.timing_cache
 
+    class ITensor:
+        def __init__(self, name: str, shape: tuple):
+            self.name, self.shape = name, shape
+
+    class IOptimizationProfile:
+        def __init__(self):
+            self.shapes = {}
+            self.valid = True
+
+        def set_shape(self, input, min, opt, max):
+            shapes = [tuple(int(d) for d in dims) for dims in (min, opt, max)]
+            low, mid, high = shapes
+            if len({len(d) for d in shapes}) != 1 or not all(
+                1 <= a <= b <= c for a, b, c in zip(low, mid, high)
+            ):
+                self.valid = False  # TensorRT logs the error; the profile is then rejected
+            self.shapes[input] = shapes
+
+        def get_shape(self, input):
+            return self.shapes[input]
+
+    def _dims(value_info) -> tuple:
+        return tuple(
+            d.dim_value if d.HasField("dim_value") else -1
+            for d in value_info.type.tensor_type.shape.dim
+        )
+
     class INetworkDefinition:
         def __init__(self, flags: int):
             known = sum(
@@ -184,6 +247,14 @@ def make_tensorrt(
             strong = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
             self.strongly_typed = major >= 11 or bool(strong and flags & (1 << int(strong)))
             self.onnx = None
+            self.inputs = []
+
+        @property
+        def num_inputs(self):
+            return len(self.inputs)
+
+        def get_input(self, index):
+            return self.inputs[index]
 
     class OnnxParser:
         num_errors = 0
@@ -196,7 +267,11 @@ def make_tensorrt(
             data = Path(path).read_bytes()
             import onnx
 
-            onnx.load_from_string(data)  # raises for a file that is not ONNX
+            model = onnx.load_from_string(data)  # raises for a file that is not ONNX
+            constants = {init.name for init in model.graph.initializer}
+            self.network.inputs = [
+                ITensor(v.name, _dims(v)) for v in model.graph.input if v.name not in constants
+            ]
             self.network.onnx = data
             return True
 
@@ -219,6 +294,9 @@ def make_tensorrt(
             record.configs.append(config)
             return config
 
+        def create_optimization_profile(self):
+            return IOptimizationProfile()
+
         def build_serialized_network(self, network, config):
             record.builds.append((network, config))
             if network.onnx is None:
@@ -226,10 +304,19 @@ def make_tensorrt(
             precision_flags = config.flags & {"FP16", "INT8"}
             if network.strongly_typed and precision_flags:
                 return None  # TensorRT: precision flags are not allowed in strongly typed mode
+            profiles = self._profiles(network, config.profiles)
+            if profiles is None:
+                return None  # TensorRT: dynamic inputs, but no (fitting) optimisation profile
             calibrator = getattr(config, "int8_calibrator", None)
             if "INT8" in config.flags:
                 if calibrator is None:
                     return None
+                if profiles:  # a network with runtime dimensions calibrates on its own profile
+                    single = config.calibration_profile
+                    if single is None or self._profiles(network, [single]) is None:
+                        return None
+                    image = next(iter(single.shapes.values()))
+                    assert image[0] == image[2] and image[1][0] == calibrator.get_batch_size()
                 self._calibrate(calibrator)
             monitor = config.progress_monitor
             if monitor is not None:
@@ -248,9 +335,29 @@ def make_tensorrt(
                     "strongly_typed": network.strongly_typed,
                     "flags": sorted(config.flags),
                     "dla_core": config.DLA_core,
+                    "profiles": profiles,
                 }
             ).encode()
             return PLAN_MAGIC + len(header).to_bytes(4, "little") + header + network.onnx
+
+        @staticmethod
+        def _profiles(network, profiles):
+            """Each profile's shapes by input: [] for a static network, None if one is unfit."""
+            dynamic = {t.name: t.shape for t in network.inputs if -1 in t.shape}
+            if not dynamic:
+                return []
+            if not profiles:
+                return None
+            for profile in profiles:
+                for name, shape in dynamic.items():
+                    if name not in profile.shapes:
+                        return None
+                    for dims in profile.shapes[name]:
+                        if len(dims) != len(shape) or any(
+                            s != -1 and s != d for s, d in zip(shape, dims)
+                        ):
+                            return None
+            return [{name: p.shapes[name] for name in dynamic} for p in profiles]
 
         @staticmethod
         def _calibrate(calibrator):
@@ -274,9 +381,8 @@ def make_tensorrt(
             for value, mode in [(v, trt.TensorIOMode.INPUT) for v in model.graph.input] + [
                 (v, trt.TensorIOMode.OUTPUT) for v in model.graph.output
             ]:
-                tensor = value.type.tensor_type
-                shape = [d.dim_value for d in tensor.shape.dim]
-                self._io.append((value.name, mode, shape, onnx_types[tensor.elem_type]))
+                elem = onnx_types[value.type.tensor_type.elem_type]
+                self._io.append((value.name, mode, list(_dims(value)), elem))
             self.session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
 
         @property
@@ -298,6 +404,16 @@ def make_tensorrt(
         def get_tensor_dtype(self, name):
             return getattr(trt, self._find(name)[3])
 
+        @property
+        def num_optimization_profiles(self):
+            return len(self.header["profiles"])
+
+        def get_tensor_profile_shape(self, name, profile_index):
+            profile = self.header["profiles"][profile_index]
+            if name not in profile:
+                raise RuntimeError(f"{name!r} is not a dynamic input of profile {profile_index}")
+            return [tuple(dims) for dims in profile[name]]
+
         def create_execution_context(self):
             return IExecutionContext(self)
 
@@ -305,7 +421,30 @@ def make_tensorrt(
         def __init__(self, engine):
             self.engine = engine
             self.addresses = {}
+            self.input_shapes = {}
             self.runs = 0
+
+        def set_input_shape(self, name, shape):
+            shape = tuple(int(d) for d in shape)
+            entry = self.engine._find(name)
+            if entry[1] is not trt.TensorIOMode.INPUT or len(shape) != len(entry[2]):
+                return False
+            if any(s != -1 and s != d for s, d in zip(entry[2], shape)):
+                return False
+            if -1 in entry[2]:  # within profile 0, the one a fresh context uses
+                low, _, high = self.engine.get_tensor_profile_shape(name, 0)
+                if not all(a <= d <= b for a, d, b in zip(low, shape, high)):
+                    return False
+            self.input_shapes[name] = shape
+            return True
+
+        def get_tensor_shape(self, name):
+            _, mode, shape, _ = self.engine._find(name)
+            if mode is trt.TensorIOMode.INPUT:
+                return self.input_shapes.get(name, tuple(shape))
+            # the head's outputs have the input's batch; the rest is static
+            batch = next(iter(self.input_shapes.values()), (-1,))[0]
+            return tuple(batch if d == -1 else d for d in shape)
 
         def set_tensor_address(self, name, address):
             if name not in {entry[0] for entry in self.engine._io}:
@@ -314,8 +453,8 @@ def make_tensorrt(
             return True
 
         def _array(self, name):
-            _, _, shape, dtype = self.engine._find(name)
-            dtype = np.dtype(numpy_types[dtype])
+            shape = self.get_tensor_shape(name)
+            dtype = np.dtype(numpy_types[self.engine._find(name)[3]])
             size = int(np.prod(shape)) * dtype.itemsize
             buffer = (ctypes.c_char * size).from_address(self.addresses[name])
             return np.frombuffer(buffer, dtype=dtype).reshape(shape)
@@ -323,6 +462,8 @@ def make_tensorrt(
         def execute_async_v3(self, stream_handle):
             if set(self.addresses) != {entry[0] for entry in self.engine._io}:
                 return False  # TensorRT: every I/O tensor needs an address
+            if any(-1 in self.get_tensor_shape(entry[0]) for entry in self.engine._io):
+                return False  # TensorRT: every dynamic input needs set_input_shape first
             inputs = {
                 name: self._array(name).copy()
                 for name, mode, _, _ in self.engine._io

@@ -105,6 +105,55 @@ def test_onnxruntime_and_torch_agree(models, frame, family):
     np.testing.assert_array_equal(a["label"], a["probabilities"].argmax(axis=1))
 
 
+def _counting_runs(backend, monkeypatch) -> list:
+    """Record the batch size of every session.run of an ONNX Runtime backend."""
+    sizes, run = [], backend._session.run
+
+    def counting(names, feeds):
+        sizes.append(len(feeds["image"]))
+        return run(names, feeds)
+
+    monkeypatch.setattr(backend._session, "run", counting)
+    return sizes
+
+
+def test_onnxruntime_runs_a_batch_of_cameras_in_one_session_run(deeplab, frame, monkeypatch):
+    """The export's dynamic batch: two frames in one run, the labels of two single runs."""
+    from seg_ros.backends.base import MAX_BATCH
+
+    frames = np.concatenate([_batch(deeplab, frame), _batch(deeplab, frame[:, ::-1].copy())])
+    with create_backend("onnxruntime", deeplab, height=H, width=W) as backend:
+        assert backend.max_batch == MAX_BATCH  # a symbolic batch: any
+        sizes = _counting_runs(backend, monkeypatch)
+        both = backend.infer(frames, ("label", "confidence"))
+        singles = [backend.infer(frames[i : i + 1], ("label", "confidence")) for i in range(2)]
+    assert sizes == [2, 1, 1]
+    assert not (frames[0] == frames[1]).all()  # different images per item
+    for i, single in enumerate(singles):
+        assert (both["label"][i : i + 1] == single["label"]).all()
+        np.testing.assert_allclose(both["confidence"][i : i + 1], single["confidence"], atol=1e-5)
+
+
+def test_a_static_batch_graph_still_runs_frame_by_frame(tmp_path, monkeypatch):
+    """An export from before the dynamic batch (static 1x3xHxW) takes a batch one frame a time."""
+    from functools import partial
+
+    import seg_ros.backends.onnx_cache as onnx_cache
+    from seg_ros.backends.onnx_cache import check_onnx_for_tensorrt
+
+    tiny = _tiny()
+    static = partial(cached_onnx, dynamic_batch=False, cache_root=tmp_path)
+    check_onnx_for_tensorrt(static(tiny, 16, 24, head=True), 16, 24)  # TensorRT takes it too
+    monkeypatch.setattr(onnx_cache, "cached_onnx", static)
+    with create_backend("onnxruntime", tiny, height=16, width=24) as backend:
+        assert backend.max_batch == 1
+        sizes = _counting_runs(backend, monkeypatch)
+        pipeline = SegmentationPipeline(backend, num_classes=4, input_size=(16, 24))
+        images = np.random.default_rng(2).integers(0, 256, (2, 20, 30, 3), dtype=np.uint8)
+        results = pipeline.process_batch(list(images))
+    assert sizes == [1, 1] and len(results) == 2
+
+
 def test_only_the_requested_outputs(deeplab, frame):
     batch = _batch(deeplab, frame)
     with create_backend("onnxruntime", deeplab, height=H, width=W) as backend:
@@ -267,6 +316,7 @@ def test_onnx_cache_reuses_only_matching_files(tmp_path, export_calls):
 
     tiny = _tiny()
     assert export_key(tiny, 16, 24) != export_key(tiny, 8, 12)
+    assert export_key(tiny, 16, 24) != export_key(tiny, 16, 24, dynamic_batch=False)
     first = cached_onnx(tiny, 16, 24, cache_root=tmp_path)
     assert cached_onnx(tiny, 16, 24, cache_root=tmp_path) == first
     assert export_calls == [(16, 24)]

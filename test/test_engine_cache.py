@@ -47,6 +47,7 @@ def _key(**changes) -> dict:
         tensorrt_version="10.3.0",
         gpu=GPU,
         dla_core=-1,
+        max_batch=1,
     )
     network = {
         "model": {"weights": "sha256:aa", "family": "deeplab"},
@@ -68,11 +69,11 @@ IO = engine_io(11, 64, 96)
 
 
 def test_engine_io_is_the_export_heads_io():
-    assert IO == {
-        "image": {"shape": [1, 3, 64, 96], "dtype": "float32"},
-        "label": {"shape": [1, 64, 96], "dtype": "int32"},
-        "confidence": {"shape": [1, 64, 96], "dtype": "float32"},
-        "probabilities": {"shape": [1, 11, 64, 96], "dtype": "float32"},
+    assert IO == {  # -1: the dynamic batch, as TensorRT reports it
+        "image": {"shape": [-1, 3, 64, 96], "dtype": "float32"},
+        "label": {"shape": [-1, 64, 96], "dtype": "int32"},
+        "confidence": {"shape": [-1, 64, 96], "dtype": "float32"},
+        "probabilities": {"shape": [-1, 11, 64, 96], "dtype": "float32"},
     }
 
 
@@ -89,6 +90,7 @@ def test_engine_io_is_the_export_heads_io():
         {"gpu": {"multiprocessors": 8, "memory_gib": 15}},  # Orin NX 16 GB: same name and sm
         {"gpu": {"memory_gib": 31}},  # AGX Orin 32 GB has 14 SMs, but memory alone must do
         {"dla_core": 0},
+        {"max_batch": 4},  # the optimisation profile's largest batch (the node's cameras)
     ],
 )
 def test_every_validity_field_changes_the_key(change):
@@ -204,11 +206,12 @@ def test_failed_build_leaves_no_file(tmp_path):
 def test_cache_paths(tmp_path, monkeypatch):
     cache = EngineCache(tmp_path)
     names = {
-        cache.engine_path("deeplab v3+/x", 360, 480, p, d).name
+        cache.engine_path("deeplab v3+/x", 360, 480, p, d, max_batch=b).name
         for p in ("fp32", "fp16", "int8")
         for d in (-1, 0, 1)
+        for b in (1, 4)
     }
-    assert len(names) == 9 and all("/" not in n and " " not in n for n in names)
+    assert len(names) == 18 and all("/" not in n and " " not in n for n in names)
     assert cache.timing_cache_path("10.3.0", GPU) != cache.timing_cache_path(
         "10.3.0", replace(GPU, multiprocessors=8)
     )
@@ -487,6 +490,8 @@ def test_implicit_int8_runs_the_calibrator_and_caches_its_table(install, tmp_pat
     art = prepare_engine(loaded, height=H, width=W, precision="int8", options=options)
     _, config = trt.record.builds[-1]
     assert config.flags == {"FP16", "INT8"} and config.int8_calibrator is not None
+    # the calibrator feeds one frame at a time: a batch-1 calibration profile beside the profile
+    assert config.calibration_profile.get_shape("image") == [(1, 3, H, W)] * 3
     assert trt.record.calibration == ["batch"] * 3 and art.key["typing"] == "weak"
     assert len(list(engines.glob("*.calib"))) == 1
     prepare_engine(loaded, height=H, width=W, precision="int8", options=options, force=True)
@@ -607,6 +612,71 @@ def test_runtime_path_runs_the_engine_on_bound_buffers(install, tmp_path, versio
     assert not again.engine_built and len(trt.record.builds) == 1
     # one TensorRT logger for the whole process: builder, parser and both runtimes share it
     assert len({id(logger) for logger in trt.record.loggers}) == 1
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.1.0"])
+def test_the_profile_spans_one_to_max_batch_and_a_batch_runs_at_once(install, tmp_path, version):
+    import torch
+
+    from seg_ros.backends import create_backend
+    from seg_ros.backends.tensorrt_backend import TensorRTBackend
+
+    trt = install(version)
+    loaded = _TinyNet.loaded()
+    options = BackendOptions(engine_cache=str(tmp_path), max_batch=3)
+    backend = TensorRTBackend(loaded, height=H, width=W, precision="fp32", options=options)
+    network, config = trt.record.builds[-1]
+    assert network.get_input(0).shape == (-1, 3, H, W)  # the export's dynamic batch
+    assert [p.get_shape("image") for p in config.profiles] == [
+        [(1, 3, H, W), (3, 3, H, W), (3, 3, H, W)]  # min 1, opt and max: the cameras
+    ]
+    assert backend.max_batch == 3 and backend.engine_path.name.endswith("-b3.engine")
+    assert backend._engine.get_tensor_profile_shape("image", 0)[2] == (3, 3, H, W)
+    context = backend._context
+    batch = np.random.default_rng(5).standard_normal((3, 3, H, W), dtype=np.float32)
+    got = backend.infer(batch, ("label", "probabilities"))
+    assert context.runs == 1 and context.input_shapes == {"image": (3, 3, H, W)}
+    assert got["label"].shape == (3, H, W)
+    two = backend.infer(batch[1:], ("label",))  # fewer frames than the profile's largest
+    assert context.runs == 2 and context.input_shapes["image"] == (2, 3, H, W)
+    assert (two["label"] == got["label"][1:]).all()
+    chunks = backend.infer_tensor(torch.from_numpy(np.concatenate([batch, batch[:1]])), ("label",))
+    assert context.runs == 4  # 4 frames: a batch of 3, then 1
+    assert (chunks["label"].numpy() == np.concatenate([got["label"], got["label"][:1]])).all()
+    assert not context.set_input_shape("image", (4, 3, H, W))  # beyond the profile
+    with create_backend(
+        "onnxruntime", loaded, height=H, width=W, options={"device": "cpu"}
+    ) as ort:
+        singles = [ort.infer(batch[i : i + 1], ("label", "probabilities")) for i in range(3)]
+    assert (got["label"] == np.concatenate([s["label"] for s in singles])).all()
+    np.testing.assert_allclose(
+        got["probabilities"], np.concatenate([s["probabilities"] for s in singles]), atol=1e-5
+    )
+    backend.close()
+    single = TensorRTBackend(
+        loaded,
+        height=H,
+        width=W,
+        precision="fp32",
+        options=BackendOptions(engine_cache=str(tmp_path)),
+    )
+    assert single.engine_built and single.max_batch == 1  # another max_batch: another engine
+    assert len(trt.record.builds) == 2
+
+
+def test_a_dynamic_batch_without_a_profile_does_not_build(install, tmp_path, monkeypatch):
+    import seg_ros.backends.tensorrt_backend as backend
+
+    install("10.3.0")
+    monkeypatch.setattr(backend, "_add_batch_profile", lambda *args, **kwargs: None)
+    with pytest.raises(BackendError, match="failed to build an engine"):
+        backend.prepare_engine(
+            _TinyNet.loaded(),
+            height=H,
+            width=W,
+            precision="fp32",
+            options=BackendOptions(engine_cache=str(tmp_path)),
+        )
 
 
 def test_engine_built_is_true_after_a_rebuild(install, tmp_path, caplog):

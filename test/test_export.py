@@ -89,15 +89,17 @@ def test_logits_export_matches_pytorch_in_onnxruntime(tmp_path, family, options)
     assert unsupported_tensorrt_ops(path) == []
     session = _session(path)
     assert [i.name for i in session.get_inputs()] == ["image"]
-    assert session.get_inputs()[0].shape == [1, 3, HEIGHT, WIDTH]
+    assert session.get_inputs()[0].shape == ["batch", 3, HEIGHT, WIDTH]  # the batch is dynamic
     assert [o.name for o in session.get_outputs()] == ["logits"]
-    image = np.random.default_rng(1).standard_normal((1, 3, HEIGHT, WIDTH), dtype=np.float32)
-    (logits,) = session.run(None, {"image": image})
-    with torch.no_grad():
-        expected = model(torch.from_numpy(image)).numpy()
-    assert logits.shape == (1, 11, HEIGHT, WIDTH)
-    assert np.abs(logits - expected).max() < 1e-3
-    assert (logits.argmax(1) == expected.argmax(1)).mean() >= 0.999
+    images = np.random.default_rng(1).standard_normal((3, 3, HEIGHT, WIDTH), dtype=np.float32)
+    for batch in (images[:1], images):  # batch 1, and 3 different images in one run
+        (logits,) = session.run(None, {"image": batch})
+        with torch.no_grad():
+            expected = model(torch.from_numpy(batch)).numpy()
+        assert logits.shape == (len(batch), 11, HEIGHT, WIDTH)
+        assert np.abs(logits - expected).max() < 1e-3
+        assert (logits.argmax(1) == expected.argmax(1)).mean() >= 0.999
+    np.testing.assert_allclose(logits[:1], session.run(None, {"image": images[:1]})[0], atol=1e-4)
 
 
 def test_export_command_writes_the_head_graph(tmp_path, capsys):
@@ -165,6 +167,12 @@ def test_export_command_reports_missing_weights(tmp_path):
     )
     with pytest.raises(FileNotFoundError, match="none.safetensors"):
         args.func(args)
+
+
+def test_a_static_export_keeps_batch_one(tmp_path):
+    model = torch.nn.Conv2d(3, 2, 1).eval()
+    path = export_onnx(model, tmp_path / "static.onnx", 8, 12, head=False, dynamic_batch=False)
+    assert _session(path).get_inputs()[0].shape == [1, 3, 8, 12]
 
 
 def test_export_rejects_bad_arguments(tmp_path):
@@ -314,6 +322,22 @@ def _agreement(loaded, onnx_path, images) -> float:
     return float(np.mean(same))
 
 
+def _batch_equals_single_runs(path, loaded, images) -> None:
+    """Check that a batch of different frames in one run gives each frame's batch-1 results."""
+    from seg_ros.preprocess import Preprocessor
+
+    spec = loaded.spec
+    preprocess = Preprocessor(spec.input_height, spec.input_width, spec.mean, spec.std)
+    batch = np.concatenate([preprocess(image)[1] for image in images])
+    session = _session(path)
+    assert isinstance(session.get_inputs()[0].shape[0], str)  # symbolic
+    label, _, probabilities = session.run(None, {"image": batch})
+    for i in range(len(batch)):
+        one = session.run(None, {"image": batch[i : i + 1]})
+        assert (label[i : i + 1] == one[0]).mean() > 0.999
+        np.testing.assert_allclose(probabilities[i : i + 1], one[2], atol=1e-3)
+
+
 @pytest.fixture(scope="module")
 def bundled_fp32(tmp_path_factory):
     """Load the default bundled model and export its fp32 head graph at its trained size."""
@@ -347,7 +371,9 @@ def test_fp16_graph_is_strongly_typed_fp16_and_agrees_with_pytorch(bundled_fp32,
     }
     assert unsupported_tensorrt_ops(path) == []
     spec = loaded.spec
-    assert _agreement(loaded, path, _frames(4, spec.input_height, spec.input_width, 1)) >= 0.99
+    frames = _frames(4, spec.input_height, spec.input_width, 1)
+    assert _agreement(loaded, path, frames) >= 0.99
+    _batch_equals_single_runs(path, loaded, frames[:3])
 
 
 @pytest.fixture(scope="module")
@@ -379,6 +405,7 @@ def test_int8_graph_for_tensorrt_runs_the_same_numbers(bundled_int8, tmp_path):
     trt_form = _session(path).run(None, {"image": batch})
     assert (ort_form[0] == trt_form[0]).mean() > 0.999  # labels
     np.testing.assert_allclose(ort_form[2], trt_form[2], atol=1e-4)  # probabilities
+    _batch_equals_single_runs(path, loaded, _frames(3, spec.input_height, spec.input_width, 2))
 
 
 def test_int8_graph_agrees_with_pytorch(bundled_int8):

@@ -132,7 +132,7 @@ def create_backend(
     threads: int = 0,
     options: dict | None = None,
 ) -> Backend:
-    """Start a backend for ``loaded`` (seg_ros.models.LoadedModel) at a 1×3×height×width input.
+    """Start a backend for ``loaded`` (seg_ros.models.LoadedModel) at an N×3×height×width input.
 
     ValueError for bad arguments; BackendError (a RuntimeError) with the reason
     when the backend cannot start (library missing, no GPU, build failed, ...).

@@ -2,8 +2,8 @@
 
 The pipeline only ever calls ``infer(batch, outputs)`` and ``close()``; the
 names, shapes and dtypes of the outputs are those of the exported ONNX head
-(seg_ros.export): ``label`` 1×H×W int32, ``confidence`` 1×H×W float32,
-``probabilities`` 1×C×H×W float32.
+(seg_ros.export): ``label`` N×H×W int32, ``confidence`` N×H×W float32,
+``probabilities`` N×C×H×W float32.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from seg_ros.choices import DEVICES as _DEVICES
 
 OUTPUT_NAMES = ("label", "confidence", "probabilities")
 INPUT_NAME = "image"
+# The batch limit of a backend that takes any batch (PyTorch, a symbolic ONNX batch): it only
+# bounds memory.
+MAX_BATCH = 64
 DEVICES = ("", *_DEVICES)  # "" = best available
 
 
@@ -47,8 +50,8 @@ class BackendOptions:
     implicit_precision: bool = False
     # torch: cpu|cuda; onnxruntime: cpu|cuda|tensorrt (execution provider); "" = best available
     device: str = ""
-    # The largest batch the caller will send (the node: one frame per camera); a backend with a
-    # fixed input (TensorRT profile, static ONNX graph) builds for 1..max_batch.
+    # The largest batch the caller will send (the node: one frame per camera); TensorRT builds
+    # its optimisation profile for 1..max_batch.
     max_batch: int = 1
 
     @classmethod
@@ -85,6 +88,8 @@ class BackendOptions:
                 "backend option 'dla_core' must be -1 (GPU) or a DLA core index, "
                 f"got {result.dla_core}"
             )
+        if result.max_batch < 1:
+            raise ValueError(f"backend option 'max_batch' must be >= 1, got {result.max_batch}")
         if result.calibration_frames <= 0:
             raise ValueError(
                 "backend option 'calibration_frames' must be positive, "
@@ -167,11 +172,16 @@ class Backend:
         return f"<{type(self).__name__} {self.name} {self.precision} input={self.input_shape}>"
 
 
-def head_io(num_classes: int, height: int, width: int) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Map name -> (shape, dtype) of the head's input and outputs, as every backend gives them."""
+def head_io(
+    num_classes: int, height: int, width: int, batch: int = 1
+) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Map name -> (shape, dtype) of the head's input and outputs, as every backend gives them.
+
+    ``batch`` -1 is a dynamic batch, as TensorRT reports it.
+    """
     return {
-        INPUT_NAME: ((1, 3, height, width), "float32"),
-        "label": ((1, height, width), "int32"),
-        "confidence": ((1, height, width), "float32"),
-        "probabilities": ((1, num_classes, height, width), "float32"),
+        INPUT_NAME: ((batch, 3, height, width), "float32"),
+        "label": ((batch, height, width), "int32"),
+        "confidence": ((batch, height, width), "float32"),
+        "probabilities": ((batch, num_classes, height, width), "float32"),
     }

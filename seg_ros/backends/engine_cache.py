@@ -4,9 +4,10 @@ An engine only runs on the TensorRT version and GPU it was built for (name,
 compute capability, and the multiprocessor count and memory that tell Jetson
 modules of one capability apart: an AGX Orin engine must not run on an Orin
 NX), and is only right for the network, weights, input shape, precision, how
-that precision was built (strongly or weakly typed), calibration and DLA
-core. Each file carries that key, the I/O shapes and the payload's sha256
-in a small JSON header ahead of the serialized engine::
+that precision was built (strongly or weakly typed), calibration, DLA core
+and the largest batch of its optimisation profile. Each file carries that
+key, the I/O shapes and the payload's sha256 in a small JSON header ahead of
+the serialized engine::
 
     MAGIC | uint32 little-endian header length | header JSON | engine bytes
 
@@ -31,7 +32,7 @@ from seg_ros.backends.onnx_cache import atomic_write, digest, normalised, safe_n
 LOG = logging.getLogger(__name__)
 
 MAGIC = b"SEG_ROS-TRT-ENGINE\n"
-FORMAT = 2  # 2: GPU multiprocessors and memory, typing
+FORMAT = 3  # 2: GPU multiprocessors and memory, typing; 3: dynamic batch, max_batch
 _MAX_HEADER = 1 << 20
 
 
@@ -48,12 +49,14 @@ def engine_key(
     tensorrt_version: str,
     gpu: GpuIdentity,
     dla_core: int,
+    max_batch: int,
 ) -> dict:
     """Return the key an engine is valid for; ``export_key`` pins network, weights and shape.
 
     ``typing`` is "strong" (built from a graph that carries its precision) or
     "weak" (fp32 graph + builder flags); ``calibration`` identifies the INT8
-    ranges and only counts for int8.
+    ranges and only counts for int8; ``max_batch`` is the largest batch the
+    engine's optimisation profile takes.
     """
     return normalised(
         {
@@ -70,16 +73,17 @@ def engine_key(
                 "memory_gib": int(gpu.memory_gib),
             },
             "dla_core": int(dla_core),
+            "max_batch": int(max_batch),
         }
     )
 
 
 def engine_io(num_classes: int, height: int, width: int) -> dict:
-    """Name -> {shape, dtype} the engine must expose (the exported head's I/O)."""
+    """Name -> {shape, dtype} the engine must expose: the exported head's, batch dynamic (-1)."""
     return normalised(
         {
             name: {"shape": list(shape), "dtype": dtype}
-            for name, (shape, dtype) in head_io(num_classes, height, width).items()
+            for name, (shape, dtype) in head_io(num_classes, height, width, batch=-1).items()
         }
     )
 
@@ -195,11 +199,23 @@ class EngineCache:
             self.folder = cache_dir() / "engines"
 
     def engine_path(
-        self, model_name: str, height: int, width: int, precision: str, dla_core: int = -1
+        self,
+        model_name: str,
+        height: int,
+        width: int,
+        precision: str,
+        dla_core: int = -1,
+        max_batch: int = 1,
     ) -> Path:
-        """Name one file per model, size, precision and DLA core; its header says what it holds."""
+        """Name one file per model, size, precision, DLA core and max batch; the header says more.
+
+        Nodes with different numbers of cameras so keep their own engines instead of rebuilding
+        each other's.
+        """
         dla = f"-dla{dla_core}" if dla_core >= 0 else ""
-        return self.folder / f"{safe_name(model_name)}-{height}x{width}-{precision}{dla}.engine"
+        batch = f"-b{max_batch}" if max_batch > 1 else ""
+        stem = f"{safe_name(model_name)}-{height}x{width}-{precision}{dla}{batch}"
+        return self.folder / f"{stem}.engine"
 
     def timing_cache_path(self, tensorrt_version: str, gpu: GpuIdentity) -> Path:
         """Tactic timings are per TensorRT version and GPU, shared by every model built there."""

@@ -2,14 +2,16 @@
 
 A file is reused only when the key stored in its own metadata equals the key
 of the model being started (weights hash, family and options, input size,
-opset, exporter code); anything else — a different model, a truncated file, a
-file from an older seg_ros — is exported again. Files are written atomically.
-A random-initialised model is exported to a temporary folder removed at exit:
-its parameters differ on every start, so a cached copy could never be reused.
+dynamic or static batch, opset, exporter code); anything else — a different
+model, a truncated file, a file from an older seg_ros — is exported again.
+Files are written atomically. A random-initialised model is exported to a
+temporary folder removed at exit: its parameters differ on every start, so a
+cached copy could never be reused.
 The cache folder is bounded (``SEG_ROS_ONNX_CACHE_MB``, default 1024 MiB):
 the least recently used files go first, each eviction logged.
-Also the TensorRT-side preparation: the exported graph must have a static
-1×3×H×W input, the head's outputs and only operators TensorRT's parser knows.
+Also the TensorRT-side preparation: the exported graph must have an N×3×H×W
+input (N symbolic, or 1), the head's outputs and only operators TensorRT's
+parser knows.
 """
 
 from __future__ import annotations
@@ -100,7 +102,15 @@ def model_key(loaded) -> dict:
     }
 
 
-def export_key(loaded, height: int, width: int, *, head: bool = True, opset: int = 0) -> dict:
+def export_key(
+    loaded,
+    height: int,
+    width: int,
+    *,
+    head: bool = True,
+    opset: int = 0,
+    dynamic_batch: bool = True,
+) -> dict:
     """Return what an exported graph depends on; ``opset`` 0 = the exporter's default."""
     import torch
 
@@ -115,6 +125,7 @@ def export_key(loaded, height: int, width: int, *, head: bool = True, opset: int
             "height": int(height),
             "width": int(width),
             "head": bool(head),
+            "dynamic_batch": bool(dynamic_batch),
             "opset": int(opset or DEFAULT_OPSET),
             "seg_ros": __version__,
             "code": _code_fingerprint(),
@@ -239,13 +250,15 @@ def cached_onnx(
     *,
     head: bool = True,
     opset: int = 0,
+    dynamic_batch: bool = True,
     cache_root: Path | None = None,
 ) -> Path:
     """Return an ONNX file for ``loaded`` at height×width, exported unless a matching one exists.
 
+    The batch is symbolic unless ``dynamic_batch`` is False (then 1).
     Random-initialised models go to ``scratch_dir()`` instead of the cache.
     """
-    key = export_key(loaded, height, width, head=head, opset=opset)
+    key = export_key(loaded, height, width, head=head, opset=opset, dynamic_batch=dynamic_batch)
     cache = reusable(loaded)
     if cache:
         folder = Path(cache_root) if cache_root else onnx_cache_dir()
@@ -272,7 +285,15 @@ def cached_onnx(
             height,
             " (cached for the next start)" if cache else " (random weights: not cached)",
         )
-        export_onnx(loaded.module, tmp, height, width, head=head, opset=key["opset"])
+        export_onnx(
+            loaded.module,
+            tmp,
+            height,
+            width,
+            head=head,
+            opset=key["opset"],
+            dynamic_batch=dynamic_batch,
+        )
         store_cache_key(tmp, key)
 
     atomic_write(path, write)
@@ -299,9 +320,11 @@ def check_onnx_for_tensorrt(path: Path, height: int, width: int) -> None:
         d.dim_value if d.HasField("dim_value") else d.dim_param
         for d in inputs[0].type.tensor_type.shape.dim
     ]
-    if dims != [1, 3, height, width]:
+    symbolic_batch = bool(dims) and isinstance(dims[0], str) and bool(dims[0])
+    if dims[1:] != [3, height, width] or not (symbolic_batch or dims[0] == 1):
         raise BackendError(
-            f"{path}: input {INPUT_NAME!r} must be static [1, 3, {height}, {width}], got {dims}"
+            f"{path}: input {INPUT_NAME!r} must be [batch, 3, {height}, {width}] with a symbolic "
+            f"batch (or 1), got {dims}"
         )
     outputs = [o.name for o in model.graph.output]
     if sorted(outputs) != sorted(OUTPUT_NAMES):

@@ -14,9 +14,12 @@ BackendError, so ``auto`` falls back to the next backend.
 Building (workspace limit, timing cache, optional Jetson DLA core with GPU
 fallback) takes minutes on a Jetson, so it shows progress (IProgressMonitor
 -> tqdm) and stores the result in the EngineCache, keyed by everything that
-makes an engine valid. Inference binds torch CUDA tensors as I/O
-(set_tensor_address) and runs execute_async_v3 on a torch CUDA stream; no
-pycuda. ``tensorrt`` is imported only when this backend is used.
+makes an engine valid. The exported graph's batch is dynamic, so the build
+adds an optimisation profile for batches 1 to ``max_batch`` (the node's number
+of cameras), tuned for ``max_batch``; each run sets its batch with
+set_input_shape. Inference binds torch CUDA tensors as I/O (set_tensor_address,
+buffers for ``max_batch`` frames) and runs execute_async_v3 on a torch CUDA
+stream; no pycuda. ``tensorrt`` is imported only when this backend is used.
 """
 
 from __future__ import annotations
@@ -200,10 +203,13 @@ def prepare_engine(
         tensorrt_version=features.version,
         gpu=gpu,
         dla_core=options.dla_core,
+        max_batch=options.max_batch,
     )
     cache = EngineCache(options.engine_cache)
     name = loaded.spec.name
-    path = cache.engine_path(name, height, width, precision, options.dla_core)
+    path = cache.engine_path(
+        name, height, width, precision, options.dla_core, max_batch=options.max_batch
+    )
 
     def build() -> bytes:
         with tempfile.TemporaryDirectory(prefix="seg_ros-trt-") as tmp:
@@ -231,6 +237,7 @@ def prepare_engine(
                 typing=typing,
                 workspace_mb=options.workspace_mb,
                 dla_core=options.dla_core,
+                max_batch=options.max_batch,
                 calibrator=calibrator,
                 timing_cache=cache.timing_cache_path(features.version, gpu),
             )
@@ -254,6 +261,7 @@ def build_serialized_engine(
     typing: str = "strong",
     workspace_mb: int,
     dla_core: int,
+    max_batch: int = 1,
     calibrator=None,
     timing_cache: Path,
 ) -> bytes:
@@ -270,6 +278,7 @@ def build_serialized_engine(
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BackendError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
+    _add_batch_profile(builder, network, config, max_batch, calibrating=calibrator is not None)
     if workspace_mb > 0:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     if typing == "weak":
@@ -319,6 +328,30 @@ def build_serialized_engine(
     return bytes(serialized)
 
 
+def _add_batch_profile(builder, network, config, max_batch: int, *, calibrating: bool) -> None:
+    """Give a dynamic-batch network the optimisation profile TensorRT needs to build it.
+
+    Batches 1..max_batch, tuned for max_batch (a full set of cameras). The
+    implicit INT8 calibrator feeds one frame at a time: it gets a batch-1
+    calibration profile. A static graph needs no profile.
+    """
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    dynamic = [(t.name, tuple(int(d) for d in t.shape[1:])) for t in inputs if t.shape[0] == -1]
+    if not dynamic:
+        return
+    profile = builder.create_optimization_profile()
+    for name, rest in dynamic:
+        profile.set_shape(name, (1, *rest), (max_batch, *rest), (max_batch, *rest))
+    if config.add_optimization_profile(profile) < 0:
+        raise BackendError(f"TensorRT refused the optimisation profile for batches 1..{max_batch}")
+    if calibrating:
+        single = builder.create_optimization_profile()
+        for name, rest in dynamic:
+            single.set_shape(name, (1, *rest), (1, *rest), (1, *rest))
+        if not config.set_calibration_profile(single):
+            raise BackendError("TensorRT refused the batch-1 INT8 calibration profile")
+
+
 def _use_timing_cache(config, path: Path) -> None:
     """Give the builder the saved tactic timings; a file it cannot read means a fresh cache."""
     cache = None
@@ -361,17 +394,22 @@ def engine_io_found(trt, engine) -> dict:
 
 
 class _Buffers:
-    """The engine's I/O tensors on the device, their host copies, and the stream to run on."""
+    """The engine's I/O tensors on the device for ``batch`` frames, host copies, the stream.
 
-    def __init__(self, torch, io: dict, device: str):
+    A run of fewer frames uses the first ones: the tensors are contiguous, so
+    those are what TensorRT reads and writes for the smaller shape.
+    """
+
+    def __init__(self, torch, io: dict, device: str, batch: int):
         self.cuda = device == "cuda"
         self.stream = torch.cuda.Stream() if self.cuda else None
         self.device, self.host = {}, {}
         for name, spec in io.items():
             dtype = getattr(torch, spec["dtype"])
-            self.device[name] = torch.empty(spec["shape"], dtype=dtype, device=device)
+            shape = [batch if d == -1 else d for d in spec["shape"]]
+            self.device[name] = torch.empty(shape, dtype=dtype, device=device)
             self.host[name] = (
-                torch.empty(spec["shape"], dtype=dtype, pin_memory=True)
+                torch.empty(shape, dtype=dtype, pin_memory=True)
                 if self.cuda
                 else self.device[name]
             )
@@ -403,6 +441,7 @@ class TensorRTBackend(Backend):
             precision=precision,
             input_shape=(1, 3, height, width),
             num_classes=loaded.spec.num_classes,
+            max_batch=options.max_batch,
         )
         self._context = None
         self._record(artifact)
@@ -440,8 +479,13 @@ class TensorRTBackend(Backend):
         }
         if found != expected:
             raise BackendError(f"engine {artifact.path} has I/O {found}, expected {expected}")
+        largest = int(engine.get_tensor_profile_shape(INPUT_NAME, 0)[2][0])
+        if largest != self.max_batch:
+            raise BackendError(
+                f"engine {artifact.path} takes batches up to {largest}, not {self.max_batch}"
+            )
         self._context = engine.create_execution_context()
-        self._buffers = _Buffers(torch, io, BUFFER_DEVICE)
+        self._buffers = _Buffers(torch, io, BUFFER_DEVICE, self.max_batch)
         for name, tensor in self._buffers.device.items():
             if not self._context.set_tensor_address(name, tensor.data_ptr()):
                 raise BackendError(f"TensorRT refused the buffer for {name!r}")
@@ -459,23 +503,26 @@ class TensorRTBackend(Backend):
             raise RuntimeError(
                 f"{self.name} was started with build_only (or closed): it cannot infer"
             )
-        buffers = self._buffers
-        buffers.host[INPUT_NAME].numpy()[...] = batch
+        buffers, n = self._buffers, len(batch)
+        self._set_batch(n)
+        buffers.host[INPUT_NAME][:n].numpy()[...] = batch
         if buffers.cuda:
             with self._torch.cuda.stream(buffers.stream):
-                buffers.device[INPUT_NAME].copy_(buffers.host[INPUT_NAME], non_blocking=True)
+                buffers.device[INPUT_NAME][:n].copy_(
+                    buffers.host[INPUT_NAME][:n], non_blocking=True
+                )
                 self._execute()
                 for name in outputs:
-                    buffers.host[name].copy_(buffers.device[name], non_blocking=True)
+                    buffers.host[name][:n].copy_(buffers.device[name][:n], non_blocking=True)
             buffers.stream.synchronize()
         else:
             self._execute()
-        return {name: buffers.host[name].numpy().copy() for name in outputs}
+        return {name: buffers.host[name][:n].numpy().copy() for name in outputs}
 
     def infer_tensor(self, batch, outputs: tuple[str, ...]) -> dict:
         """Run an N×3×H×W float32 tensor on ``tensor_device``; outputs stay there (copies).
 
-        The engine is built for batch 1: a larger batch runs image by image.
+        A batch larger than the engine's profile runs in chunks of ``max_batch``.
         """
         if self._context is None:
             raise RuntimeError(f"{self.name} was started with build_only (or closed)")
@@ -486,21 +533,28 @@ class TensorRTBackend(Backend):
             )
         results: dict = {name: [] for name in outputs}
         caller = torch.cuda.current_stream() if buffers.cuda else None
-        for image in batch.to(torch.float32):
+        for chunk in batch.to(torch.float32).split(self.max_batch):
+            n = len(chunk)
+            self._set_batch(n)
             if buffers.cuda:
                 buffers.stream.wait_stream(caller)  # the input was made on the caller's stream
                 with torch.cuda.stream(buffers.stream):
-                    buffers.device[INPUT_NAME][0].copy_(image)
+                    buffers.device[INPUT_NAME][:n].copy_(chunk)
                     self._execute()
                     for name in outputs:
-                        results[name].append(buffers.device[name].clone())
+                        results[name].append(buffers.device[name][:n].clone())
                 caller.wait_stream(buffers.stream)
             else:
-                buffers.device[INPUT_NAME][0].copy_(image)
+                buffers.device[INPUT_NAME][:n].copy_(chunk)
                 self._execute()
                 for name in outputs:
-                    results[name].append(buffers.device[name].clone())
+                    results[name].append(buffers.device[name][:n].clone())
         return {name: torch.cat(parts) for name, parts in results.items()}
+
+    def _set_batch(self, n: int) -> None:
+        """Tell the context this run's batch size (within the optimisation profile)."""
+        if not self._context.set_input_shape(INPUT_NAME, (n, *self.input_shape[1:])):
+            raise RuntimeError(f"TensorRT refused a batch of {n} ({self.engine_path})")
 
     def _execute(self) -> None:
         if not self._context.execute_async_v3(self._buffers.stream_handle):

@@ -12,10 +12,9 @@ import logging
 
 import numpy as np
 
-from seg_ros.backends.base import Backend, BackendError
+from seg_ros.backends.base import MAX_BATCH, Backend, BackendError
 
 LOG = logging.getLogger(__name__)
-MAX_BATCH = 64  # eager PyTorch takes any batch; this only bounds memory
 
 
 class TorchBackend(Backend):

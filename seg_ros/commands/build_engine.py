@@ -28,6 +28,13 @@ def register(subparsers) -> None:
         "--force", action="store_true", help="rebuild even when a valid engine is cached"
     )
     parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=1,
+        help="largest batch the engine's optimisation profile takes: the node's number of "
+        "cameras (default 1)",
+    )
+    parser.add_argument(
         "--implicit-precision",
         action="store_true",
         help="TensorRT 10 only: fp16/int8 from the fp32 graph with builder flags (and the "
@@ -53,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         )
     options = dict(config.backend_options)
     options["implicit_precision"] = args.implicit_precision
+    options["max_batch"] = args.max_batch
     options = BackendOptions.from_dict(options)
 
     loaded = load_model(
@@ -73,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
     )
     onnx_path = prepare_onnx_for_tensorrt(loaded, height, width)
     print(
-        f"ONNX graph {onnx_path}: static 1x3x{height}x{width} input, every operator supported "
-        "by TensorRT"
+        f"ONNX graph {onnx_path}: Nx3x{height}x{width} input (batches 1 to {options.max_batch}), "
+        "every operator supported by TensorRT"
     )
     print(
         f"network key {digest(export_key(loaded, height, width))[:16]} "

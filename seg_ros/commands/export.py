@@ -8,9 +8,10 @@ from pathlib import Path
 from seg_ros.commands.options import add_model_arguments, model_options_from_args
 
 EPILOG = """\
-The file has input `image` (1x3xHxW float32, ImageNet-normalised RGB) and, by
-default, outputs `label` (1xHxW int32), `confidence` (1xHxW float32, winning
-softmax probability) and `probabilities` (1xCxHxW float32); --logits writes a
+The file has input `image` (Nx3xHxW float32, ImageNet-normalised RGB; the
+batch N is dynamic, H and W fixed) and, by default, outputs `label` (NxHxW
+int32), `confidence` (NxHxW float32, winning softmax probability) and
+`probabilities` (NxCxHxW float32); --logits writes a
 single output `logits` instead. --precision fp16 writes the graph TensorRT
 builds strongly typed for fp16 (fp16 tensors, the head kept fp32); int8 the
 QDQ graph (symmetric INT8, calibrated from --calibration-images or
