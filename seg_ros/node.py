@@ -93,6 +93,20 @@ def declare_parameters(node) -> None:
                 node.declare_parameter(spec.name, spec.default, _descriptor(spec))
     except ParameterException as exc:  # wrong type or out of range in the params file
         raise ValueError(f"bad parameter: {exc}") from exc
+    _refuse_renamed(node)
+
+
+def _refuse_renamed(node) -> None:
+    """ValueError naming the new name when the params file sets a former one.
+
+    rclpy ignores values for names nobody declares, so each former name is
+    declared (any type) just long enough to see whether a value came for it.
+    """
+    for name in params.RENAMED:
+        given = node.declare_parameter(name, None, ParameterDescriptor(dynamic_typing=True))
+        node.undeclare_parameter(name)
+        if given.type_ != Parameter.Type.NOT_SET:
+            raise ValueError(params.unknown_reason(name))
 
 
 def parameter_values(node) -> dict:

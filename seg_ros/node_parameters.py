@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from seg_ros.backends.base import BackendOptions
 from seg_ros.choices import BACKENDS, FAMILIES, PRECISIONS
 from seg_ros.dds import RELIABILITIES
 from seg_ros.pipeline import CrfSettings, PipelineConfig
@@ -164,8 +165,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "precision",
         "fp32",
         "Inference precision: fp16 needs TensorRT or a CUDA GPU; int8 runs on TensorRT and ONNX "
-        "Runtime (bundled models bring their calibration, else set tensorrt.calibration_*)."
-        + _RESTART,
+        "Runtime (bundled models bring their calibration, else set calibration.*)." + _RESTART,
         choices=PRECISIONS,
     ),
     ParameterSpec(
@@ -214,13 +214,23 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         step=1,
     ),
     ParameterSpec(
-        "tensorrt.calibration_images", "", "Folder of images for INT8 calibration." + _RESTART
+        "tensorrt.implicit_precision",
+        False,
+        "TensorRT 10 only: build fp16/int8 the implicit (weakly typed) way, builder flags and "
+        "TensorRT's entropy calibrator (int8 needs calibration.images or .bag); TensorRT 11 "
+        "removed it and refuses, so backend auto falls back." + _RESTART,
     ),
+    # INT8 calibration data, for TensorRT and ONNX Runtime alike (bundled models ship a table).
+    ParameterSpec("calibration.images", "", "Folder of images for INT8 calibration." + _RESTART),
+    ParameterSpec("calibration.bag", "", "rosbag2 with images for INT8 calibration." + _RESTART),
+    ParameterSpec("calibration.topic", "", "Image topic in calibration.bag." + _RESTART),
     ParameterSpec(
-        "tensorrt.calibration_bag", "", "rosbag2 with images for INT8 calibration." + _RESTART
-    ),
-    ParameterSpec(
-        "tensorrt.calibration_topic", "", "Image topic in tensorrt.calibration_bag." + _RESTART
+        "calibration.frames",
+        BackendOptions.calibration_frames,
+        "INT8 calibration frames, drawn evenly from the images or the bag." + _RESTART,
+        minimum=1,
+        maximum=100000,
+        step=1,
     ),
     # Topics and QoS: fixed once the subscription and publishers exist.
     ParameterSpec(
@@ -335,6 +345,12 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ),
 )
 SPECS: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
+# Former names: a params file that still sets one is refused with the new name.
+RENAMED = {
+    "tensorrt.calibration_images": "calibration.images",
+    "tensorrt.calibration_bag": "calibration.bag",
+    "tensorrt.calibration_topic": "calibration.topic",
+}
 # Published by the node from the class table, never set by users.
 READ_ONLY_CLASS_PARAMETERS = ("classes.names", "classes.colors")
 
@@ -343,13 +359,23 @@ def defaults() -> dict:
     return {spec.name: spec.default for spec in PARAMETERS}
 
 
+def unknown_reason(name: str) -> str:
+    """Why ``name`` is not a parameter: renamed (naming the new name) or unknown."""
+    if name in RENAMED:
+        return (
+            f"{name} was renamed {RENAMED[name]} (INT8 calibration serves ONNX Runtime too): "
+            "use the new name"
+        )
+    return f"unknown parameter {name!r}"
+
+
 def check_change(name: str, value) -> str | None:
     """Why a run-time change of ``name`` to ``value`` is refused, or None if it is allowed."""
     if name in READ_ONLY_CLASS_PARAMETERS:
         return f"{name} is read-only: it comes from the class table"
     spec = SPECS.get(name)
     if spec is None:
-        return f"unknown parameter {name!r}"
+        return unknown_reason(name)
     if not spec.runtime:
         return (
             f"{name} cannot change at run time (it rebuilds the model, backend or topics): "
@@ -361,7 +387,7 @@ def check_change(name: str, value) -> str | None:
 def validate(values: dict) -> dict:
     """Defaults updated with ``values``; raises ValueError listing every bad or unknown entry."""
     problems = [
-        f"unknown parameter {name!r}"
+        unknown_reason(name)
         for name in values
         if name not in SPECS and name not in READ_ONLY_CLASS_PARAMETERS
     ]
@@ -416,10 +442,18 @@ def pipeline_config(values: dict) -> PipelineConfig:
     if values["crf_rnn_iterations"]:
         model_options["crf_iterations"] = values["crf_rnn_iterations"]
     backend_options = {
-        key: values[f"tensorrt.{key}"]
-        for key in ("engine_cache", "calibration_images", "calibration_bag", "calibration_topic")
-        if values[f"tensorrt.{key}"]
+        option: values[name]
+        for option, name in (
+            ("engine_cache", "tensorrt.engine_cache"),
+            ("implicit_precision", "tensorrt.implicit_precision"),
+            ("calibration_images", "calibration.images"),
+            ("calibration_bag", "calibration.bag"),
+            ("calibration_topic", "calibration.topic"),
+        )
+        if values[name]
     }
+    if values["calibration.frames"] != BackendOptions.calibration_frames:
+        backend_options["calibration_frames"] = values["calibration.frames"]
     if values["tensorrt.workspace_mb"] > 0:
         backend_options["workspace_mb"] = values["tensorrt.workspace_mb"]
     if values["tensorrt.dla_core"] >= 0:

@@ -375,6 +375,7 @@ def early_processes(tmp_path_factory):
         "model must be one of": {"model": "unet"},
         "/nonexistent/seg.safetensors": {"weights": "/nonexistent/seg.safetensors"},
         str(corrupt): {"weights": str(corrupt)},
+        "was renamed calibration.images": {"tensorrt.calibration_images": "/data/calib"},
     }
     processes = {
         "jpeg": NodeProcess(tmp, "seg_jpeg", {**TEST_PARAMETERS, "image_transport": "compressed"}),

@@ -69,6 +69,18 @@ def test_validate_lists_all_problems_and_unknown_names():
     assert "model" in text and "overlay_alpha" in text and "unknown parameter 'crf.enable'" in text
 
 
+def test_former_calibration_names_are_refused_with_the_new_name(tmp_path):
+    path = tmp_path / "old.yaml"
+    old = {"tensorrt": {"calibration_bag": "drive.mcap", "calibration_topic": "/cam"}}
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": old}}))
+    with pytest.raises(ValueError) as error:
+        p.launch_parameters(params_file=str(path))
+    assert "tensorrt.calibration_bag was renamed calibration.bag" in str(error.value)
+    assert "tensorrt.calibration_topic was renamed calibration.topic" in str(error.value)
+    assert "\n" not in str(error.value)
+    assert "renamed calibration.images" in p.check_change("tensorrt.calibration_images", "x")
+
+
 def test_check_change_allows_only_cheap_parameters_at_run_time():
     assert p.check_change("overlay_alpha", 0.2) is None
     assert p.check_change("crf.iterations", 10) is None
@@ -101,7 +113,9 @@ def test_pipeline_config_passes_only_the_variant_options_that_are_set():
             "tensorrt.engine_cache": "/tmp/engines",
             "tensorrt.workspace_mb": 512,
             "tensorrt.dla_core": 0,
-            "tensorrt.calibration_images": "/data/calib",
+            "tensorrt.implicit_precision": True,
+            "calibration.images": "/data/calib",
+            "calibration.frames": 20,
             "crf.enabled": True,
             "crf.iterations": 3,
             "crf.bilateral_srgb": 20.0,
@@ -117,7 +131,9 @@ def test_pipeline_config_passes_only_the_variant_options_that_are_set():
         "engine_cache": "/tmp/engines",
         "workspace_mb": 512,
         "dla_core": 0,
+        "implicit_precision": True,
         "calibration_images": "/data/calib",
+        "calibration_frames": 20,
     }
     assert (config.input_height, config.input_width, config.threads) == (64, 96, 2)
     assert config.crf.enabled and config.crf.iterations == 3 and config.crf.bilateral_srgb == 20.0
@@ -271,3 +287,35 @@ def test_sequence_gaps_count_frames_lost_in_transport():
     for sequence in (7, 8):  # another publisher numbers its own samples
         stats.sequence_seen("camera B", sequence)
     assert stats.snapshot()["lost"] == 2 + 3
+
+
+def test_implicit_precision_reaches_tensorrt_whose_11_refuses_so_auto_falls_back(
+    monkeypatch, tmp_path
+):
+    import sys
+
+    import torch
+
+    import seg_ros.backends.devices as devices
+    import seg_ros.backends.tensorrt_backend as tensorrt_backend
+    from seg_ros.backends import BackendError, BackendOptions, create_backend
+    from seg_ros.models import LoadedModel, ModelSpec
+    from tensorrt_standin import make_tensorrt
+
+    values = p.validate({"tensorrt.implicit_precision": True, "tensorrt.engine_cache": "x"})
+    options = p.pipeline_config(values).backend_options
+    assert BackendOptions.from_dict(options).implicit_precision
+    monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt("11.1.0"))
+    monkeypatch.setattr(devices, "cuda_available", lambda: True)
+    monkeypatch.setattr(devices, "tensorrt_importable", lambda: True)
+    monkeypatch.setattr(tensorrt_backend, "BUFFER_DEVICE", "cpu")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1)).eval()
+    loaded = LoadedModel(net, ModelSpec(name="tiny", family="deeplab", num_classes=4))
+    options = {**options, "engine_cache": str(tmp_path), "device": "cpu"}
+    size = dict(height=16, width=24, precision="fp16", options=options)
+    with pytest.raises(BackendError, match="11.1.0 has no implicit precision.*unset implicit"):
+        create_backend("tensorrt", loaded, **size)
+    with create_backend("auto", loaded, **size) as backend:
+        assert backend.name == "onnxruntime:CPUExecutionProvider"
+        assert "tensorrt: TensorRT 11.1.0 has no implicit precision" in backend.reason

@@ -171,5 +171,6 @@ def resolve_calibration(options, spec):
     weights = spec.weights_path or "random-initialised weights"
     raise ValueError(
         f"INT8 needs calibration data: {weights} ships no calibration table ({TABLE_SUFFIX}); "
-        "set calibration_images (a folder) or calibration_bag + calibration_topic"
+        "set the node parameter calibration.images (a folder; --calibration-images) or "
+        "calibration.bag + calibration.topic"
     )

@@ -205,17 +205,20 @@ def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     trt.add_argument(
         "--dla-core", type=int, default=None, help="Jetson DLA core to run on (-1: GPU)"
     )
-    trt.add_argument(
+    calib = parser.add_argument_group("INT8 calibration (TensorRT and ONNX Runtime)")
+    calib.add_argument(
         "--calibration-images",
         default=None,
         help="folder of images for INT8 calibration, TensorRT and ONNX Runtime "
         "(default: the table shipped with bundled weights)",
     )
-    trt.add_argument(
+    calib.add_argument(
         "--calibration-bag", default=None, help="rosbag2 with images for INT8 calibration"
     )
-    trt.add_argument("--calibration-topic", default=None, help="image topic in --calibration-bag")
-    trt.add_argument(
+    calib.add_argument(
+        "--calibration-topic", default=None, help="image topic in --calibration-bag"
+    )
+    calib.add_argument(
         "--calibration-frames",
         type=_positive_int,
         default=None,
