@@ -28,7 +28,7 @@ class BackendError(RuntimeError):
 
 @dataclass(frozen=True)
 class BackendOptions:
-    """Backend settings from the node's ``tensorrt.*`` parameters and the CLI flags.
+    """Backend settings from the node's ``tensorrt.*`` and ``calibration.*`` parameters or the CLI.
 
     Empty strings and the defaults mean "let the backend decide".
     """
