@@ -62,7 +62,7 @@ PROFILES = {
     # signed range spends a bit on the sign of non-negative activations, and that error compounds
     # through the encoder's high-resolution stem (``stem_nodes``), which stays fp32. Label
     # agreement with PyTorch fp32, 20 CamVid val frames, all INT8 -> stem fp32: DeepLab v3+
-    # 94.77 -> 97.44 %, SegNet-Basic 96.95 -> 98.21 %, LW-RefineNet 98.26 -> 98.92 % (the first
+    # 94.77 -> 97.42 %, SegNet-Basic 96.95 -> 98.21 %, LW-RefineNet 98.26 -> 98.82 % (the first
     # conv alone: DeepLab 95.11 %, SegNet 97.46 %; depthwise convs, ASPP pooling, decoder,
     # Resize/Concat or SegNet's unpooling kept fp32 gained < 0.2 points each).
     "tensorrt": {"activations": "int8-symmetric", "weight_bits": 8, "fp32": ["stem"]},
