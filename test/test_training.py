@@ -447,9 +447,10 @@ def test_train_command_line_bundles_weights_with_a_model_card(data_root, tmp_pat
     again = tmp_path / "again.safetensors"
     args = parser.parse_args(
         ["train", "--bundle", str(out / "best.pt"), "--export-bundled", str(again)]
-        + ["--latency-frames", "0"]
+        + ["--latency-frames", "0", "--name", "renamed_camvid"]
     )
     assert args.func(args) == 0 and 0 <= read_spec(again).metrics["val_miou"] <= 1
+    assert read_spec(again).name == "renamed_camvid"
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--model", MODEL, "--data", "x", "--crop", "12"])
     args = parser.parse_args(["train", "--bundle", str(out / "best.pt")])

@@ -108,7 +108,9 @@ def register(subparsers) -> None:
         help="local ImageNet backbone weights (.pth/.safetensors)",
     )
     model.add_argument(
-        "--name", default="", help="model name stored in the weights (default: <model>_<dataset>)"
+        "--name",
+        default="",
+        help="model name stored in the weights (default: <model>_<dataset>; --bundle: the run's)",
     )
 
     data = parser.add_argument_group("data")
@@ -306,6 +308,7 @@ def _bundle(args, checkpoint) -> None:
         latency_frames=args.latency_frames,
         recipe_runs=runs,
         ablation=load_ablation(args.ablation) if args.ablation else None,
+        name=args.name,
     )
     logging.getLogger("seg_ros.train").info(
         "wrote %s and its model card %s", args.export_bundled, card

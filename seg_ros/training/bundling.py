@@ -75,6 +75,7 @@ def export_bundled(
     recipe_runs: dict | None = None,
     ablation: list | None = None,
     extra_metrics: dict | None = None,
+    name: str = "",
 ):
     """Write a training checkpoint as bundled weights: safetensors + ModelSpec, scores, recipe.
 
@@ -174,7 +175,7 @@ def export_bundled(
     }
     metrics.update(extra_metrics or {})
     spec = ModelSpec(
-        name=cfg.name,
+        name=name or cfg.name,  # a run's name, or the one it is bundled under
         family=cfg.model,
         options=dict(cfg.model_options),
         num_classes=cfg.num_classes,
@@ -199,6 +200,7 @@ def bundle(
     recipe_runs: dict | None = None,
     ablation: list | None = None,
     notes: str = "",
+    name: str = "",
 ) -> Path:
     """export_bundled + CPU latency (ONNX Runtime, eager PyTorch) in the spec + the model card."""
     from seg_ros.datasets import read_rgb, split_pairs
@@ -208,7 +210,12 @@ def bundle(
 
     path = Path(path)
     export_bundled(
-        checkpoint, path, precise_bn=precise_bn, recipe_runs=recipe_runs, ablation=ablation
+        checkpoint,
+        path,
+        precise_bn=precise_bn,
+        recipe_runs=recipe_runs,
+        ablation=ablation,
+        name=name,
     )
     cfg = checkpoint_config(load_training_checkpoint(checkpoint))
     try:
