@@ -325,7 +325,7 @@ def calibrate(
     info: dict | None = None,
     desc: str = "INT8 calibration",
 ) -> RangeTable:
-    """Run ``count`` 1×3×H×W batches through the fp32 graph; the ranges the quantiser needs.
+    """Run ``count`` batches (N×3×H×W) through the fp32 graph; the ranges the quantiser needs.
 
     Raises ValueError when the data gave fewer frames than ``count`` and lets
     any data error through: a calibration on part of the data is never returned.
@@ -503,7 +503,7 @@ def quantized_onnx(
     profile: str = "tensorrt",
     cache_root: Path | None = None,
 ) -> Path:
-    """Path of the QDQ INT8 head graph for ``loaded`` at height×width (1×3×H×W input).
+    """Path of the QDQ INT8 head graph for ``loaded`` at height×width (N×3×H×W input, N dynamic).
 
     The shared INT8 entry point. ``calibration`` is a
     seg_ros.backends.calibration.CalibrationSource (frames from images or a

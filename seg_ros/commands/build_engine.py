@@ -1,6 +1,6 @@
 """`seg_ros build-engine`: build the TensorRT engine ahead of time (e.g. into a vehicle image).
 
-Same code as the node's ``tensorrt.*`` parameters: export (or reuse) the ONNX
+Same code as the node's ``tensorrt.*`` and ``calibration.*`` parameters: export (or reuse) the ONNX
 head graph, check TensorRT can parse it, compute the engine key, then build
 or verify the engine in the engine cache (fp16 and int8 strongly typed, from
 the fp16 / QDQ graph). Without TensorRT everything up to the build still
