@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write the INT8 calibration table every bundled model ships (models/<name>.calibration.json).
 
-    .venv/bin/python scripts/make_calibration_tables.py [--camvid DIR] [--frames 32]
+    .venv/bin/python scripts/make_calibration_tables.py [--camvid DIR] [--frames 32] [--only NAME]
 
 Each table holds the activation ranges (tensor name -> min, max) ONNX Runtime's
 MinMax calibrator found on --frames CamVid train frames drawn evenly over the
@@ -37,6 +37,7 @@ def main() -> int:
     default = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid"
     parser.add_argument("--camvid", default=os.environ.get("SEG_ROS_CAMVID", str(default)))
     parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--only", default="", help="one bundled model's name (default: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -50,6 +51,8 @@ def main() -> int:
             (Path(folder) / path.name).symlink_to(path)
         source = CalibrationSource(images=folder, frames=args.frames)
         for spec in bundled_models():
+            if args.only and spec.name != args.only:
+                continue
             loaded = load_model(weights=spec.weights_path)
             height, width = loaded.spec.input_height, loaded.spec.input_width
             fp32 = cached_onnx(loaded, height, width, head=True)
