@@ -75,7 +75,7 @@ class TuningResult:
 
 def network_frames(pipeline, pairs, class_count: int, ignore_index: int) -> list[TuningFrame]:
     """Run the pipeline's network once per (image, label) file pair; keep its probabilities."""
-    from seg_ros.datasets import read_label, read_rgb
+    from seg_ros.datasets import IGNORE, read_label, read_rgb
     from seg_ros.pipeline import FULL_OUTPUTS
 
     frames = []
@@ -83,7 +83,8 @@ def network_frames(pipeline, pairs, class_count: int, ignore_index: int) -> list
         image = read_rgb(image_path)
         small, batch = pipeline.preprocess(image)
         probabilities = pipeline.backend.infer(batch, FULL_OUTPUTS)["probabilities"][0]
-        label = read_label(label_path, class_count, ignore_index)
+        label = read_label(label_path, class_count, ignore_index)  # void -> IGNORE
+        label[label == IGNORE] = ignore_index  # the metrics take the table's own void value
         frames.append(TuningFrame(small, np.asarray(probabilities, np.float32), label))
     return frames
 
