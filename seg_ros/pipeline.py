@@ -96,9 +96,8 @@ class PipelineConfig:
     input_height: int = 0  # network input size; 0 = the size the model was trained at
     input_width: int = 0
     threads: int = 0  # CPU threads for the backend; 0 = library default
-    backend_options: dict = field(
-        default_factory=dict
-    )  # tensorrt.*, calibration.*: to the backend
+    # The node's tensorrt.* and calibration.* parameters, passed to the backend.
+    backend_options: dict = field(default_factory=dict)
     crf: CrfSettings = field(default_factory=CrfSettings)
     # CRF parameter names set explicitly; the others come from the model's fitted ones (spec.crf).
     # None: a parameter still at its default counts as not set.

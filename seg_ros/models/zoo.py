@@ -3,7 +3,8 @@
 Defaults are the variants that ship with CamVid weights (small enough for a
 package): DeepLab v3+ on MobileNetV3-Large with separable convolutions and
 Light-Weight RefineNet on MobileNetV2. SegNet's default stays the paper's
-VGG16-bn; ``load_model`` picks SegNet-Basic when that is what is bundled.
+VGG16-bn; ``load_model`` picks SegNet-Basic when that is what is bundled, and
+for DeepLab the bundled ESPNet-C variant (it is scored on a held-out drive).
 FCN's default is the paper's FCN-8s on VGG16. Every family can end in the
 trainable CRF-as-RNN layer (``crf_rnn=True``, ``crf_iterations`` unrolled).
 """
