@@ -465,8 +465,8 @@ def test_init_weights_with_crf_rnn_fine_tunes_a_trained_model_end_to_end(
     from dataclasses import replace
 
     from seg_ros.commands.train import _new_config
-    from seg_ros.models import ModelSpec, save_checkpoint
-    from seg_ros.training import build_network
+    from seg_ros.models import ModelSpec, read_spec, save_checkpoint
+    from seg_ros.training import build_network, write_model_card
     from seg_ros.training.loop import _param_groups
 
     cfg, result = trained
@@ -474,8 +474,15 @@ def test_init_weights_with_crf_rnn_fine_tunes_a_trained_model_end_to_end(
     network = build_network(cfg.resolved())
     network.load_state_dict(state["model"])
     fitted = {"gaussian_sxy": 2.0, "gaussian_weight": 2.5, "bilateral_weight": 4.5}
+    earlier = {"epochs": 7, "steps": 21, "batch_size": 4, "lr": 0.001, "split": "new-drive"}
+    earlier.update(train_seconds=120, pretrained_backbone="a planted backbone credit")
     spec = ModelSpec(
-        name="tiny", family=MODEL, options=dict(OPTIONS), num_classes=11, class_table="camvid"
+        name="tiny",
+        family=MODEL,
+        options=dict(OPTIONS),
+        num_classes=11,
+        class_table="camvid",
+        metrics={"training": earlier},
     )
     weights = save_checkpoint(tmp_path / "tiny.safetensors", network, replace(spec, crf=fitted))
     args = _parser().parse_args(
@@ -499,6 +506,19 @@ def test_init_weights_with_crf_rnn_fine_tunes_a_trained_model_end_to_end(
     after = load_training_checkpoint(tmp_path / "ft" / "last.pt")["model"]
     changed = [k for k in before if not torch.equal(before[k], after[f"crf.{k}"])]
     assert "compatibility" in changed  # gradients reached the CRF's learned parameters
+    # The run keeps what it started from, so the card credits it after the file is gone.
+    weights.unlink()
+    bundled = tmp_path / "tuned.safetensors"
+    export_bundled(tmp_path / "ft" / "last.pt", bundled, evaluate_val=False, precise_bn=0)
+    recipe = read_spec(bundled).metrics["training"]
+    assert recipe["started_from"] == {"name": "tiny", "training": earlier}
+    assert recipe["pretrained_backbone"] == "a planted backbone credit"
+    card = write_model_card(bundled, []).read_text()
+    assert (
+        "fine-tuned from the seg_ros weights tiny, which were trained 7 epochs (21 steps of "
+        "batch 4, lr 0.001, 2 min) on split `new-drive` and started from: pretrained backbone: "
+        "a planted backbone credit" in card
+    )
 
 
 def test_cpu_latency_of_bundled_weights(trained, tmp_path):

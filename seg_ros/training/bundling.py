@@ -13,7 +13,7 @@ from seg_ros.datasets import IMAGENET_MEAN, IMAGENET_STD, SPLITS
 from seg_ros.training.checkpoints import load_training_checkpoint
 from seg_ros.training.config import TrainConfig, from_plain
 from seg_ros.training.evaluation import evaluate, recalibrate_batchnorm
-from seg_ros.training.loop import build_network, datasets
+from seg_ros.training.loop import build_network, datasets, init_lineage
 
 LOG = logging.getLogger("seg_ros.training")
 
@@ -93,6 +93,9 @@ def export_bundled(
 
     state = load_training_checkpoint(checkpoint)
     cfg = checkpoint_config(state)
+    # Runs from before the lineage was kept: the --init-weights file, which must not have been
+    # replaced by this run's own bundle yet.
+    started_from = state.get("started_from") or init_lineage(cfg.init_weights)
     cfg.pretrained_backbone = cfg.init_weights = ""  # the weights already hold them
     module = build_network(cfg)
     module.load_state_dict(checkpoint_weights(state))
@@ -168,10 +171,12 @@ def export_bundled(
         "precise_bn_batches": batches,
         # best.pt: chosen by validation mIoU; last.pt or the "all" split: the run's end
         "selected_on_val": bool(state.get("selected_on_val")),
-        "pretrained_backbone": pretrained_credit(
+        "pretrained_backbone": started_from.get("training", {}).get("pretrained_backbone")
+        or pretrained_credit(
             cfg.model_options.get("backbone", ""), state["config"].get("pretrained_backbone", "")
         ),
         "init_weights": Path(state["config"].get("init_weights") or "").name,
+        "started_from": started_from,
     }
     metrics.update(extra_metrics or {})
     spec = ModelSpec(

@@ -21,6 +21,15 @@ def _pct(value) -> str:
 
 def _start_line(recipe: dict) -> str:
     """Where the weights started: another seg_ros model, a pretrained backbone, or nothing."""
+    before = (recipe.get("started_from") or {}).get("training")
+    if before:
+        return (
+            f"- fine-tuned from the seg_ros weights {recipe['started_from']['name']}, which were "
+            f"trained {before.get('epochs')} epochs ({before.get('steps')} steps of batch "
+            f"{before.get('batch_size')}, lr {before.get('lr')}, "
+            f"{before.get('train_seconds', 0) / 60:.0f} min) on split `{before.get('split')}` "
+            f"and started from: {_start_line(before)[2:]}"
+        )
     if recipe.get("init_weights"):
         return f"- fine-tuned from the seg_ros weights {recipe['init_weights']}"
     pretrained = recipe.get("pretrained_backbone")

@@ -75,6 +75,20 @@ def build_network(cfg: TrainConfig) -> torch.nn.Module:
     return build_model(cfg.model, cfg.num_classes, **options)
 
 
+def init_lineage(init_weights: str) -> dict:
+    """Return the --init-weights' name and recipe.
+
+    The run keeps them so that its model card credits them (and their pretrained backbone)
+    even after the file is replaced by the fine-tune's bundle.
+    """
+    if not init_weights:
+        return {}
+    from seg_ros.models.checkpoint import read_spec, resolve_weights_path
+
+    spec = read_spec(resolve_weights_path(init_weights))
+    return {"name": spec.name, "training": dict(spec.metrics.get("training") or {})}
+
+
 def augmentation(cfg: TrainConfig):
     """Make the run's training augmentation (for the loop and the export's precise BN)."""
     from seg_ros.datasets import Augmentation
@@ -188,6 +202,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     train_set.preload()
 
     module = build_network(cfg).to(device, memory_format=layout)
+    started_from = saved.get("started_from", {}) if saved else init_lineage(cfg.init_weights)
     optimizer = torch.optim.AdamW(_param_groups(module, cfg.weight_decay), lr=cfg.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     ema = ModelEma(module, cfg.ema) if cfg.ema else None
@@ -251,6 +266,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 "history": history,
                 "class_weights": [float(w) for w in weights],
                 "train_seconds": elapsed(),
+                "started_from": started_from,
             },
         )
 
@@ -267,6 +283,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 "selected_on_val": val_set is not None,
                 "class_weights": [float(w) for w in weights],
                 "train_seconds": elapsed(),
+                "started_from": started_from,
             },
         )
 
