@@ -531,13 +531,25 @@ def test_cpu_latency_of_bundled_weights(trained, tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (72, 100, 3), dtype=np.uint8)
     latency = measure_cpu_latency(path, image, backend="torch", threads=1, frames=2)
     assert latency["backend"].startswith("torch") and latency["image"] == "72x100"  # HxW
-    assert latency["frames"] == 2
+    assert latency["frames"] == 2 and latency["cpu"]
     assert (
         0
         < latency["inference_ms_median"]
         <= latency["pipeline_ms_median"]
         <= latency["pipeline_ms_p90"] * 1.001
     )
+
+
+def test_cpu_name_says_the_vector_extension_speed_hangs_on(monkeypatch):
+    """Two "AMD EPYC" machines differ 2-3x with or without AVX-512 VNNI: the card says which."""
+    from seg_ros.training import device
+
+    monkeypatch.setattr(device, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
+    assert device.cpu_name().endswith(", AVX-512 VNNI")
+    monkeypatch.setattr(device, "_cpu_flags", lambda: {"avx2"})
+    assert device.cpu_name().endswith(", AVX2")
+    monkeypatch.setattr(device, "_cpu_flags", set)
+    assert "," not in device.cpu_name()
 
 
 def _bundled_weights():

@@ -12,6 +12,7 @@ import torch
 from seg_ros.datasets import IMAGENET_MEAN, IMAGENET_STD, SPLITS
 from seg_ros.training.checkpoints import load_training_checkpoint
 from seg_ros.training.config import TrainConfig, from_plain
+from seg_ros.training.device import cpu_name
 from seg_ros.training.evaluation import evaluate, recalibrate_batchnorm
 from seg_ros.training.loop import build_network, datasets, init_lineage
 
@@ -167,6 +168,7 @@ def export_bundled(
         "time_limit_min": cfg.time_limit_min,
         "train_seconds": round(state["train_seconds"]),
         "threads": cfg.threads,
+        "cpu": cpu_name(),  # where it was bundled, which is where seg_ros train ran
         "amp": cfg.amp,
         "precise_bn_batches": batches,
         # best.pt: chosen by validation mIoU; last.pt or the "all" split: the run's end

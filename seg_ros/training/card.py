@@ -72,7 +72,8 @@ def _recipe_lines(recipe: dict) -> list[str]:
         ),
         _start_line(recipe),
         f"- wall time {recipe.get('train_seconds', 0) / 60:.0f} min with "
-        f"{recipe.get('threads') or 'default'} torch thread(s) on {cpu_name()} "
+        f"{recipe.get('threads') or 'default'} torch thread(s) on "
+        f"{recipe.get('cpu') or cpu_name()} "
         f"({os.cpu_count()} cores), {'autocast' if recipe.get('amp') else 'fp32'}",
     ]
 
@@ -198,7 +199,8 @@ def write_model_card(weights: str | Path, latencies: list[dict], *, notes: str =
         lines += [
             "Whole pipeline (resize, normalise, inference, argmax head, resize back) on a "
             f"{latencies[0]['image']} frame, median of {latencies[0]['frames']} after 3 warm-up "
-            "frames (`seg_ros.training.measure_cpu_latency`).",
+            f"frames on {latencies[0].get('cpu', 'the CPU that bundled the weights')} "
+            f"({os.cpu_count()} cores) (`seg_ros.training.measure_cpu_latency`).",
             "",
             "| backend | threads | pipeline median ms | p90 ms | inference median ms |",
             "|---|---|---|---|---|",

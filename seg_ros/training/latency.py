@@ -20,6 +20,7 @@ def measure_cpu_latency(
     """Median and p90 ms of the whole pipeline (and of inference alone) on one RGB frame."""
     from seg_ros.pipeline import PipelineConfig, build_pipeline
     from seg_ros.timing import percentiles, time_calls
+    from seg_ros.training.device import cpu_name
 
     built = build_pipeline(PipelineConfig(weights=str(weights), backend=backend, threads=threads))
     inference: list[float] = []
@@ -41,4 +42,5 @@ def measure_cpu_latency(
         "pipeline_ms_p90": round(percentiles(totals, (90,))[0], 1),
         "inference_ms_median": round(percentiles(inference, (50,))[0], 1),
         "frames": frames,
+        "cpu": cpu_name(),
     }
