@@ -9,7 +9,9 @@ node adds almost nothing to the network's own time:
 - the inference worker parses and decodes the waiting frames and segments
   them as one batch;
 - the publisher thread publishes the previous batch's outputs while the
-  worker already runs the next one.
+  worker already runs the next one where the network runs on a GPU; on a
+  CPU backend the worker waits for it instead (parameter ``pipelining``),
+  since the network's threads need every core.
 
 Outputs nobody subscribes to are not computed, and a camera nobody listens to
 is not subscribed to. ``SegmentationCore`` holds all of it so the plain node
@@ -147,6 +149,7 @@ class SegmentationCore:
         self._running = False
         self._threads: list[threading.Thread] = []
         self._ready: list[_Frame] | None = None  # segmented, waiting for the publisher thread
+        self._publishing = False  # the publisher thread is publishing a batch
         self.cameras: list[Camera] = []
         self.pipeline = None
         self.enabled = True
@@ -334,10 +337,21 @@ class SegmentationCore:
             camera.pending = (data, arrival)
             self._cond.notify_all()
 
+    def serial_publishing(self) -> bool:
+        """Whether the next inference waits for the previous batch to be published."""
+        mode = self.values["pipelining"]
+        if mode == "auto":
+            return self.pipeline is not None and self.pipeline.backend.computes_on_cpu
+        return mode == "serial"
+
     def _inference_loop(self) -> None:
         while True:
             with self._cond:
-                while self._running and not any(c.pending for c in self.cameras):
+                while self._running and (
+                    not any(c.pending for c in self.cameras)
+                    or self.serial_publishing()
+                    and (self._ready is not None or self._publishing)
+                ):
                     self._cond.wait()
                 if not self._running:
                     return
@@ -403,6 +417,7 @@ class SegmentationCore:
                 if not self._running:
                     return
                 frames, self._ready = self._ready, None
+                self._publishing = True
                 self._cond.notify_all()
             values = self.values
             for frame in frames:
@@ -424,6 +439,9 @@ class SegmentationCore:
                     for stage in ("decode", "preprocess", "postprocess")
                 )
                 frame.camera.stats.frame_published(timings)
+            with self._cond:
+                self._publishing = False
+                self._cond.notify_all()
 
     # --- diagnostics --------------------------------------------------------------------------
 
@@ -456,6 +474,7 @@ class SegmentationCore:
                 "input_size": format_size(self.pipeline.input_height, self.pipeline.input_width),
                 "classes": f"{self.table.num_classes} ({self.table.name})",
                 "crf": "on" if values["crf.enabled"] else "off",
+                "pipelining": "serial" if self.serial_publishing() else "overlap",
                 "cameras": str(len(self.cameras)),
                 "batch_size_mean": f"{batches['batch_size_mean']:.2f}",
                 "batch_rate_hz": f"{batches['batch_rate']:.2f}",

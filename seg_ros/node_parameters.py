@@ -22,6 +22,7 @@ from seg_ros.pipeline import CrfSettings, PipelineConfig
 
 NODE_NAME = "segmentation_node"
 TRANSPORTS = ("raw", "compressed")
+PIPELINING = ("auto", "overlap", "serial")
 OUTPUTS = ("label", "confidence", "color", "overlay", "probabilities")
 # A camera name is a relative ROS name: it prefixes the camera's input and output topics.
 _CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$")
@@ -266,6 +267,15 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         step=1,
     ),
     # Cheap: read for every frame.
+    ParameterSpec(
+        "pipelining",
+        "auto",
+        "overlap: publish a frame while the next one is segmented; serial: publish between "
+        "inferences; auto: overlap only when the network runs on a GPU (on a CPU backend its "
+        "threads need every core, and publishing beside them slows it by more than it costs).",
+        choices=PIPELINING,
+        runtime=True,
+    ),
     ParameterSpec(
         "overlay_alpha",
         0.5,

@@ -89,6 +89,7 @@ def test_onnxruntime_and_torch_agree(models, frame, family):
         create_backend("torch", loaded, height=H, width=W) as eager,
     ):
         assert ort.name == "onnxruntime:CPUExecutionProvider" and eager.name == "torch:cpu"
+        assert ort.computes_on_cpu and eager.computes_on_cpu  # the node publishes in between
         a, b = ort.infer(batch, everything), eager.infer(batch, everything)
     expected = head_io(loaded.spec.num_classes, H, W)
     for out in (a, b):

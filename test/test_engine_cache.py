@@ -603,6 +603,7 @@ def test_runtime_path_runs_the_engine_on_bound_buffers(install, tmp_path, versio
     options = BackendOptions(engine_cache=str(tmp_path))
     backend = TensorRTBackend(loaded, height=H, width=W, precision=precision, options=options)
     assert backend.engine_built and backend.name == "tensorrt:Orin"
+    assert not backend.computes_on_cpu  # the node overlaps publishing with the GPU's work
     context = backend._context
     assert set(context.addresses) == {"image", "label", "confidence", "probabilities"}
     got = backend.infer(batch, ("label", "confidence", "probabilities"))

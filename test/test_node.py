@@ -552,6 +552,24 @@ def test_overlay_alpha_changes_at_run_time(raw):
         assert probe.set_parameter("overlay_alpha", 0.5)[0]
 
 
+def test_pipelining_is_serial_on_a_cpu_backend_and_can_be_switched_at_run_time(raw):
+    """Pipelining auto publishes between inferences on the CPU; overlap serves every frame too."""
+    probe, _ = raw
+    image = scene(*FRAME_SIZE, seed=2)
+    probe.send(image_msg(image, "rgb8", next_stamp()))
+    assert probe.diagnostics_after(len(probe.diagnostics))["pipelining"] == "serial"
+    try:
+        assert probe.set_parameter("pipelining", "overlap") == (True, "")
+        first = message_to_array(probe.send(image_msg(image, "rgb8", next_stamp()))["label"])
+        again = message_to_array(probe.send(image_msg(image, "rgb8", next_stamp()))["label"])
+        np.testing.assert_array_equal(first, again)
+        values = probe.wait_diagnostics(lambda v: v.get("pipelining") == "overlap")
+        assert values["pipelining"] == "overlap"
+        assert probe.set_parameter("pipelining", "sideways")[0] is False
+    finally:
+        assert probe.set_parameter("pipelining", "auto")[0]
+
+
 def _label_for(probe, array, encoding, **kwargs) -> np.ndarray:
     msg = image_msg(array, encoding, next_stamp(), **kwargs)
     outputs = probe.send(msg)

@@ -112,6 +112,9 @@ class Backend:
     """
 
     tensor_device = None  # torch.device, or None for numpy only
+    # The network's threads run on the host's cores (not on a GPU): the node then publishes
+    # between inferences instead of during them (seg_ros.node, parameter ``pipelining``).
+    computes_on_cpu = True
 
     def __init__(
         self,

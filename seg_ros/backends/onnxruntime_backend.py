@@ -175,6 +175,7 @@ class OnnxRuntimeBackend(Backend):
             max_batch=max_batch,
         )
         self.onnx_path = path
+        self.computes_on_cpu = active[0] == "CPUExecutionProvider"
 
     def _run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         results = self._session.run(list(outputs), {INPUT_NAME: batch})

@@ -492,6 +492,7 @@ class TensorRTBackend(Backend):
         if self._buffers.cuda:
             torch.cuda.synchronize()
         self.tensor_device = torch.device(BUFFER_DEVICE)  # the pipeline's stages can run there
+        self.computes_on_cpu = False
 
     def _record(self, artifact: EngineArtifact) -> None:
         """Say which engine this backend runs and whether it was built on this start."""

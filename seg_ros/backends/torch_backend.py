@@ -59,6 +59,7 @@ class TorchBackend(Backend):
             max_batch=MAX_BATCH,
         )
         self.tensor_device = self.device
+        self.computes_on_cpu = self.device.type == "cpu"
 
     def _run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         x = self._torch.from_numpy(batch).to(self.device, non_blocking=True)
