@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/node_throughput.py --seconds 20 --rate 30 --frame-size 480x640
     .venv/bin/python scripts/node_throughput.py --cameras 1,2,4 --layout both --seconds 20
+    .venv/bin/python scripts/node_throughput.py --pipelining auto,overlap  # side by side
 
 1. times the model, backend and network size without ROS (``backend.infer`` on a batch of
    one in a loop: the number ``seg_ros benchmark`` reports);
@@ -70,6 +71,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=0, help="network input width (0: model's)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--reliability", default="", help="the node's qos.reliability")
+    parser.add_argument(
+        "--pipelining",
+        default="auto",
+        help="the node's pipelining, or several comma-separated to run one after the other",
+    )
     parser.add_argument(
         "--transport",
         choices=("seg_ros", "default"),
@@ -309,12 +315,16 @@ def main() -> int:
     frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     layouts = ("one-node", "separate-nodes") if args.layout == "both" else (args.layout,)
     runs = []
-    for count in (int(v) for v in args.cameras.split(",")):
-        for layout in layouts if count > 1 else ("one-node",):
-            run = play(args, parameters, count, layout, frame)
-            run["ratio_to_backend_alone"] = round(run["output_rate_hz_total"] / backend_rate, 3)
-            print(json.dumps({k: v for k, v in run.items() if k != "node_diagnostics"}))
-            runs.append(run)
+    for pipelining in args.pipelining.split(","):
+        for count in (int(v) for v in args.cameras.split(",")):
+            for layout in layouts if count > 1 else ("one-node",):
+                run = play(args, {**parameters, "pipelining": pipelining}, count, layout, frame)
+                run["pipelining"] = pipelining
+                run["ratio_to_backend_alone"] = round(
+                    run["output_rate_hz_total"] / backend_rate, 3
+                )
+                print(json.dumps({k: v for k, v in run.items() if k != "node_diagnostics"}))
+                runs.append(run)
     result = {
         "model": args.model,
         "backend": backend_name,
