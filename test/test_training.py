@@ -337,6 +337,7 @@ def test_model_card_reports_the_recipe_splits_and_ablation(data_root, tmp_path, 
     assert f"{100 * spec.metrics['evaluations']['val']['miou']:.1f}" in card
     assert "| no EMA | 12.3 |" in card and "| OHEM 0.25 | 45.6 |" in card
     assert "split `val`" in card and "EMA, decay 0.9" in card
+    assert f"cores), {spec.metrics['training']['precision']}" in card
     # A run that started from local ImageNet weights says so (the entry once sat in a comment).
     state = load_training_checkpoint(result.best_checkpoint)
     state["config"]["pretrained_backbone"] = "/somewhere/mobilenet.pth"
@@ -550,6 +551,22 @@ def test_cpu_name_says_the_vector_extension_speed_hangs_on(monkeypatch):
     assert device.cpu_name().endswith(", AVX2")
     monkeypatch.setattr(device, "_cpu_flags", set)
     assert "," not in device.cpu_name()
+
+
+def test_cards_name_the_arithmetic_the_run_used_not_the_one_asked_for(monkeypatch):
+    """--amp on a CPU without bf16 trains in fp32, and the card must say fp32."""
+    from seg_ros.training import card, device
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device, "_cpu_flags", lambda: {"avx2"})
+    assert device.precision_name(device.autocast_dtype(cpu, True)) == "fp32"
+    monkeypatch.setattr(device, "_cpu_flags", lambda: {"avx2", "amx_bf16"})
+    assert device.precision_name(device.autocast_dtype(cpu, True)) == "bf16 autocast"
+    assert device.precision_name(device.autocast_dtype(cpu, False)) == "fp32"
+    assert card._precision({"amp": True, "precision": "fp32"}) == "fp32"
+    # Weights bundled before the precision was recorded only know what was asked for.
+    assert card._precision({"amp": True}).startswith("mixed precision requested")
+    assert card._precision({"amp": False}) == "fp32"
 
 
 def _bundled_weights():

@@ -170,6 +170,8 @@ def export_bundled(
         "threads": cfg.threads,
         "cpu": cpu_name(),  # where it was bundled, which is where seg_ros train ran
         "amp": cfg.amp,
+        # what autocast did on the machine that trained (--amp is only a request)
+        "precision": state.get("precision", ""),
         "precise_bn_batches": batches,
         # best.pt: chosen by validation mIoU; last.pt or the "all" split: the run's end
         "selected_on_val": bool(state.get("selected_on_val")),

@@ -40,6 +40,17 @@ def _start_line(recipe: dict) -> str:
     return "- no pretrained weights: random initialisation"
 
 
+def _precision(recipe: dict) -> str:
+    """Name the run's arithmetic; runs from before it was recorded only say what was asked."""
+    if recipe.get("precision"):
+        return recipe["precision"]
+    return (
+        "mixed precision requested (bf16 only where the CPU has it)"
+        if recipe.get("amp")
+        else "fp32"
+    )
+
+
 def _recipe_lines(recipe: dict) -> list[str]:
     photometric = recipe.get("photometric") or {"jitter": recipe.get("colour_jitter")}
     split = recipe.get("split", "val")
@@ -74,7 +85,7 @@ def _recipe_lines(recipe: dict) -> list[str]:
         f"- wall time {recipe.get('train_seconds', 0) / 60:.0f} min with "
         f"{recipe.get('threads') or 'default'} torch thread(s) on "
         f"{recipe.get('cpu') or cpu_name()} "
-        f"({os.cpu_count()} cores), {'autocast' if recipe.get('amp') else 'fp32'}",
+        f"({os.cpu_count()} cores), {_precision(recipe)}",
     ]
 
 

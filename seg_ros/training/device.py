@@ -30,6 +30,11 @@ def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
     return None
 
 
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """Name a run's arithmetic in a model card's words (the dtype autocast used, or fp32)."""
+    return {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}.get(amp_dtype, "fp32")
+
+
 def pick_device(name: str) -> torch.device:
     """Resolve auto to CUDA where present; refuse a CUDA device that is not there."""
     if name == "auto":

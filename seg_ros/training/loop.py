@@ -35,7 +35,7 @@ from seg_ros.training.checkpoints import (
     save_training_checkpoint,
 )
 from seg_ros.training.config import TrainConfig
-from seg_ros.training.device import autocast_dtype, memory_format, pick_device
+from seg_ros.training.device import autocast_dtype, memory_format, pick_device, precision_name
 from seg_ros.training.ema import ModelEma
 from seg_ros.training.evaluation import evaluate, recalibrate_batchnorm, tqdm_interval
 from seg_ros.training.loss import SegmentationLoss, class_weights
@@ -266,6 +266,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 "history": history,
                 "class_weights": [float(w) for w in weights],
                 "train_seconds": elapsed(),
+                "precision": precision_name(amp_dtype),
                 "started_from": started_from,
             },
         )
@@ -283,6 +284,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 "selected_on_val": val_set is not None,
                 "class_weights": [float(w) for w in weights],
                 "train_seconds": elapsed(),
+                "precision": precision_name(amp_dtype),
                 "started_from": started_from,
             },
         )
