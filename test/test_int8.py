@@ -240,10 +240,32 @@ def test_a_table_for_another_graph_is_refused(tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_a_tables_fp32_op_types_stay_unquantised(tmp_path):
+    import dataclasses
+
+    import onnx
+
+    loaded = _small_random()
+    fp32 = cached_onnx(loaded, H, W)
+    frames = [Preprocessor(H, W)(np.full((H, W, 3), v, np.uint8))[1] for v in (0, 128, 255)]
+    table = q.calibrate(fp32, iter(frames), 3)
+
+    def quantised_convs(table, name):
+        graph = onnx.load(str(q.write_qdq_onnx(fp32, tmp_path / name, table, "cpu"))).graph
+        dequantised = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        return sum(n.op_type == "Conv" and n.input[0] in dequantised for n in graph.node)
+
+    assert quantised_convs(table, "all.onnx") > 0
+    kept = dataclasses.replace(table, fp32_op_types=("Conv",))
+    assert quantised_convs(kept, "kept.onnx") == 0
+    assert kept.fingerprint() != table.fingerprint()  # a cached INT8 graph is not reused
+
+
 def test_range_table_round_trip_and_bad_files(tmp_path):
-    table = q.RangeTable({"a": (-1.0, 2.5), "b": (0.0, 6.0)}, {"model": "m"})
+    table = q.RangeTable({"a": (-1.0, 2.5), "b": (0.0, 6.0)}, {"model": "m"}, ("Add",))
     loaded = q.RangeTable.load(table.save(tmp_path / "t.json"))
     assert loaded.ranges == table.ranges and loaded.fingerprint() == table.fingerprint()
+    assert loaded.fp32_op_types == ("Add",)
     (tmp_path / "bad.json").write_text('{"format": 1, "ranges": {"a": [3, 1]}}')
     with pytest.raises(ValueError, match="min > max"):
         q.RangeTable.load(tmp_path / "bad.json")

@@ -17,7 +17,8 @@ so weights get 7 bits there. Weights are per-channel symmetric INT8 in both.
 The head (softmax, argmax, max, casts), the classifier convolution and the
 up-sampling of its logits stay fp32: argmax over 8-bit logits ties classes,
 and they cost little beside the network. The TensorRT encoding also keeps the
-encoder's high-resolution stem fp32 (``stem_nodes``; see PROFILES for why).
+encoder's high-resolution stem fp32 (``stem_nodes``; see PROFILES for why), and a
+model's table can name operator types it keeps fp32 (``RangeTable.fp32_op_types``).
 
 Calibration is two steps so that shipped tables and a user's own frames meet
 in one place: ``calibrate`` turns frames into a ``RangeTable`` (tensor name ->
@@ -104,10 +105,16 @@ class RangeTable:
 
     ranges: dict[str, tuple[float, float]]
     info: dict = field(default_factory=dict)  # model, size, frames, data fingerprint, method
+    # Operator types this network keeps fp32 beyond the profile's (``write_qdq_onnx``): chosen
+    # per model by measurement when its table is made (scripts/make_calibration_tables.py).
+    fp32_op_types: tuple[str, ...] = ()
 
     def fingerprint(self) -> str:
-        """Identify the ranges themselves (not where they came from)."""
-        return digest({k: [float(v[0]), float(v[1])] for k, v in self.ranges.items()})
+        """Identify the ranges and the fp32 operator types (not where they came from)."""
+        ranges = {k: [float(v[0]), float(v[1])] for k, v in self.ranges.items()}
+        if not self.fp32_op_types:
+            return digest(ranges)
+        return digest({"ranges": ranges, "fp32_op_types": sorted(self.fp32_op_types)})
 
     def save(self, path: str | Path) -> Path:
         """Write the table as JSON (atomically); returns the path."""
@@ -115,6 +122,7 @@ class RangeTable:
         body = {
             "format": TABLE_FORMAT,
             "info": self.info,
+            "fp32_op_types": sorted(self.fp32_op_types),
             "ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in sorted(self.ranges.items())},
         }
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(body, indent=1) + "\n"))
@@ -129,11 +137,12 @@ class RangeTable:
             if body.get("format") != TABLE_FORMAT:
                 raise ValueError(f"format {body.get('format')!r}, expected {TABLE_FORMAT}")
             ranges = {str(k): (float(v[0]), float(v[1])) for k, v in body["ranges"].items()}
+            fp32_op_types = tuple(str(op) for op in body.get("fp32_op_types", []))
         except (OSError, KeyError, TypeError, IndexError, ValueError) as exc:
             raise ValueError(f"{path} is not a seg_ros calibration table ({exc})") from exc
         if not ranges or any(not lo <= hi for lo, hi in ranges.values()):
             raise ValueError(f"{path} is not a usable calibration table (empty or min > max)")
-        return cls(ranges, dict(body.get("info", {})))
+        return cls(ranges, dict(body.get("info", {})), fp32_op_types)
 
 
 def import_quantization():
@@ -383,8 +392,9 @@ def write_qdq_onnx(
     """Write the QDQ INT8 graph of ``fp32_onnx``, quantised with ``table``, to ``out_path``.
 
     ``profile`` is a key of PROFILES. The head and logits stay fp32 (see
-    ``head_nodes``), so do the layers the profile names (``fp32_nodes``) and
-    the few nodes whose tensors the table lacks;
+    ``head_nodes``), so do the layers the profile names (``fp32_nodes``), the
+    nodes of the table's ``fp32_op_types`` and the few nodes whose tensors the
+    table lacks;
     ValueError when it lacks more than MAX_UNCOVERED of them (a table made for
     another network or another export).
     """
@@ -405,6 +415,8 @@ def write_qdq_onnx(
     ) = import_quantization()
     model = onnx.load(str(fp32_onnx))
     excluded = fp32_nodes(model, profile)
+    kept_types = set(table.fp32_op_types)
+    excluded = sorted({*excluded, *(n.name for n in model.graph.node if n.op_type in kept_types)})
     op_types = _quantised_op_types()
     wanted = _needed_tensors(model, op_types, set(excluded))
     missing = wanted - set(table.ranges)
