@@ -8,7 +8,8 @@ MinMax calibrator found on --frames CamVid train frames drawn evenly over the
 split, at the model's own network size, through seg_ros.backends.quantize's
 ``calibrate`` (the same code a user's own calibration runs). Drive 0006R0 is
 left out: it is the held-out drive INT8 accuracy is measured on. No image is
-shipped, only the ranges (~10 kB per model).
+shipped, only the ranges (~10 kB per model) and the operator types a model keeps
+fp32 (FP32_OP_TYPES).
 """
 
 from __future__ import annotations
