@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from seg_ros.models.head import segmentation_head
+
 LOG = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
@@ -78,7 +80,7 @@ _RESIZE_TRANSFORMS = {
 
 
 class _ExportGraph(nn.Module):
-    """The network plus, optionally, the softmax/argmax head the node consumes."""
+    """The network plus, optionally, the head the node consumes (seg_ros.models.head)."""
 
     def __init__(self, module: nn.Module, head: bool):
         super().__init__()
@@ -89,10 +91,7 @@ class _ExportGraph(nn.Module):
         logits = self.module(image)
         if not self.head:
             return logits
-        probabilities = torch.softmax(logits, dim=1)
-        label = logits.argmax(dim=1).to(torch.int32)
-        confidence = probabilities.amax(dim=1)
-        return label, confidence, probabilities
+        return segmentation_head(logits)
 
 
 @contextlib.contextmanager

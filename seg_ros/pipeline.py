@@ -21,7 +21,7 @@ from seg_ros.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessor
 LOG = logging.getLogger(__name__)
 
 COMPACT_OUTPUTS = ("label", "confidence")
-FULL_OUTPUTS = ("probabilities",)
+FULL_OUTPUTS = ("label", "confidence", "probabilities")
 
 
 # The CRF's kernel parameters and iterations: what `seg_ros tune-crf` fits and a model can store.
@@ -219,16 +219,14 @@ class SegmentationPipeline:
     ) -> SegmentationResult:
         t2 = time.perf_counter()
         probabilities = None
+        label, confidence = out["label"], out["confidence"]
         if "probabilities" in out:
             probabilities = out["probabilities"]
             if crf.enabled:
                 probabilities = dense_crf(small, probabilities, **crf.kwargs())
                 timings["crf"] = (time.perf_counter() - t2) * 1e3
-            label = probabilities.argmax(axis=0)
-            confidence = probabilities.max(axis=0)
-        else:
-            label = out["label"]
-            confidence = out["confidence"]
+                label = probabilities.argmax(axis=0)
+                confidence = probabilities.max(axis=0)
         t3, c3 = time.perf_counter(), time.thread_time()
 
         height, width = image.shape[:2]

@@ -98,10 +98,7 @@ class TorchStages:
     def _postprocess(self, image: np.ndarray, out: dict, i: int, want_probabilities: bool):
         torch = self._torch
         probabilities = out["probabilities"][i] if "probabilities" in out else None
-        if probabilities is not None:
-            label, confidence = probabilities.argmax(dim=0), probabilities.amax(dim=0)
-        else:
-            label, confidence = out["label"][i], out["confidence"][i]
+        label, confidence = out["label"][i], out["confidence"][i]
         size = tuple(image.shape[:2])
         if tuple(label.shape) != size:
             label = self._interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0]

@@ -108,6 +108,6 @@ def test_crf_switch_asks_for_probabilities_and_applies_next_frame():
     pipeline.process(_image(32, 48))
     pipeline.set_crf(CrfSettings(enabled=True, iterations=2))
     result = pipeline.process(_image(32, 48))
-    assert backend.calls == [("label", "confidence"), ("probabilities",)]
+    assert backend.calls == [("label", "confidence"), ("label", "confidence", "probabilities")]
     assert "crf" in result.timings_ms
     assert result.label.shape == (32, 48)

@@ -192,15 +192,16 @@ def _quantised_op_types() -> list[str]:
 def head_nodes(model) -> tuple[list[str], str]:
     """(names of the nodes kept fp32, the logits tensor): everything from the logits on.
 
-    The logits are the input of the head's Softmax; the nodes that make them
-    from the last Conv (the classifier, and any Resize/Identity up to full
-    size) stay fp32 too, so the head reads unquantised logits.
+    The logits are the input of the head's ArgMax (seg_ros.models.head); the
+    nodes that make them from the last Conv (the classifier, and any
+    Resize/Identity up to full size) stay fp32 too, so the head reads
+    unquantised logits.
     """
     nodes = list(model.graph.node)
-    softmax = [n for n in nodes if n.op_type == "Softmax"]
-    if len(softmax) != 1:
-        raise ValueError(f"expected one Softmax (the head) in the graph, found {len(softmax)}")
-    logits = softmax[0].input[0]
+    argmax = [n for n in nodes if n.op_type == "ArgMax"]
+    if len(argmax) != 1:
+        raise ValueError(f"expected one ArgMax (the head) in the graph, found {len(argmax)}")
+    logits = argmax[0].input[0]
     producer = {out: n for n in nodes for out in n.output}
     consumers: dict[str, list] = {}
     for n in nodes:

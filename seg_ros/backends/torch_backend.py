@@ -1,8 +1,7 @@
 """PyTorch eager inference (CPU or CUDA, fp16 on CUDA, channels-last): for debugging and training.
 
-It computes the same head as the exported graph (argmax label, max softmax
-confidence, softmax probabilities) so its outputs can be compared with the
-other backends'.
+It computes the exported graph's head (seg_ros.models.head) so its outputs can be
+compared with the other backends'.
 """
 
 from __future__ import annotations
@@ -68,20 +67,17 @@ class TorchBackend(Backend):
 
     def infer_tensor(self, batch, outputs: tuple[str, ...]) -> dict:
         """Run the head on an N×3×H×W float32 tensor on ``self.device``; outputs stay there."""
+        from seg_ros.models.head import segmentation_head
+
         torch = self._torch
         with torch.inference_mode():
             x = batch.to(dtype=self._dtype, memory_format=torch.channels_last)
             logits = self._module(x).float()
-            result = {}
-            if "label" in outputs:
-                result["label"] = logits.argmax(dim=1).to(torch.int32)
-            if "confidence" in outputs or "probabilities" in outputs:
-                probabilities = torch.softmax(logits, dim=1)
-                if "confidence" in outputs:
-                    result["confidence"] = probabilities.amax(dim=1)
-                if "probabilities" in outputs:
-                    result["probabilities"] = probabilities.contiguous()
-            return {name: result[name] for name in outputs}
+            label, confidence, probabilities = segmentation_head(
+                logits, probabilities="probabilities" in outputs
+            )
+            result = {"label": label, "confidence": confidence, "probabilities": probabilities}
+            return {name: result[name].contiguous() for name in outputs}
 
     def close(self) -> None:
         self._module = None

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from seg_ros.datasets import IGNORE, SegmentationDataset
+from seg_ros.models.head import segmentation_head
 from seg_ros.training.device import memory_format
 
 
@@ -53,7 +54,7 @@ def evaluate(
         logits = F.interpolate(
             logits.float(), size=label.shape, mode="bilinear", align_corners=False
         )
-        confusion.update(label.numpy(), logits.argmax(1)[0].cpu().numpy())
+        confusion.update(label.numpy(), segmentation_head(logits, False)[0][0].cpu().numpy())
     summary = confusion.summary()
     return {
         "miou": 0.0 if math.isnan(summary["miou"]) else summary["miou"],
