@@ -43,6 +43,12 @@ class ChainedResidualPooling(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # PyTorch's CPU max-pool is 4-8x slower on NCHW tensors than on channels-last ones
+        # (it dominated LW-RefineNet's training steps); this chain has no dilated convolution,
+        # so the layout that breaks oneDNN's bf16 backward elsewhere is safe here. Eager only:
+        # an exported graph has no layout, and the conversion would pin its batch size.
+        if not torch.compiler.is_compiling():
+            x = x.contiguous(memory_format=torch.channels_last)
         path = x
         for conv in self.convs:
             path = conv(F.max_pool2d(path, 5, stride=1, padding=2))
