@@ -19,6 +19,9 @@
    what the node adds to the network, in wall-clock time; node_cpu: the CPU time the node's own
    threads spent on a frame, whatever else runs) and the resident memory (VmRSS) of the nodes.
 
+Each run's ``ratio_to_backend_alone`` divides the output rate by the backend-alone rate, and
+``ratio_to_reachable`` by the smaller of that and the rate the cameras send.
+
 Prints one JSON object (and writes it to --json when given).
 """
 
@@ -323,6 +326,11 @@ def main() -> int:
                 run["ratio_to_backend_alone"] = round(
                     run["output_rate_hz_total"] / backend_rate, 3
                 )
+                # A node cannot publish more frames than the cameras send: where the backend
+                # alone outruns them, the rate it could reach is theirs.
+                reachable = min(backend_rate, args.rate * count)
+                run["reachable_rate_hz"] = round(reachable, 2)
+                run["ratio_to_reachable"] = round(run["output_rate_hz_total"] / reachable, 3)
                 print(json.dumps({k: v for k, v in run.items() if k != "node_diagnostics"}))
                 runs.append(run)
     result = {
