@@ -350,10 +350,10 @@ def _batch_equals_single_runs(path, loaded, images) -> None:
 
 @pytest.fixture(scope="module")
 def bundled_fp32(tmp_path_factory):
-    """Load the default bundled model and export its fp32 head graph at its trained size."""
+    """Load the bundled LW-RefineNet MobileNetV2 and export its fp32 head graph at its size."""
     from seg_ros.models import load_model
 
-    loaded = load_model("refinenet")
+    loaded = load_model(weights="refinenet_lw_mobilenet_v2_camvid")
     spec = loaded.spec
     folder = tmp_path_factory.mktemp("graphs")
     path = export_onnx(loaded.module, folder / "fp32.onnx", spec.input_height, spec.input_width)
