@@ -14,7 +14,7 @@ unsigned asymmetric activations and slow with signed ones (measured 2.5x
 slower on AVX2), and on x86 CPUs without VNNI their u8×s8 multiply-add
 saturates with 8-bit weights (first-layer outputs wrong, 80 % of labels kept),
 so weights get 7 bits there. Weights are per-channel symmetric INT8 in both.
-The head (softmax, argmax, max, casts), the classifier convolution and the
+The head (seg_ros.models.head: max, argmax, exp, sum), the classifier convolution and the
 up-sampling of its logits stay fp32: argmax over 8-bit logits ties classes,
 and they cost little beside the network. The TensorRT encoding also keeps the
 encoder's high-resolution stem fp32 (``stem_nodes``; see PROFILES for why), and a
