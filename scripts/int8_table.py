@@ -2,6 +2,7 @@
 """Print the README's INT8 table: fp32 vs int8 on ONNX Runtime's CPU provider, every bundled model.
 
     nice -n 19 .venv/bin/python scripts/int8_table.py [--camvid DIR] [--threads 2] [--runs 30]
+        [--only NAME[,NAME...]]
 
 One run, side by side, per bundled model at its own network size: backend
 latency of fp32 and int8 (median of --runs calls each, fp32 and int8
@@ -42,13 +43,17 @@ def main() -> int:
     parser.add_argument("--camvid", default=os.environ.get("SEG_ROS_CAMVID", str(default)))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--only", default="", help="comma-separated bundled model names")
     args = parser.parse_args()
+    only = {name for name in args.only.split(",") if name}
 
     pairs = split_pairs("camvid", args.camvid, "new-drive")[1]
     frames = [(read_image(image), read_label_file(label)) for image, label in pairs]
     print(f"{len(frames)} frames of drive 0006R0; INT8 profile {cpu_profile()}")
     rows = []
     for spec in bundled_models():
+        if only and spec.name not in only:
+            continue
         loaded = load_model(weights=spec.weights_path)
         height, width = spec.input_height, spec.input_width
         table = load_class_table(spec.class_table)

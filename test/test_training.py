@@ -24,6 +24,7 @@ from seg_ros.training import (
     load_training_checkpoint,
     train,
 )
+from seg_ros.training.bundling import recipe_split
 
 MODEL = "deeplab"  # DeepLab v3+ MobileNetV3: learns these scenes in a few steps (SegNet does not)
 OPTIONS: dict = {}
@@ -336,6 +337,19 @@ def test_model_card_reports_the_recipe_splits_and_ablation(data_root, tmp_path, 
     assert f"{100 * new_drive['miou']:.1f}" in card
     assert f"{100 * spec.metrics['evaluations']['val']['miou']:.1f}" in card
     assert "| no EMA | 12.3 |" in card and "| OHEM 0.25 | 45.6 |" in card
+    # A recipe run whose checkpoints are gone counts through the weights bundled from it.
+    nd_bundle = tmp_path / "nd.safetensors"
+    nd_spec = export_bundled(nd.best_checkpoint, nd_bundle, precise_bn=0)
+    assert recipe_split(nd_bundle) == recipe_split(nd.best_checkpoint) == "new-drive"
+    again = export_bundled(
+        result.best_checkpoint,
+        tmp_path / "again.safetensors",
+        precise_bn=0,
+        recipe_runs={"new-drive": nd_bundle},
+    )
+    from_bundle = again.metrics["evaluations"]["new-drive"]
+    assert from_bundle["miou"] == nd_spec.metrics["val_miou"] == again.metrics["val_miou"]
+    assert from_bundle["weights"] == str(nd_bundle)
     assert "split `val`" in card and "EMA, decay 0.9" in card
     assert f"cores), {spec.metrics['training']['precision']}" in card
     # A run that started from local ImageNet weights says so (the entry once sat in a comment).

@@ -263,9 +263,10 @@ def register(subparsers) -> None:
         "--recipe-run",
         action="append",
         default=[],
-        metavar="CHECKPOINT",
+        metavar="RUN",
         help="with --export-bundled: also report this run's validation scores in the card "
-        "(the best.pt of the same recipe on another split, e.g. new-drive); repeatable",
+        "(the best.pt of the same recipe on another split, e.g. new-drive, or the weights "
+        "bundled from it); repeatable",
     )
     runtime.add_argument(
         "--ablation",
@@ -296,12 +297,10 @@ RESUME_OVERRIDES = (
 def _bundle(args, checkpoint) -> None:
     import logging
 
-    from seg_ros.training import bundle, load_ablation, load_training_checkpoint
+    from seg_ros.training import bundle, load_ablation
+    from seg_ros.training.bundling import recipe_split
 
-    runs = {}
-    for run in args.recipe_run:
-        split = load_training_checkpoint(run)["config"].get("split", "val")
-        runs[split] = run
+    runs = {recipe_split(run): run for run in args.recipe_run}
     card = bundle(
         checkpoint,
         args.export_bundled,

@@ -44,14 +44,38 @@ def scores(result: dict, names: list[str], split: str) -> dict:
     }
 
 
-def recipe_scores(checkpoint: str | Path, names: list[str]) -> dict:
-    """Read the validation scores another run of the recipe stored in its best.pt (new-drive)."""
-    state = load_training_checkpoint(checkpoint)
+def recipe_split(source: str | Path) -> str:
+    """Name the split another run of the recipe was validated on: its best.pt, or its bundle."""
+    if Path(source).suffix == ".safetensors":
+        from seg_ros.models import read_spec
+
+        return read_spec(source).metrics.get("headline_split", "val")
+    return checkpoint_config(load_training_checkpoint(source)).split
+
+
+def recipe_scores(source: str | Path, names: list[str]) -> dict:
+    """Read another run of the recipe's validation scores (e.g. new-drive).
+
+    ``source`` is that run's best.pt, or the weights bundled from it (their metadata keep the
+    scores measured on the weights as shipped), so a run whose checkpoints are gone still counts.
+    """
+    if Path(source).suffix == ".safetensors":
+        from seg_ros.models import read_spec
+
+        metrics = read_spec(source).metrics
+        entry = (metrics.get("evaluations") or {}).get(metrics.get("headline_split", ""))
+        if not entry:
+            raise ValueError(f"{source} holds no validation scores")
+        training = metrics.get("training") or {}
+        return dict(
+            entry, weights=str(source), epochs=training.get("epochs"), steps=training.get("steps")
+        )
+    state = load_training_checkpoint(source)
     split = checkpoint_config(state).split
     if not state.get("best_metrics"):
-        raise ValueError(f"{checkpoint} holds no validation scores (split {split})")
+        raise ValueError(f"{source} holds no validation scores (split {split})")
     entry = scores(state["best_metrics"], names, split)
-    entry.update(checkpoint=str(checkpoint), epochs=state["epoch"], steps=state["step"])
+    entry.update(checkpoint=str(source), epochs=state["epoch"], steps=state["step"])
     return entry
 
 
@@ -85,8 +109,8 @@ def export_bundled(
     ``evaluate_val`` (and a validation set in the run's split) the scores are
     measured again in fp32 on the weights as shipped (fp16-rounded when
     ``half``). ``recipe_runs`` ({split: best.pt of another run of the same
-    recipe}) adds those runs' scores, e.g. the new-drive figure of a model
-    bundled from the "all" split; the headline ``val_*`` keys are the
+    recipe, or the weights bundled from it}) adds those runs' scores, e.g. the
+    new-drive figure of a model bundled from the "all" split; the headline ``val_*`` keys are the
     new-drive figure when there is one. ``ablation`` rows go to the card.
     """
     from seg_ros.classes import load_class_table
