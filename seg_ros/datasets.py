@@ -165,6 +165,31 @@ def split_pairs(kind: str, root: str | Path, split: str) -> tuple[list, list]:
     return [pair for pair in pool if drive_of(pair[0]) != HELD_OUT_DRIVE], held
 
 
+def seen_in_training(training: dict, kind: str, root: str | Path, images) -> tuple[int, str]:
+    """Count the ``images`` that weights with this recipe trained on (by folder and name); say so.
+
+    ``training`` is a bundled model's recipe (``ModelSpec.metrics["training"]``), matched against
+    its split of the same dataset at ``root``. Weights bundled before splits existed trained on
+    the train folder, the "val" split's training side. Unknown recipes count nothing. The line
+    is empty when no image was seen.
+    """
+    split = training.get("split") or "val"
+    if training.get("dataset") != kind or split not in SPLITS:
+        return 0, ""
+
+    def key(image) -> tuple[str, str]:
+        return Path(image).parent.name, Path(image).name
+
+    trained = {key(image) for image, _ in split_pairs(kind, root, split)[0]}
+    seen = sum(key(image) in trained for image in images)
+    if not seen:
+        return 0, ""
+    return seen, (
+        f"{seen} of {len(images)} frames here were in these weights' training data (their "
+        f"split `{split}`): not a held-out figure"
+    )
+
+
 def read_rgb(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:

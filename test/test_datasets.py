@@ -24,6 +24,7 @@ from seg_ros.datasets import (
     median_frequency_weights,
     photometric,
     read_label,
+    seen_in_training,
     split_pairs,
 )
 
@@ -229,6 +230,27 @@ def test_splits_by_drive_on_generated_names(tmp_path):
         split_pairs("camvid", tmp_path, "test")
     with pytest.raises(ValueError, match="CamVid"):
         split_pairs("folders", tmp_path, "new-drive")
+
+
+def test_seen_in_training_names_frames_a_recipe_trained_on(tmp_path):
+    _drive_layout(
+        tmp_path,
+        {"train": {"0001TP": 3, "0006R0": 4, "0016E5": 5}, "val": {"0016E5": 2}},
+    )
+    held_out = [image for image, _ in split_pairs("camvid", tmp_path, "new-drive")[1]]
+    val = [image for image, _ in split_pairs("camvid", tmp_path, "val")[1]]
+    recipe = lambda split: {"dataset": "camvid", "split": split}  # noqa: E731
+    assert seen_in_training(recipe("new-drive"), "camvid", tmp_path, held_out) == (0, "")
+    seen, line = seen_in_training(recipe("new-drive"), "camvid", tmp_path, val)
+    assert seen == 2 and "2 of 2" in line and "`new-drive`" in line  # val trains new-drive runs
+    seen, line = seen_in_training(recipe("all"), "camvid", tmp_path, held_out)
+    assert seen == 4 and "not a held-out figure" in line
+    # Weights from before splits existed trained on train/, which holds drive 0006R0.
+    assert seen_in_training({"dataset": "camvid"}, "camvid", tmp_path, held_out)[0] == 4
+    assert seen_in_training({"dataset": "camvid"}, "camvid", tmp_path, val)[0] == 0
+    other_data = {"dataset": "cityscapes", "split": "all"}
+    assert seen_in_training(other_data, "camvid", tmp_path, val)[0] == 0
+    assert seen_in_training({}, "camvid", tmp_path, held_out) == (0, "")
 
 
 def test_new_drive_split_needs_the_held_out_drive(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import cv2
 import numpy as np
@@ -174,9 +175,10 @@ def test_tune_crf_command_writes_table_json_and_weights(small_weights, tmp_path,
     assert main(["tune-crf", "--backend", "torch"]) == 2  # no frames: one clear error
 
 
-def test_evaluate_and_tune_crf_score_the_new_drive_split(small_weights, tmp_path):
+def test_evaluate_and_tune_crf_score_the_new_drive_split(small_weights, tmp_path, caplog):
     """--data --split new-drive scores drive 0006R0 only (generated CamVid-layout frames)."""
     from seg_ros.cli import main
+    from seg_ros.models import load_model, save_checkpoint
 
     frames = _frames(5)
     names = {"train": ["0001TP_0", "0006R0_1", "0006R0_2", "0016E5_3"], "val": ["0016E5_4"]}
@@ -196,8 +198,19 @@ def test_evaluate_and_tune_crf_score_the_new_drive_split(small_weights, tmp_path
     assert main(["evaluate", *common, "--json", str(out), "--no-progress"]) == 0
     summary = json.loads(out.read_text())
     assert summary["frames"]["used"] == 2 and "split new-drive" in summary["source"]
+    assert summary["frames_in_training_data"] == 0  # these weights name no training data
     assert main(["evaluate", *common, "--split", "val", "--json", str(out), "--no-progress"]) == 0
     assert json.loads(out.read_text())["frames"]["used"] == 1
+    # Weights whose recipe trained on every frame (split all): the figure is flagged.
+    loaded = load_model(weights=small_weights)
+    loaded.spec.metrics = {"training": {"dataset": "camvid", "split": "all"}}
+    trained_on_all = tmp_path / "all.safetensors"
+    save_checkpoint(trained_on_all, loaded.module, loaded.spec, half=True)
+    flagged = [*common[:2], "--weights", str(trained_on_all), *common[4:]]
+    with caplog.at_level(logging.WARNING, logger="seg_ros.evaluate"):
+        assert main(["evaluate", *flagged, "--json", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["frames_in_training_data"] == 2
+    assert "2 of 2 frames here were in these weights' training data" in caplog.text
     tuned = tmp_path / "crf.json"
     args = ["tune-crf", *common, "--passes", "1", "--no-progress", "--json", str(tuned)]
     assert main(args) == 0

@@ -12,7 +12,9 @@ JSON_KEYS_HELP = """\
   diagonal), per_class_boundary_f1, latency_ms {stage: {p50, p95, mean, count}},
   frames {used, skipped: {reason: count}, total}, pixels, classes, ignore_index,
   confusion_matrix (rows: ground truth, columns: prediction, last column:
-  predicted unlabelled), model, backend, source.
+  predicted unlabelled), model, backend, source; with --data also
+  frames_in_training_data (frames the weights' recipe trained on: then the
+  figure is not a held-out one).
 Skip reasons: no_ground_truth, label_without_image, size_mismatch,
   undecodable_image, undecodable_label, invalid_ground_truth, duplicate_stamp.
 
@@ -211,6 +213,14 @@ def run(args) -> int:
         backend=built.backend_name,
         source=description,
     )
+    if args.data:
+        from seg_ros.datasets import seen_in_training
+
+        training = built.spec.metrics.get("training") or {}
+        seen, warning = seen_in_training(training, "camvid", args.data, source.paths)
+        summary["frames_in_training_data"] = seen
+        if warning:
+            log.warning(warning)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2))

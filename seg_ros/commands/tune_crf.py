@@ -127,6 +127,13 @@ def run(args) -> int:
     built = build_pipeline(config)
     table = built.class_table
     log.info("tuning on %d frames of %s", len(pairs), where)
+    if args.data:
+        from seg_ros.datasets import seen_in_training
+
+        training = built.spec.metrics.get("training") or {}
+        warning = seen_in_training(training, "camvid", args.data, [i for i, _ in pairs])[1]
+        if warning:
+            log.warning("tuning the CRF on them: %s", warning)
     frames = network_frames(built.pipeline, pairs, table.num_classes, table.ignore_index)
     start = {name: getattr(built.pipeline.crf, name) for name in CRF_PARAMETERS}
     result = tune(
