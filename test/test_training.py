@@ -332,6 +332,7 @@ def test_model_card_reports_the_recipe_splits_and_ablation(data_root, tmp_path, 
     card = write_model_card(path, []).read_text()
     assert "random initialisation" in card and "pretrained backbone" not in card
     assert "new drive (0006R0 held out" in card and "val (drive 0016E5" in card
+    assert "that run never saw), measured on the new-drive run of this recipe" in card
     new_drive = spec.metrics["evaluations"]["new-drive"]
     assert spec.metrics["val_miou"] == new_drive["miou"]  # the headline is the new-drive figure
     assert f"{100 * new_drive['miou']:.1f}" in card

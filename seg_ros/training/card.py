@@ -89,6 +89,15 @@ def _recipe_lines(recipe: dict) -> list[str]:
     ]
 
 
+def _evaluation_title(split: str, own_split: str | None) -> str:
+    """Title a scores column; one of another run of the recipe names that run's split."""
+    title = EVALUATION_TITLES.get(split, split)
+    if own_split and split != own_split:
+        title = title.replace("the model never saw", "that run never saw")
+        return f"{title}, measured on the {split} run of this recipe"
+    return title
+
+
 def _score_lines(metrics: dict, names: list[str]) -> list[str]:
     evaluations = metrics.get("evaluations") or {}
     if not evaluations and "val_miou" in metrics:  # weights bundled before evaluations existed
@@ -103,12 +112,13 @@ def _score_lines(metrics: dict, names: list[str]) -> list[str]:
     if not evaluations:
         return ["Not measured (no validation split)."]
     order = sorted(evaluations, key=lambda s: (s != "new-drive", s))
+    own_split = (metrics.get("training") or {}).get("split")
     lines = [
         "fp32 inference with the weights as shipped, at the network size, upsampled to the "
         "labels' resolution; void ignored. Other runs of the same recipe are marked with their "
         "split (the new-drive run trains without drive 0006R0).",
         "",
-        "| | " + " | ".join(EVALUATION_TITLES.get(s, s) for s in order) + " |",
+        "| | " + " | ".join(_evaluation_title(s, own_split) for s in order) + " |",
         "|---|" + "---|" * len(order),
     ]
     rows = [("**mIoU**", "miou"), ("pixel accuracy", "pixel_accuracy")]
