@@ -110,8 +110,9 @@ def export_bundled(
     measured again in fp32 on the weights as shipped (fp16-rounded when
     ``half``). ``recipe_runs`` ({split: best.pt of another run of the same
     recipe, or the weights bundled from it}) adds those runs' scores, e.g. the
-    new-drive figure of a model bundled from the "all" split; the headline ``val_*`` keys are the
-    new-drive figure when there is one. ``ablation`` rows go to the card.
+    new-drive figure of a model bundled from the "all" split; the headline
+    ``val_*`` keys are the new-drive figure when there is one. ``ablation``
+    rows go to the card.
     """
     from seg_ros.classes import load_class_table
     from seg_ros.models import ModelSpec, save_checkpoint
