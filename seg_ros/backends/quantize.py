@@ -14,6 +14,9 @@ unsigned asymmetric activations and slow with signed ones (measured 2.5x
 slower on AVX2), and on x86 CPUs without VNNI their u8×s8 multiply-add
 saturates with 8-bit weights (first-layer outputs wrong, 80 % of labels kept),
 so weights get 7 bits there. Weights are per-channel symmetric INT8 in both.
+ONNX Runtime's graph has each BatchNorm+PReLU split into INT8 convolutions
+(seg_ros.backends.prelu_split); calibration measures the graph as exported and
+split in one pass, so one table serves every profile.
 The head (seg_ros.models.head: max, argmax, exp, sum), the classifier convolution and the
 up-sampling of its logits stay fp32: argmax over 8-bit logits ties classes,
 and they cost little beside the network. The TensorRT encoding also keeps the
@@ -53,6 +56,7 @@ from seg_ros.backends.onnx_cache import (
     safe_name,
     store_cache_key,
 )
+from seg_ros.backends.prelu_split import split_prelu
 
 LOG = logging.getLogger(__name__)
 
@@ -66,16 +70,24 @@ PROFILES = {
     # 94.77 -> 97.42 %, SegNet-Basic 96.95 -> 98.21 %, LW-RefineNet 98.26 -> 98.82 % (the first
     # conv alone: DeepLab 95.11 %, SegNet 97.46 %; depthwise convs, ASPP pooling, decoder,
     # Resize/Concat or SegNet's unpooling kept fp32 gained < 0.2 points each).
-    "tensorrt": {"activations": "int8-symmetric", "weight_bits": 8, "fp32": ["stem"]},
+    # It fuses PReLU itself, so its graph keeps it ("prelu": "native").
+    "tensorrt": {
+        "activations": "int8-symmetric",
+        "weight_bits": 8,
+        "fp32": ["stem"],
+        "prelu": "native",
+    },
     # ONNX Runtime on the CPU: asymmetric UINT8 activations (every bit used); all but the head
     # INT8, as an fp32 stem would cost speed and these kept >= 97.4 % of labels (README, INT8).
-    "cpu": {"activations": "uint8", "weight_bits": 8, "fp32": []},
+    # It has no INT8 PReLU or BatchNorm kernel: those are split into INT8 convolutions
+    # ("prelu": "split", seg_ros.backends.prelu_split).
+    "cpu": {"activations": "uint8", "weight_bits": 8, "fp32": [], "prelu": "split"},
     # The same on an x86 CPU without VNNI, whose u8*s8 multiply-add saturates on 8-bit weights.
-    "cpu-7bit-weights": {"activations": "uint8", "weight_bits": 7, "fp32": []},
+    "cpu-7bit-weights": {"activations": "uint8", "weight_bits": 7, "fp32": [], "prelu": "split"},
 }
 # What every profile shares; bump "format" when the graph changes in a way the key cannot see.
 SETTINGS = {
-    "format": 1,
+    "format": 2,
     "calibration": "minmax",
     "weights": "per-channel-symmetric",
     "fp32": "head",
@@ -348,8 +360,11 @@ def calibrate(
     op_types = _quantised_op_types()
     reader = _FrameReader(batches, count, desc)
     with tempfile.TemporaryDirectory(prefix="seg_ros-calibration-") as tmp:
+        # One pass measures both graphs a profile may quantise: as exported and PReLU-split.
+        both = Path(tmp) / "original-and-split.onnx"
+        onnx.save(split_prelu(model, keep_original=True), str(both))
         calibrator = create_calibrator(
-            Path(fp32_onnx),
+            both,
             op_types,
             augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=method.MinMax,
@@ -367,6 +382,7 @@ def calibrate(
         computed = calibrator.compute_data()
         del calibrator
     wanted = _needed_tensors(model, op_types, set(excluded))
+    wanted |= _needed_tensors(split_prelu(model), op_types, set(excluded))
     ranges = {}
     for name in sorted(wanted):
         if name in computed:
@@ -415,6 +431,8 @@ def write_qdq_onnx(
         save_tensors_data,
     ) = import_quantization()
     model = onnx.load(str(fp32_onnx))
+    if encoding["prelu"] == "split":
+        model = split_prelu(model)
     excluded = fp32_nodes(model, profile)
     kept_types = set(table.fp32_op_types)
     excluded = sorted({*excluded, *(n.name for n in model.graph.node if n.op_type in kept_types)})
@@ -448,8 +466,10 @@ def write_qdq_onnx(
         with tempfile.TemporaryDirectory(prefix="seg_ros-qdq-") as tmp:
             cache = Path(tmp) / "ranges.json"
             save_tensors_data(tensors_data(method.MinMax, ranges), cache)
+            prepared = Path(tmp) / "fp32.onnx"
+            onnx.save(model, str(prepared))
             quantize_static(
-                str(fp32_onnx),
+                str(prepared),
                 str(out_path),
                 calibration_data_reader=None,
                 calibration_cache_path=cache,
