@@ -547,13 +547,56 @@ def test_cpu_latency_of_bundled_weights(trained, tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (72, 100, 3), dtype=np.uint8)
     latency = measure_cpu_latency(path, image, backend="torch", threads=1, frames=2)
     assert latency["backend"].startswith("torch") and latency["image"] == "72x100"  # HxW
-    assert latency["frames"] == 2 and latency["cpu"]
+    assert latency["frames"] == 2 and latency["cpu"] and latency["precision"] == "fp32"
     assert (
         0
         < latency["inference_ms_median"]
         <= latency["pipeline_ms_median"]
         <= latency["pipeline_ms_p90"] * 1.001
     )
+
+
+def test_model_card_shows_int8_figures_and_latency_by_precision(trained, tmp_path):
+    """scripts/int8_table.py --write-cards stores metrics["int8"]; the card renders it."""
+    from seg_ros.models import load_model, save_checkpoint
+    from seg_ros.training import write_model_card
+
+    _, result = trained
+    path = tmp_path / "tiny.safetensors"
+    export_bundled(result.best_checkpoint, path, evaluate_val=False)
+    loaded = load_model(weights=str(path))
+    assert "## INT8" not in write_model_card(path, []).read_text()
+    loaded.spec.metrics["int8"] = {
+        "fp32_ms": 83.2,
+        "int8_ms": 46.0,
+        "speedup": 1.81,
+        "labels_unchanged": 0.957,
+        "fp32_miou": 0.471,
+        "int8_miou": 0.468,
+        "scored_on": "CamVid drive 0006R0 (101 frames)",
+        "scored_weights": "nd.safetensors",
+        "profile": "cpu",
+    }
+    save_checkpoint(path, loaded.module, loaded.spec, half=True)
+    rows = [
+        {
+            "backend": "onnxruntime:CPUExecutionProvider",
+            "precision": precision,
+            "threads": 2,
+            "image": "72x100",
+            "pipeline_ms_median": ms,
+            "pipeline_ms_p90": ms + 1,
+            "inference_ms_median": ms - 1,
+            "frames": 20,
+        }
+        for precision, ms in (("fp32", 80.0), ("int8", 45.0))
+    ]
+    card = write_model_card(path, rows).read_text()
+    assert "## INT8 (ONNX Runtime on the CPU, the shipped calibration table)" in card
+    assert "fp32 83.2 ms, int8 46.0 ms (**1.81x**)" in card
+    assert "mIoU fp32 47.1, int8 **46.8**; 95.7 % of labels unchanged" in card
+    assert "weights scored: nd.safetensors" in card
+    assert "| onnxruntime:CPUExecutionProvider | int8 | 2 | 45.0 | 46.0 | 44.0 |" in card
 
 
 def test_cpu_name_says_the_vector_extension_speed_hangs_on(monkeypatch):

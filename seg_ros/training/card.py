@@ -168,6 +168,26 @@ def _crf_lines(crf: dict) -> list[str]:
     return lines
 
 
+def _int8_lines(int8: dict) -> list[str]:
+    """Render what ``scripts/int8_table.py --write-cards`` measured with the shipped table."""
+    if not int8:
+        return []
+    return [
+        "",
+        "## INT8 (ONNX Runtime on the CPU, the shipped calibration table)",
+        "",
+        f"Measured by `scripts/int8_table.py --write-cards` on {int8.get('cpu', '?')}, "
+        f"{int8.get('threads', '?')} threads, ONNX Runtime {int8.get('onnxruntime', '?')}, "
+        f"profile `{int8.get('profile', '?')}`. Backend p50 at the network size, fp32 and int8 "
+        f"calls interleaved: fp32 {int8.get('fp32_ms')} ms, int8 {int8.get('int8_ms')} ms "
+        f"(**{int8.get('speedup')}x**).",
+        f"- {int8.get('scored_on', '?')}: mIoU fp32 {_pct(int8.get('fp32_miou'))}, "
+        f"int8 **{_pct(int8.get('int8_miou'))}**; "
+        f"{_pct(int8.get('labels_unchanged'))} % of labels unchanged",
+        f"- weights scored: {int8.get('scored_weights', 'these')}",
+    ]
+
+
 def write_model_card(weights: str | Path, latencies: list[dict], *, notes: str = "") -> Path:
     """Write models/<name>.md beside the weights: architecture, recipe, scores, CRF, latency."""
     from seg_ros.classes import load_class_table
@@ -210,6 +230,7 @@ def write_model_card(weights: str | Path, latencies: list[dict], *, notes: str =
         *_score_lines(metrics, names),
         *_ablation_lines(metrics.get("ablation") or []),
         *_crf_lines(getattr(spec, "crf", None) or {}),
+        *_int8_lines(metrics.get("int8") or {}),
         "",
         "## CPU latency",
         "",
@@ -223,13 +244,15 @@ def write_model_card(weights: str | Path, latencies: list[dict], *, notes: str =
             f"frames on {latencies[0].get('cpu', 'the CPU that bundled the weights')} "
             f"({os.cpu_count()} cores) (`seg_ros.training.measure_cpu_latency`).",
             "",
-            "| backend | threads | pipeline median ms | p90 ms | inference median ms |",
-            "|---|---|---|---|---|",
+            "| backend | precision | threads | pipeline median ms | p90 ms "
+            "| inference median ms |",
+            "|---|---|---|---|---|---|",
         ]
         for entry in latencies:
             lines.append(
-                f"| {entry['backend']} | {entry['threads']} | {entry['pipeline_ms_median']} | "
-                f"{entry['pipeline_ms_p90']} | {entry['inference_ms_median']} |"
+                f"| {entry['backend']} | {entry.get('precision', 'fp32')} | {entry['threads']} | "
+                f"{entry['pipeline_ms_median']} | {entry['pipeline_ms_p90']} | "
+                f"{entry['inference_ms_median']} |"
             )
     lines += [
         "",

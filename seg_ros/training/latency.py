@@ -14,15 +14,22 @@ def measure_cpu_latency(
     image: np.ndarray,
     *,
     backend: str = "onnxruntime",
+    precision: str = "fp32",
     threads: int = 2,
     frames: int = 20,
 ) -> dict:
-    """Median and p90 ms of the whole pipeline (and of inference alone) on one RGB frame."""
+    """Median and p90 ms of the whole pipeline (and of inference alone) on one RGB frame.
+
+    ``precision`` int8 needs the weights' shipped calibration table (scripts/int8_table.py).
+    """
     from seg_ros.pipeline import PipelineConfig, build_pipeline
     from seg_ros.timing import percentiles, time_calls
     from seg_ros.training.device import cpu_name
 
-    built = build_pipeline(PipelineConfig(weights=str(weights), backend=backend, threads=threads))
+    config = PipelineConfig(
+        weights=str(weights), backend=backend, precision=precision, threads=threads
+    )
+    built = build_pipeline(config)
     inference: list[float] = []
 
     def process():
@@ -36,6 +43,7 @@ def measure_cpu_latency(
         built.pipeline.backend.close()
     return {
         "backend": built.backend_name,
+        "precision": precision,
         "threads": threads,
         "image": format_size(*image.shape[:2]),
         "pipeline_ms_median": round(percentiles(totals, (50,))[0], 1),
