@@ -79,6 +79,7 @@ def main() -> int:
     from seg_ros.evaluation.sources import read_label_file
     from seg_ros.image_sources import read_image
     from seg_ros.models import bundled_models, load_model
+    from seg_ros.models.checkpoint import file_sha256
     from seg_ros.pipeline import SegmentationPipeline
     from seg_ros.timing import percentiles
     from seg_ros.training.device import cpu_name
@@ -173,8 +174,9 @@ def main() -> int:
                 "int8_miou": miou["int8"],
                 "scored_on": f"CamVid drive 0006R0 ({len(frames)} frames)",
                 "scored_weights": (
-                    f"{Path(scored_files[spec.name]).name}, this recipe's new-drive run "
-                    "(never saw 0006R0), calibrated on the shipped table's frames"
+                    f"{Path(scored_files[spec.name]).name} (sha256 "
+                    f"{file_sha256(scored_files[spec.name])[:16]}…), this recipe's new-drive "
+                    "run (never saw 0006R0), calibrated on the shipped table's frames"
                     if spec.name in scored_files
                     else "the shipped weights"
                 ),
@@ -183,7 +185,10 @@ def main() -> int:
                 "onnxruntime": onnxruntime.__version__,
                 "cpu": cpu_name(),
             }
-            _write_card(spec, row, frames[0][0], args.threads)
+            if "split" in spec.metrics.get("training", {}):
+                _write_card(spec, row, frames[0][0], args.threads)
+            else:  # the card generator cannot restate an older bundle's recipe
+                print(f"  card not rewritten: {spec.name} was bundled before recipes recorded")
     print()
     print(
         "| model | size | fp32 ms | int8 ms | speed-up | labels unchanged | "

@@ -588,6 +588,7 @@ def test_model_card_shows_int8_figures_and_latency_by_precision(trained, tmp_pat
             "pipeline_ms_p90": ms + 1,
             "inference_ms_median": ms - 1,
             "frames": 20,
+            "cpu": "AMD EPYC",
         }
         for precision, ms in (("fp32", 80.0), ("int8", 45.0))
     ]
@@ -596,7 +597,9 @@ def test_model_card_shows_int8_figures_and_latency_by_precision(trained, tmp_pat
     assert "fp32 83.2 ms, int8 46.0 ms (**1.81x**)" in card
     assert "mIoU fp32 47.1, int8 **46.8**; 95.7 % of labels unchanged" in card
     assert "weights scored: nd.safetensors" in card
-    assert "| onnxruntime:CPUExecutionProvider | int8 | 2 | 45.0 | 46.0 | 44.0 |" in card
+    assert "| onnxruntime:CPUExecutionProvider | int8 | 2 | AMD EPYC | 45.0 | 46.0 | 44.0 |" in (
+        card
+    )
 
 
 def test_cpu_name_says_the_vector_extension_speed_hangs_on(monkeypatch):

@@ -180,7 +180,7 @@ def _int8_lines(int8: dict) -> list[str]:
         f"{int8.get('threads', '?')} threads, ONNX Runtime {int8.get('onnxruntime', '?')}, "
         f"profile `{int8.get('profile', '?')}`. Backend p50 at the network size, fp32 and int8 "
         f"calls interleaved: fp32 {int8.get('fp32_ms')} ms, int8 {int8.get('int8_ms')} ms "
-        f"(**{int8.get('speedup')}x**).",
+        f"(**{int8.get('speedup', 0):.2f}x**).",
         f"- {int8.get('scored_on', '?')}: mIoU fp32 {_pct(int8.get('fp32_miou'))}, "
         f"int8 **{_pct(int8.get('int8_miou'))}**; "
         f"{_pct(int8.get('labels_unchanged'))} % of labels unchanged",
@@ -241,16 +241,16 @@ def write_model_card(weights: str | Path, latencies: list[dict], *, notes: str =
         lines += [
             "Whole pipeline (resize, normalise, inference, argmax head, resize back) on a "
             f"{latencies[0]['image']} frame, median of {latencies[0]['frames']} after 3 warm-up "
-            f"frames on {latencies[0].get('cpu', 'the CPU that bundled the weights')} "
-            f"({os.cpu_count()} cores) (`seg_ros.training.measure_cpu_latency`).",
+            "frames (`seg_ros.training.measure_cpu_latency`).",
             "",
-            "| backend | precision | threads | pipeline median ms | p90 ms "
+            "| backend | precision | threads | CPU | pipeline median ms | p90 ms "
             "| inference median ms |",
-            "|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|",
         ]
         for entry in latencies:
             lines.append(
                 f"| {entry['backend']} | {entry.get('precision', 'fp32')} | {entry['threads']} | "
+                f"{entry.get('cpu', 'the CPU that bundled the weights')} | "
                 f"{entry['pipeline_ms_median']} | {entry['pipeline_ms_p90']} | "
                 f"{entry['inference_ms_median']} |"
             )
