@@ -112,7 +112,7 @@ def split_prelu(model, *, keep_original: bool = False):
             "Add", [relu.output[0], linear], [total], name=f"{node.name}/prelu_split_sum"
         )
         replaced[node.name] = [relu_conv, relu, linear_conv, add]
-        if keep_original:  # typed as the PReLU's output, which it equals
+        if keep_original and node.output[0] in known_types:  # typed as the PReLU's output
             output = onnx.ValueInfoProto()
             output.CopyFrom(known_types[node.output[0]])
             output.name = total

@@ -408,7 +408,8 @@ def write_qdq_onnx(
 ) -> Path:
     """Write the QDQ INT8 graph of ``fp32_onnx``, quantised with ``table``, to ``out_path``.
 
-    ``profile`` is a key of PROFILES. The head and logits stay fp32 (see
+    ``profile`` is a key of PROFILES; its "prelu" entry says whether BatchNorm+PReLU
+    pairs are split first (seg_ros.backends.prelu_split). The head and logits stay fp32 (see
     ``head_nodes``), so do the layers the profile names (``fp32_nodes``), the
     nodes of the table's ``fp32_op_types`` and the few nodes whose tensors the
     table lacks;

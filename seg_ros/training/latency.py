@@ -20,7 +20,8 @@ def measure_cpu_latency(
 ) -> dict:
     """Median and p90 ms of the whole pipeline (and of inference alone) on one RGB frame.
 
-    ``precision`` int8 needs the weights' shipped calibration table (scripts/int8_table.py).
+    ``precision`` int8 needs the table shipped beside the weights
+    (scripts/make_calibration_tables.py); the card's int8 row is scripts/int8_table.py's.
     """
     from seg_ros.pipeline import PipelineConfig, build_pipeline
     from seg_ros.timing import percentiles, time_calls
