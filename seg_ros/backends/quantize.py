@@ -70,7 +70,7 @@ PROFILES = {
     # 94.77 -> 97.42 %, SegNet-Basic 96.95 -> 98.21 %, LW-RefineNet 98.26 -> 98.82 % (the first
     # conv alone: DeepLab 95.11 %, SegNet 97.46 %; depthwise convs, ASPP pooling, decoder,
     # Resize/Concat or SegNet's unpooling kept fp32 gained < 0.2 points each).
-    # It fuses PReLU itself, so its graph keeps it ("prelu": "native").
+    # It has its own PReLU layer, so its graph keeps PReLU as exported ("prelu": "native").
     "tensorrt": {
         "activations": "int8-symmetric",
         "weight_bits": 8,
