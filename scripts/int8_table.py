@@ -16,8 +16,9 @@ drives) and the CPU profile seg_ros picks on this machine.
 --score-weights NAME=FILE scores FILE instead of NAME's shipped weights (for a
 model trained on 0006R0 too: its recipe's new-drive weights), calibrated on the
 frames the shipped table lists; the latency stays the shipped weights'.
---write-cards stores each row in the weights' metadata (``metrics["int8"]``,
-plus an int8 row of the card's pipeline latency) and rewrites the model card.
+--write-cards stores each row in the weights' metadata (``metrics["int8"]``),
+re-measures the card's ONNX Runtime pipeline latency in fp32 and int8 and
+rewrites the model card (only for bundles that record their recipe).
 """
 
 from __future__ import annotations
