@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def _calibration_folder(table_file: Path, camvid: Path, folder: Path) -> dict:
     """Link the frames a shipped table was calibrated on into ``folder``; backend options."""
-    import json
+    from seg_ros.backends.quantize import RangeTable
 
-    files = json.loads(table_file.read_text())["info"]["files"]
+    files = RangeTable.load(table_file).info["files"]
     for name in files:
         (folder / name).symlink_to(camvid / "train" / name)
     return {"calibration_images": str(folder), "calibration_frames": len(files)}
