@@ -20,7 +20,7 @@ from seg_ros.image_cdr import parse_compressed, parse_image, serialize_image
 from seg_ros.image_codec import decode_compressed, decode_image
 from seg_ros.node_parameters import OUTPUTS
 from seg_ros.stats import NodeStats
-from seg_ros.visualize import colorize, overlay
+from seg_ros.visualize import overlay
 
 
 # rclpy passes message info (publisher and sequence number) to two-argument callbacks from
@@ -141,7 +141,7 @@ class Camera:
             self.outputs["confidence"].publish(serialize_image(result.confidence, "32FC1", header))
         want_color, want_overlay = self.wants("color", values), self.wants("overlay", values)
         if want_color or want_overlay:
-            color = colorize(result.label, palette)
+            color = result.color_mask(palette)
             if want_color:
                 self.outputs["color"].publish(serialize_image(color, "rgb8", header))
             if want_overlay:

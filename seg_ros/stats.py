@@ -62,7 +62,8 @@ class NodeStats:
     """Counters and windows for one node; every method may be called from any thread."""
 
     # Wall-clock stages, the output age, and node_cpu: the CPU time the node's own threads spent on
-    # a frame beside the network (decode, pre- and postprocessing, publishing).
+    # a frame beside the network (decode, pre- and postprocessing, publishing). OpenCV's worker
+    # threads are not among them: they add up to that much again to large resizes and blends.
     STAGES = (
         "decode",
         "preprocess",

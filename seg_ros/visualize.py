@@ -6,16 +6,26 @@ import cv2
 import numpy as np
 
 
-def colorize(label: np.ndarray, palette: np.ndarray) -> np.ndarray:
+def colorize(
+    label: np.ndarray, palette: np.ndarray, size: tuple[int, int] | None = None
+) -> np.ndarray:
     """Label image (H×W, uint8/uint16) -> RGB colour mask through a lookup table.
 
     uint8 labels go through OpenCV's one-channel LUT once per colour channel, then one merge:
     2.4 ms at 1080×1920 against 3.9 ms for a three-channel LUT of the grey image and 21 ms for
     numpy fancy indexing (1.3, 1.3 and 3.4 ms at 480×640). Others through ``np.take``.
+
+    ``size`` (H, W): the mask of ``label`` resized there by nearest neighbour, which is the mask
+    of the label resized the same way: colouring the network-size label and resizing the colours
+    looks up a ninth of the pixels of a 1080p frame.
     """
     if label.dtype == palette.dtype == np.uint8 and palette.shape == (256, 3) and label.ndim == 2:
-        return cv2.merge([cv2.LUT(label, np.ascontiguousarray(palette[:, c])) for c in range(3)])
-    return np.take(palette, label, axis=0)
+        color = cv2.merge([cv2.LUT(label, np.ascontiguousarray(palette[:, c])) for c in range(3)])
+    else:
+        color = np.take(palette, label, axis=0)
+    if size is not None and tuple(size) != label.shape[:2]:
+        color = cv2.resize(color, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    return color
 
 
 def overlay(image_rgb: np.ndarray, color_rgb: np.ndarray, alpha: float) -> np.ndarray:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from seg_ros.pipeline import CrfSettings, SegmentationPipeline
+from seg_ros.visualize import colorize
 
 
 class ColourRuleBackend:
@@ -66,6 +67,20 @@ def test_outputs_at_input_resolution(shape):
     ).all()
     assert 0.0 <= result.confidence.min() and result.confidence.max() <= 1.0
     assert set(result.timings_ms) >= {"preprocess", "inference", "postprocess"}
+
+
+@pytest.mark.parametrize("shape", [(120, 160), (32, 48), (33, 97), (1080, 1920)])
+def test_colour_mask_coloured_at_network_size_equals_colouring_the_output(shape):
+    rng = np.random.default_rng(sum(shape))
+    noise = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)  # a speckled label map
+    result = _pipeline(ColourRuleBackend()).process(noise)
+    assert (result.network_label is None) == (shape == (32, 48))
+    assert len(np.unique(result.label)) == 3
+    palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(result.color_mask(palette), colorize(result.label, palette))
+    wall = [v for k, v in result.timings_ms.items() if not k.endswith("_cpu")]
+    assert result.total_ms == pytest.approx(sum(wall))
+    assert result.total_ms < sum(result.timings_ms.values())  # the *_cpu twins are not added
 
 
 def test_probabilities_consistent_with_label_and_confidence():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from seg_ros.classes import load_class_table
@@ -31,3 +32,12 @@ def test_colorize_gives_every_pixel_its_palette_colour():
     wide = rng.integers(0, 256, (300, 3), dtype=np.uint8)
     label16 = rng.integers(0, 300, (9, 11), dtype=np.uint16)
     np.testing.assert_array_equal(colorize(label16, wide), wide[label16])
+
+
+def test_colorize_to_a_size_is_the_mask_of_the_nearest_resized_label():
+    rng = np.random.default_rng(1)
+    palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    label = rng.integers(0, 11, (36, 48), dtype=np.uint8)
+    for size in ((108, 192), (37, 53), (36, 48), (20, 30)):
+        resized = cv2.resize(label, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+        np.testing.assert_array_equal(colorize(label, palette, size=size), palette[resized])

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from seg_ros.image_sources import open_image_source
     from seg_ros.pipeline import build_pipeline
     from seg_ros.timing import p50_p95
-    from seg_ros.visualize import colorize, legend_image, overlay
+    from seg_ros.visualize import legend_image, overlay
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         latencies.append(total_ms)
         name = frame.name if frame.name not in seen else f"{frame.name}_{len(latencies)}"
         seen.add(name)
-        color = colorize(result.label, palette)
+        color = result.color_mask(palette)
         _write_png(output / f"{name}_label.png", result.label)
         _write_png(output / f"{name}_color.png", cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
         if args.overlay:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from seg_ros.evaluation.metrics import Evaluation
 from seg_ros.evaluation.sources import Frame
-from seg_ros.visualize import colorize, overlay
+from seg_ros.visualize import overlay
 
 LOG = logging.getLogger(__name__)
 LOGGED_PER_REASON = 5  # skipped frames logged one by one per reason; the rest only counted
@@ -100,11 +100,11 @@ def evaluate_frames(
             result = None
             if frame.image is not None and (scorable or wants_output):
                 result = pipeline.process(frame.image)
-                totals.append(sum(result.timings_ms.values()))
+                totals.append(result.total_ms)
                 if save_predictions is not None:
                     cv2.imwrite(str(save_predictions / f"{frame.key}.png"), result.label)
                 if output_bag is not None and frame.header is not None:
-                    color = colorize(result.label, palette)
+                    color = result.color_mask(palette)
                     output_bag.write_outputs(
                         frame.header,
                         frame.log_time,
