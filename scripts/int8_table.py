@@ -81,6 +81,7 @@ def main() -> int:
     from seg_ros.image_sources import read_image
     from seg_ros.models import bundled_models, load_model
     from seg_ros.models.checkpoint import file_sha256
+    from seg_ros.training import records_recipe
     from seg_ros.pipeline import SegmentationPipeline
     from seg_ros.timing import percentiles
     from seg_ros.training.device import cpu_name
@@ -186,7 +187,7 @@ def main() -> int:
                 "onnxruntime": onnxruntime.__version__,
                 "cpu": cpu_name(),
             }
-            if "split" in spec.metrics.get("training", {}):
+            if records_recipe(spec):
                 _write_card(spec, row, frames[0][0], args.threads)
             else:  # the card generator cannot restate an older bundle's recipe
                 print(f"  card not rewritten: {spec.name} was bundled before recipes recorded")

@@ -73,13 +73,16 @@ class TuningResult:
     objective: str
 
 
-def network_frames(pipeline, pairs, class_count: int, ignore_index: int) -> list[TuningFrame]:
+def network_frames(
+    pipeline, pairs, class_count: int, ignore_index: int, *, progress: bool = True
+) -> list[TuningFrame]:
     """Run the pipeline's network once per (image, label) file pair; keep its probabilities."""
     from seg_ros.datasets import IGNORE, read_label, read_rgb
     from seg_ros.pipeline import FULL_OUTPUTS
 
     frames = []
-    for image_path, label_path in tqdm(pairs, desc="network", unit="img", leave=False):
+    bar = tqdm(pairs, desc="network", unit="img", leave=False, disable=not progress)
+    for image_path, label_path in bar:
         image = read_rgb(image_path)
         small, batch = pipeline.preprocess(image)
         probabilities = pipeline.backend.infer(batch, FULL_OUTPUTS)["probabilities"][0]

@@ -145,6 +145,24 @@ def test_pipeline_uses_stored_parameters_unless_given(small_weights):
     assert built.pipeline.crf.iterations == 7 and built.pipeline.crf.gaussian_sxy == 2.0
 
 
+def test_an_older_bundles_card_keeps_its_text_and_gets_one_crf_section(small_weights):
+    from seg_ros.commands.tune_crf import write_fitted
+    from seg_ros.models import read_spec
+
+    assert "split" not in read_spec(small_weights).metrics.get("training", {})  # no recipe kept
+    card = small_weights.with_suffix(".md")
+    written_before = "# tiny\n\n## Training\n\n- a recipe in words\n\n## CPU latency\n\n| x |\n"
+    card.write_text(written_before)
+    write_fitted(str(small_weights), {**START, "tuned_on": "first frames", "objective": "miou"})
+    write_fitted(str(small_weights), {**TARGET, "tuned_on": "second frames", "objective": "miou"})
+    text = card.read_text()
+    assert text.count("## Dense CRF") == 1 and "second frames" in text
+    assert "first frames" not in text and '"bilateral_srgb": 8.0' in text
+    assert text.index("## Training") < text.index("## Dense CRF") < text.index("## CPU latency")
+    assert "- a recipe in words" in text and text.endswith("| x |\n")
+    assert read_spec(small_weights).crf["tuned_on"] == "second frames"
+
+
 def test_tune_crf_command_writes_table_json_and_weights(small_weights, tmp_path, capsys):
     from seg_ros.cli import main
     from seg_ros.models import read_spec

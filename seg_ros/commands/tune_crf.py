@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 EPILOG = """\
 Objectives (--objective): miou-keep-bf1 (default) = highest mIoU among the
@@ -75,7 +76,6 @@ def register(subparsers) -> None:
 
 
 def _pairs(args) -> tuple[list, str]:
-    from pathlib import Path
 
     from seg_ros.datasets import SPLITS, split_pairs
 
@@ -96,16 +96,23 @@ def _pairs(args) -> tuple[list, str]:
     return pairs[: args.limit or None], where
 
 
-def write_fitted(weights: str, fitted: dict) -> None:
-    """Store fitted CRF parameters in bundled weights' metadata and rewrite their model card."""
+def write_fitted(weights: str, fitted: dict) -> Path:
+    """Store fitted CRF parameters in bundled weights' metadata and in their model card.
+
+    A card the generator can restate is rewritten whole; an older bundle's card gets its Dense
+    CRF section replaced and the rest kept (``records_recipe``). Returns the card.
+    """
     from seg_ros.models import load_model, save_checkpoint
-    from seg_ros.training import write_model_card
+    from seg_ros.training import records_recipe, update_crf_section, write_model_card
 
     loaded = load_model(weights=weights)
     spec = loaded.spec
     spec.crf = fitted
     save_checkpoint(weights, loaded.module, spec, half=True)
-    write_model_card(weights, spec.metrics.get("cpu_latency", []))
+    card = Path(weights).with_suffix(".md")
+    if records_recipe(spec) or not card.exists():
+        return write_model_card(weights, spec.metrics.get("cpu_latency", []))
+    return update_crf_section(card, fitted)
 
 
 def run(args) -> int:
@@ -113,7 +120,6 @@ def run(args) -> int:
     import json
     import logging
     from dataclasses import replace
-    from pathlib import Path
 
     from seg_ros.commands.options import pipeline_config_from_args
     from seg_ros.pipeline import CRF_PARAMETERS, build_pipeline
@@ -134,7 +140,13 @@ def run(args) -> int:
         warning = seen_in_training(training, "camvid", args.data, [i for i, _ in pairs])[1]
         if warning:
             log.warning("tuning the CRF on them: %s", warning)
-    frames = network_frames(built.pipeline, pairs, table.num_classes, table.ignore_index)
+    frames = network_frames(
+        built.pipeline,
+        pairs,
+        table.num_classes,
+        table.ignore_index,
+        progress=not args.no_progress,
+    )
     start = {name: getattr(built.pipeline.crf, name) for name in CRF_PARAMETERS}
     result = tune(
         frames,

@@ -8,7 +8,7 @@ AdamW, poly schedule, resume), `schedule`, `loss` (class balancing, OHEM),
 """
 
 from seg_ros.training.bundling import bundle, export_bundled, load_ablation
-from seg_ros.training.card import write_model_card
+from seg_ros.training.card import records_recipe, update_crf_section, write_model_card
 from seg_ros.training.checkpoints import CHECKPOINT_FORMAT, load_training_checkpoint
 from seg_ros.training.config import TrainConfig
 from seg_ros.training.device import autocast_dtype, pick_device
@@ -36,5 +36,7 @@ __all__ = [
     "pick_device",
     "recalibrate_batchnorm",
     "train",
+    "records_recipe",
+    "update_crf_section",
     "write_model_card",
 ]

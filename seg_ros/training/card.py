@@ -168,6 +168,32 @@ def _crf_lines(crf: dict) -> list[str]:
     return lines
 
 
+def records_recipe(spec) -> bool:
+    """Whether a bundle's metadata holds the recipe this generator restates (bundles since #11).
+
+    Older bundles' cards were written by an earlier generator from fields it no longer reads;
+    rewriting them would misstate how those weights were trained.
+    """
+    return "split" in spec.metrics.get("training", {})
+
+
+def update_crf_section(card: str | Path, crf: dict) -> Path:
+    """Replace (or add, before its CPU latency) the Dense CRF section of an existing card."""
+    card = Path(card)
+    lines = card.read_text().split("\n")
+    section = _crf_lines(crf)[1:]  # without the leading blank line
+    headings = [i for i, line in enumerate(lines) if line.startswith("## ")]
+    start = next((i for i in headings if lines[i] == "## Dense CRF"), None)
+    if start is not None:
+        end = next((i for i in headings if i > start), len(lines))
+        lines[start:end] = section + [""]
+    else:
+        at = next((i for i in headings if lines[i] == "## CPU latency"), len(lines))
+        lines[at:at] = section + [""]
+    card.write_text("\n".join(lines))
+    return card
+
+
 def _int8_lines(int8: dict) -> list[str]:
     """Render what ``scripts/int8_table.py --write-cards`` measured with the shipped table."""
     if not int8:
