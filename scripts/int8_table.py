@@ -81,9 +81,9 @@ def main() -> int:
     from seg_ros.image_sources import read_image
     from seg_ros.models import bundled_models, load_model
     from seg_ros.models.checkpoint import file_sha256
-    from seg_ros.training import records_recipe
     from seg_ros.pipeline import SegmentationPipeline
     from seg_ros.timing import percentiles
+    from seg_ros.training import records_recipe
     from seg_ros.training.device import cpu_name
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -76,7 +76,6 @@ def register(subparsers) -> None:
 
 
 def _pairs(args) -> tuple[list, str]:
-
     from seg_ros.datasets import SPLITS, split_pairs
 
     if args.data and (args.images or args.labels):

@@ -35,8 +35,8 @@ __all__ = [
     "measure_cpu_latency",
     "pick_device",
     "recalibrate_batchnorm",
-    "train",
     "records_recipe",
+    "train",
     "update_crf_section",
     "write_model_card",
 ]
