@@ -79,6 +79,8 @@ class NodeProcess:
             self.process = subprocess.Popen(
                 [
                     sys.executable,
+                    "-X",
+                    "faulthandler",  # a hung shutdown leaves every thread's stack in the log
                     "-m",
                     module,
                     "--ros-args",
@@ -103,7 +105,11 @@ class NodeProcess:
             try:
                 return self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                self.process.send_signal(signal.SIGABRT)  # faulthandler writes the stacks
+                try:
+                    self.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
         return self.process.wait(timeout=10)
 
 
