@@ -21,14 +21,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# Cityscapes train ids -> CamVid 11-class index (Sky 0, Building 1, Pole 2, Road 3, Pavement 4,
-# Tree 5, SignSymbol 6, Fence 7, Car 8, Pedestrian 9, Bicyclist 10); the 20th output is ignored.
-# fmt: off
-CITYSCAPES_TO_CAMVID = (
-    3, 4, 1, 1, 7, 2, 6, 6, 5, 5,  # road sidewalk building wall fence pole light sign veg terrain
-    0, 9, 10, 8, 8, 8, 8, 10, 10,  # sky person rider car truck bus train motorcycle bicycle
-)
-# fmt: on
+# Where each Cityscapes class falls in CamVid's 11 (by the names in config/classes/*.yaml).
+CITYSCAPES_TO_CAMVID = {
+    "road": "Road", "sidewalk": "Pavement", "building": "Building", "wall": "Building",
+    "fence": "Fence", "pole": "Pole", "traffic light": "SignSymbol", "traffic sign": "SignSymbol",
+    "vegetation": "Tree", "terrain": "Tree", "sky": "Sky", "person": "Pedestrian",
+    "rider": "Bicyclist", "car": "Car", "truck": "Car", "bus": "Car", "train": "Car",
+    "motorcycle": "Bicyclist", "bicycle": "Bicyclist",
+}  # fmt: skip
 
 
 def main() -> int:
@@ -46,6 +46,7 @@ def main() -> int:
     import torch.nn.functional as F
     from tqdm import tqdm
 
+    from seg_ros.classes import load_class_table
     from seg_ros.datasets import IGNORE, read_label, read_rgb, split_pairs
     from seg_ros.evaluation.metrics import ConfusionMatrix
     from seg_ros.models.checkpoint import load_model
@@ -62,9 +63,10 @@ def main() -> int:
     encoder.eval()
     classifier = torch.nn.Conv2d(256, 20, 1, bias=False)
     classifier.weight.data.copy_(state["classifier.conv.weight"])
-    fold = torch.zeros(20, classes)
-    for cityscapes, camvid in enumerate(CITYSCAPES_TO_CAMVID):
-        fold[cityscapes, camvid] = 1.0
+    camvid = load_class_table("camvid").names
+    fold = torch.zeros(20, classes)  # the authors' 20th output (their void) is left out
+    for index, name in enumerate(load_class_table("cityscapes").names):
+        fold[index, camvid.index(CITYSCAPES_TO_CAMVID[name])] = 1.0
     _, held = split_pairs("camvid", args.data, "new-drive")
     main_input = Preprocessor(*parse_size(args.size))
     prior_input = Preprocessor(*parse_size(args.prior_size))
