@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Two cheap probes of what might carry a CamVid model to a new drive, scored on 0006R0.
+"""Three cheap probes of what might carry a CamVid model to a new drive, scored on 0006R0.
 
     .venv/bin/python scripts/new_drive_probes.py --weights W --data ../shared/datasets/camvid
 
 1. Cityscapes prior: the ESPNet authors' Cityscapes ESPNet-C (encoder and its 20-class 1x1
    classifier, ../shared/pretrained) with its classes folded into CamVid's (probabilities
    summed), alone and averaged with the weights' softmax at the weights given by --alphas.
-2. AdaBN: every BatchNorm's statistics re-estimated on the held-out drive's own images (no
+2. Flip: the weights' softmax averaged with that of the mirrored image (twice the network).
+3. AdaBN: every BatchNorm's statistics re-estimated on the held-out drive's own images (no
    labels), as a robot could do on its first minutes of a new street.
 
 Scored with seg_ros.evaluation.metrics.ConfusionMatrix at label resolution (logits resized
@@ -81,16 +82,21 @@ def main() -> int:
         print(f"{name:<34} mIoU {100 * scores['miou']:.1f}  per class {per_class}", flush=True)
 
     prior_alone = ConfusionMatrix(classes, IGNORE)
+    flipped = ConfusionMatrix(classes, IGNORE)
     mixed = {a: ConfusionMatrix(classes, IGNORE) for a in alphas}
     with torch.no_grad():
         for image_path, label_path in tqdm(held, desc="Cityscapes prior"):
             image, label = read_rgb(image_path), read_label(label_path, classes, IGNORE)
-            main_p = softmax_at(network(torch.from_numpy(main_input(image)[1])), label.shape)
+            batch = torch.from_numpy(main_input(image)[1])
+            main_p = softmax_at(network(batch), label.shape)
+            mirrored_p = softmax_at(network(batch.flip(3)).flip(3), label.shape)
+            flipped.update(label, (main_p + mirrored_p).argmax(-1).numpy())
             prior_logits = classifier(encoder(torch.from_numpy(prior_input(image)[1]))["out"])
             prior_p = softmax_at(prior_logits, label.shape) @ fold
             prior_alone.update(label, prior_p.argmax(-1).numpy())
             for alpha, matrix in mixed.items():
                 matrix.update(label, ((1 - alpha) * main_p + alpha * prior_p).argmax(-1).numpy())
+    report("weights + their mirror image", flipped)
     report(f"Cityscapes prior alone, {args.prior_size}", prior_alone)
     for alpha, matrix in mixed.items():
         report(f"weights + prior, alpha {alpha:g}", matrix)
