@@ -11,7 +11,7 @@
    labels), as a robot could do on its first minutes of a new street.
 
 Scored with seg_ros.evaluation.metrics.ConfusionMatrix at label resolution (logits resized
-bilinearly). Neither is in the package: see the README's accuracy section for the figures.
+bilinearly). None of them is in the package: see the README's accuracy section for the figures.
 """
 
 from __future__ import annotations
@@ -81,11 +81,12 @@ def main() -> int:
         per_class = " ".join(f"{100 * v:.1f}" for v in scores["iou"])
         print(f"{name:<34} mIoU {100 * scores['miou']:.1f}  per class {per_class}", flush=True)
 
+    print("per-class IoU in the order", ", ".join(camvid))
     prior_alone = ConfusionMatrix(classes, IGNORE)
     flipped = ConfusionMatrix(classes, IGNORE)
     mixed = {a: ConfusionMatrix(classes, IGNORE) for a in alphas}
     with torch.no_grad():
-        for image_path, label_path in tqdm(held, desc="Cityscapes prior"):
+        for image_path, label_path in tqdm(held, desc="flip and Cityscapes prior"):
             image, label = read_rgb(image_path), read_label(label_path, classes, IGNORE)
             batch = torch.from_numpy(main_input(image)[1])
             main_p = softmax_at(network(batch), label.shape)
