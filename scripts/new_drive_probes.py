@@ -42,6 +42,8 @@ def main() -> int:
     parser.add_argument("--alphas", default="0,0.1,0.2,0.3,0.4,0.5")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if not Path(args.encoder).is_file():
+        parser.error(f"no Cityscapes encoder at {args.encoder} (--encoder FILE)")
 
     import torch
     import torch.nn.functional as F
