@@ -228,6 +228,7 @@ class Augmentation:
     hue: float = 0.0  # max hue shift in degrees
     blur: float = 0.0  # probability of a Gaussian blur (sigma 0.3-1.5 px)
     noise: float = 0.0  # max standard deviation of Gaussian pixel noise (0-255 scale)
+    copy_paste: float = 0.0  # probability of pasting another image's rare-class pixels first
 
 
 class SegmentationDataset(Dataset):
@@ -264,6 +265,7 @@ class SegmentationDataset(Dataset):
         self._cached: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.seed = seed
         self.epoch = 0  # set by the trainer so augmentation differs per epoch yet is reproducible
+        self._paste_donors: tuple[np.ndarray, list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -302,8 +304,59 @@ class SegmentationDataset(Dataset):
                 image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
             return self._normalise(image), torch.from_numpy(label.astype(np.int64))
         rng = np.random.default_rng((self.seed, self.epoch, index))
+        if self.augment.copy_paste > 0 and rng.random() < self.augment.copy_paste:
+            rare, donors = self.paste_donors()
+            donors = [d for d in donors if d != index]
+            if donors:
+                donor_image, donor_label = self.load(donors[int(rng.integers(len(donors)))])
+                image, label = paste_objects(
+                    image, label, donor_image, donor_label, rare, flip=bool(rng.random() < 0.5)
+                )
         image, label = augment_pair(image, label, self.size, self.augment, rng)
         return self._normalise(image), torch.from_numpy(label.astype(np.int64))
+
+    def paste_donors(self) -> tuple[np.ndarray, list[int]]:
+        """Find what copy-paste takes objects from: the rare classes and the images with them.
+
+        Rare is a pixel frequency below the median class's, as median-frequency balancing
+        measures it; a donor holds at least 64 such pixels.
+        """
+        if self._paste_donors is None:
+            counts, image_pixels = class_pixel_counts(self)
+            present = counts > 0
+            freq = np.full(self.num_classes, np.inf)
+            freq[present] = counts[present] / image_pixels[present]
+            rare = np.flatnonzero(freq < np.median(freq[present])) if present.any() else []
+            donors = [i for i in range(len(self)) if np.isin(self.load(i)[1], rare).sum() >= 64]
+            self._paste_donors = (np.asarray(rare, np.int64), donors)
+        return self._paste_donors
+
+
+def paste_objects(
+    image: np.ndarray,
+    label: np.ndarray,
+    donor_image: np.ndarray,
+    donor_label: np.ndarray,
+    classes: np.ndarray,
+    *,
+    flip: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Copy-paste: the donor's pixels of `classes` (optionally mirrored) over a copy of the pair.
+
+    Rare objects then appear in front of other streets' backgrounds, so the network cannot
+    learn them as "whatever stands behind them" on the few drives they occur in.
+    """
+    height, width = label.shape
+    if donor_label.shape != (height, width):
+        donor_image = cv2.resize(donor_image, (width, height), interpolation=cv2.INTER_LINEAR)
+        donor_label = cv2.resize(donor_label, (width, height), interpolation=cv2.INTER_NEAREST)
+    if flip:
+        donor_image, donor_label = donor_image[:, ::-1], donor_label[:, ::-1]
+    mask = np.isin(donor_label, classes)
+    image, label = image.copy(), label.copy()
+    image[mask] = donor_image[mask]
+    label[mask] = donor_label[mask]
+    return image, label
 
 
 def augment_pair(

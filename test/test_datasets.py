@@ -22,6 +22,7 @@ from seg_ros.datasets import (
     drive_of,
     folder_pairs,
     median_frequency_weights,
+    paste_objects,
     photometric,
     read_label,
     seen_in_training,
@@ -293,6 +294,63 @@ def test_scale_and_photometric_augmentation_keep_image_and_label_aligned():
         distance = np.linalg.norm(out_image[..., None, :].astype(float) - means, axis=-1)
         nearest = np.array(classes)[distance.argmin(-1)]
         assert (nearest[valid] == out_label[valid]).mean() > 0.8, seed
+
+
+def test_copy_paste_moves_a_donors_rare_pixels_with_their_labels():
+    image, label = _scene(48, 64, seed=1)
+    donor_image, donor_label = _scene(48, 64, seed=2)
+    donor_label = np.where(donor_label == 3, 3, 0).astype(np.uint8)  # only class 3 to paste
+    before = image.copy(), label.copy()
+    out_image, out_label = paste_objects(image, label, donor_image, donor_label, np.array([3]))
+    pasted = donor_label == 3
+    assert pasted.any() and np.array_equal(out_label[pasted], donor_label[pasted])
+    assert np.array_equal(out_image[pasted], donor_image[pasted])
+    assert np.array_equal(out_image[~pasted], image[~pasted])
+    assert np.array_equal(out_label[~pasted], label[~pasted])
+    assert np.array_equal(image, before[0]) and np.array_equal(label, before[1])  # copies
+    mirrored = paste_objects(image, label, donor_image, donor_label, np.array([3]), flip=True)[1]
+    assert np.array_equal(mirrored == 3, (label == 3) | pasted[:, ::-1])
+    # A donor of another size is scaled to the image first.
+    big = paste_objects(
+        image,
+        label,
+        cv2.resize(donor_image, (128, 96)),
+        cv2.resize(donor_label, (128, 96), interpolation=cv2.INTER_NEAREST),
+        np.array([3]),
+    )[1]
+    assert np.array_equal(big, out_label)
+
+
+def test_copy_paste_in_training_pastes_only_rare_classes_from_images_that_hold_them(tmp_path):
+    """Class 3 is in one image only: it is the rare class and that image the only donor.
+
+    With copy-paste on, every other training image gets that image's class-3 pixels.
+    """
+    pairs = []
+    for i in range(4):
+        label = np.repeat(np.array([0] * 18 + [1] * 15 + [2] * 15, np.uint8)[:, None], 64, 1)
+        if i == 2:
+            label[0:16, 16:32] = 3
+        image = COLOURS[label]
+        pairs.append((tmp_path / f"{i}.png", tmp_path / f"{i}_L.png"))
+        cv2.imwrite(str(pairs[-1][0]), image[..., ::-1])
+        cv2.imwrite(str(pairs[-1][1]), label)
+
+    def dataset(copy_paste):
+        aug = Augmentation(
+            crop=(48, 64), scale_range=(1, 1), flip=False, jitter=0.0, copy_paste=copy_paste
+        )
+        return SegmentationDataset(
+            pairs, num_classes=4, ignore_index=IGNORE, size=(48, 64), augment=aug
+        )
+
+    rare, donors = dataset(1.0).paste_donors()
+    assert list(rare) == [3] and donors == [2]
+    for index in (0, 1, 3):
+        out_image, out_label = dataset(1.0)[index]
+        assert (out_label == 3).sum() == 16 * 16
+        assert (dataset(0.0)[index][1] == 3).sum() == 0
+    assert (dataset(1.0)[2][1] == 3).sum() == 16 * 16  # the donor itself gets nothing more
 
 
 def test_each_photometric_change_alone():

@@ -289,6 +289,25 @@ def test_new_drive_and_all_splits_train(data_root, tmp_path):
     assert result.steps == 3  # all 12 frames, batches of 4
 
 
+def test_backbone_lr_scales_only_the_encoder(data_root, tmp_path):
+    """--backbone-lr 0 freezes the encoder's weights while the head still learns."""
+    from seg_ros.training.loop import build_network
+
+    cfg = _config(data_root, tmp_path, epochs=1, backbone_lr=0.0, ema=0.0)
+    torch.manual_seed(cfg.seed)
+    start = build_network(cfg.resolved()).state_dict()
+    result = train(cfg)
+    trained_state = load_training_checkpoint(result.last_checkpoint)["model"]
+    params = dict(build_network(cfg.resolved()).named_parameters())
+    encoder = [k for k in params if k.startswith("backbone.")]
+    head = [k for k in params if not k.startswith("backbone.")]
+    assert encoder and head
+    assert all(torch.equal(trained_state[k], start[k]) for k in encoder)
+    assert any(not torch.equal(trained_state[k], start[k]) for k in head)
+    with pytest.raises(ValueError, match="--backbone-lr"):
+        train(_config(data_root, tmp_path, backbone_lr=2.0))
+
+
 def test_checkpoint_round_trip_to_bundled_weights(trained, tmp_path):
     from seg_ros.models import load_model
     from seg_ros.training import build_network

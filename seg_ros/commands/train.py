@@ -166,6 +166,14 @@ def register(subparsers) -> None:
         "--noise", type=float, default=6.0, help="max pixel noise standard deviation (0-255)"
     )
     data.add_argument(
+        "--copy-paste",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="with probability P, paste another training image's rare-class pixels (classes "
+        "rarer than the median class) into a training image before the geometry (default 0)",
+    )
+    data.add_argument(
         "--limit-train", type=int, default=0, help="use only the first N training images"
     )
     data.add_argument(
@@ -182,6 +190,14 @@ def register(subparsers) -> None:
     opt.add_argument("--batch-size", type=int, default=8)
     opt.add_argument(
         "--lr", type=float, default=1e-3, help="AdamW base learning rate (poly decay, power 0.9)"
+    )
+    opt.add_argument(
+        "--backbone-lr",
+        type=float,
+        default=1.0,
+        metavar="FRACTION",
+        help="the encoder's learning rate as a fraction of --lr (e.g. 0.1 to fine-tune a "
+        "pretrained backbone gently; default 1)",
     )
     opt.add_argument("--weight-decay", type=float, default=1e-4)
     opt.add_argument(
@@ -375,9 +391,11 @@ def _new_config(args):
         hue=args.hue,
         blur=args.blur,
         noise=args.noise,
+        copy_paste=args.copy_paste,
         epochs=100 if args.epochs is None else args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        backbone_lr=args.backbone_lr,
         weight_decay=args.weight_decay,
         class_weighting=args.class_weighting,
         ohem=args.ohem,

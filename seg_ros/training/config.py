@@ -30,9 +30,11 @@ class TrainConfig:
     hue: float = 8.0
     blur: float = 0.2
     noise: float = 6.0
+    copy_paste: float = 0.0  # probability of pasting another image's rare-class pixels
     epochs: int = 100
     batch_size: int = 8
     lr: float = 1e-3
+    backbone_lr: float = 1.0  # the encoder's learning rate as a fraction of lr (fine-tuning)
     weight_decay: float = 1e-4
     poly_power: float = 0.9
     class_weighting: str = "sqrt"  # median | sqrt (of median) | none
@@ -78,6 +80,10 @@ class TrainConfig:
             raise ValueError(
                 "epochs >= 0, batch size >= 1, lr > 0 and val-every >= 1 are required"
             )
+        if not 0 <= cfg.copy_paste <= 1:
+            raise ValueError(f"--copy-paste {cfg.copy_paste} must be in [0, 1]")
+        if not 0 <= cfg.backbone_lr <= 1:
+            raise ValueError(f"--backbone-lr {cfg.backbone_lr} must be in [0, 1]")
         if cfg.class_weighting not in CLASS_WEIGHTINGS:
             raise ValueError(
                 f"class weighting {cfg.class_weighting!r}: expected one of {CLASS_WEIGHTINGS}"

@@ -101,6 +101,7 @@ def augmentation(cfg: TrainConfig):
         hue=cfg.hue,
         blur=cfg.blur,
         noise=cfg.noise,
+        copy_paste=cfg.copy_paste,
     )
 
 
@@ -152,22 +153,37 @@ def stop_requests():
             signal.signal(sig, old)
 
 
-def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on norms, biases (1-D) and the CRF-as-RNN layer's parameters.
+def _param_groups(
+    module: torch.nn.Module, weight_decay: float, backbone_lr: float = 1.0
+) -> list[dict]:
+    """Split parameters into AdamW groups by weight decay and learning rate.
+
+    No weight decay on norms, biases (1-D) and the CRF-as-RNN layer's parameters; the encoder
+    (`module.backbone`) at `backbone_lr` times the schedule's rate (its own groups only when
+    that differs from 1, so older runs' optimiser states still load).
 
     The CRF's kernel weights and label compatibility are a model of the scene, not filters:
-    decaying them pulls the CRF towards doing nothing.
+    decaying them pulls the CRF towards doing nothing. A slower encoder keeps more of what a
+    pretrained backbone learnt on other streets.
     """
     from seg_ros.crf.layer import CrfRnn
 
     crf = {id(p) for m in module.modules() if isinstance(m, CrfRnn) for p in m.parameters()}
-    decay, no_decay = [], []
+    backbone = getattr(module, "backbone", None)
+    split_encoder = backbone is not None and backbone_lr != 1.0
+    in_backbone = {id(p) for p in backbone.parameters()} if split_encoder else set()
+    groups: dict[tuple[bool, bool], list] = {}
     for param in module.parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 or id(param) in crf else decay).append(param)
+            decays = param.ndim > 1 and id(param) not in crf
+            groups.setdefault((decays, id(param) in in_backbone), []).append(param)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {
+            "params": params,
+            "weight_decay": weight_decay if decays else 0.0,
+            "lr_scale": backbone_lr if encoder else 1.0,
+        }
+        for (decays, encoder), params in sorted(groups.items(), reverse=True)
     ]
 
 
@@ -203,7 +219,9 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     module = build_network(cfg).to(device, memory_format=layout)
     started_from = saved.get("started_from", {}) if saved else init_lineage(cfg.init_weights)
-    optimizer = torch.optim.AdamW(_param_groups(module, cfg.weight_decay), lr=cfg.lr)
+    optimizer = torch.optim.AdamW(
+        _param_groups(module, cfg.weight_decay, cfg.backbone_lr), lr=cfg.lr
+    )
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     ema = ModelEma(module, cfg.ema) if cfg.ema else None
     step = epoch = position = 0
@@ -344,7 +362,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                     t0 = time.monotonic()
                     lr = learning_rate(cfg.lr, step, total_steps, cfg.poly_power)
                     for group in optimizer.param_groups:
-                        group["lr"] = lr
+                        group["lr"] = lr * group.get("lr_scale", 1.0)
                     images = images.to(device, non_blocking=True, memory_format=layout)
                     labels = labels.to(device, non_blocking=True)
                     with torch.autocast(
