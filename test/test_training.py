@@ -338,7 +338,16 @@ def test_model_card_reports_the_recipe_splits_and_ablation(data_root, tmp_path, 
     from seg_ros.training import write_model_card
 
     cfg, result = trained
-    nd = train(_config(data_root, tmp_path / "nd", split="new-drive", epochs=1))
+    nd = train(
+        _config(
+            data_root,
+            tmp_path / "nd",
+            split="new-drive",
+            epochs=1,
+            backbone_lr=0.5,
+            copy_paste=0.5,
+        )
+    )
     path = tmp_path / "card.safetensors"
     rows = [{"change": "no EMA", "miou": 0.123}, {"change": "OHEM 0.25", "miou": 0.456}]
     spec = export_bundled(
@@ -361,6 +370,10 @@ def test_model_card_reports_the_recipe_splits_and_ablation(data_root, tmp_path, 
     nd_bundle = tmp_path / "nd.safetensors"
     nd_spec = export_bundled(nd.best_checkpoint, nd_bundle, precise_bn=0)
     assert recipe_split(nd_bundle) == recipe_split(nd.best_checkpoint) == "new-drive"
+    nd_card = write_model_card(nd_bundle, []).read_text()
+    assert "lr 0.003 (the encoder at 0.5 of it)" in nd_card
+    assert "rare-class copy-paste with probability 0.5" in nd_card
+    assert "the encoder at" not in card and "copy-paste" not in card
     again = export_bundled(
         result.best_checkpoint,
         tmp_path / "again.safetensors",

@@ -66,8 +66,19 @@ def _recipe_lines(recipe: dict) -> list[str]:
         f"- {recipe.get('epochs')} epochs, {recipe.get('steps')} steps of batch "
         f"{recipe.get('batch_size')}; random scale {recipe.get('scale_range')} of the network "
         f"size, crop {recipe.get('crop')} (HxW), horizontal flip; photometric "
-        + ", ".join(f"{k} {v}" for k, v in photometric.items()),
-        f"- {recipe.get('optimizer')} lr {recipe.get('lr')}, weight decay "
+        + ", ".join(f"{k} {v}" for k, v in photometric.items())
+        + (
+            f"; rare-class copy-paste with probability {recipe['copy_paste']}"
+            if recipe.get("copy_paste")
+            else ""
+        ),
+        f"- {recipe.get('optimizer')} lr {recipe.get('lr')}"
+        + (
+            f" (the encoder at {recipe['backbone_lr']} of it)"
+            if recipe.get("backbone_lr", 1.0) != 1.0
+            else ""
+        )
+        + ", weight decay "
         f"{recipe.get('weight_decay')} (not on norms/biases), {recipe.get('schedule')} schedule"
         + (
             f"; weights averaged (EMA, decay {recipe['ema']}) for validation and export"
