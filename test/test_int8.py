@@ -231,6 +231,30 @@ def test_calibrate_refuses_fewer_frames_than_promised(tmp_path):
         q.calibrate(fp32, iter(batches), 3)
 
 
+def test_percentile_calibration_clips_an_outliers_range_that_minmax_keeps(tmp_path):
+    """A few extreme values set MinMax's range; the 99.99 % histogram's is narrower.
+
+    It still holds the ordinary frames' values, and the table says how it was made.
+    """
+    loaded = _small_random()
+    fp32 = cached_onnx(loaded, H, W)
+    rng = np.random.default_rng(0)
+    frames = [
+        Preprocessor(H, W)(rng.integers(100, 156, (H, W, 3), dtype=np.uint8))[1] for _ in range(7)
+    ]
+    outlier = Preprocessor(H, W)(np.zeros((H, W, 3), np.uint8))[1]
+    outlier[0, :, 0, 0] = 40.0  # a handful of values far outside everything else
+    minmax = q.calibrate(fp32, iter([*frames, outlier]), 8)
+    percentile = q.calibrate(fp32, iter([*frames, outlier]), 8, method="percentile")
+    name = q.INPUT_NAME
+    assert (minmax.info["method"], percentile.info["method"]) == ("minmax", "percentile")
+    assert minmax.ranges[name][1] >= 40.0 > 2 * percentile.ranges[name][1]
+    ordinary = max(float(f.max()) for f in frames)
+    assert percentile.ranges[name][1] >= 0.9 * ordinary
+    with pytest.raises(ValueError, match="unknown calibration method 'entropy'"):
+        q.calibrate(fp32, iter(frames), 7, method="entropy")
+
+
 def test_a_table_for_another_graph_is_refused(tmp_path):
     loaded = _small_random()
     fp32 = cached_onnx(loaded, H, W)

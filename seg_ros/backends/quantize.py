@@ -92,6 +92,14 @@ SETTINGS = {
     "weights": "per-channel-symmetric",
     "fp32": "head",
 }
+# How a calibration turns the activations it saw into ranges: every value (MinMax, the default,
+# what seg_ros uses on a user's calibration data), or a histogram's central 99.99 % (a table can
+# ask for it: one outlier then stops widening a range for all the other values; chosen per
+# bundled model in scripts/make_calibration_tables.py).
+CALIBRATION_METHODS = {
+    "minmax": {},
+    "percentile": {"percentile": 99.99, "symmetric": False, "num_bins": 2048},
+}
 TABLE_FORMAT = 1
 # A table may miss this share of a graph's tensors (their nodes then stay fp32); more, and it is
 # a table for another network.
@@ -346,15 +354,21 @@ def calibrate(
     *,
     info: dict | None = None,
     desc: str = "INT8 calibration",
+    method: str = SETTINGS["calibration"],
 ) -> RangeTable:
     """Run ``count`` batches (N×3×H×W) through the fp32 graph; the ranges the quantiser needs.
 
-    Raises ValueError when the data gave fewer frames than ``count`` and lets
-    any data error through: a calibration on part of the data is never returned.
+    ``method`` is one of CALIBRATION_METHODS. Raises ValueError when the data gave fewer
+    frames than ``count`` and lets any data error through: a calibration on part of the data
+    is never returned.
     """
     import onnx
 
-    method, _, _, _, _, create_calibrator, _ = import_quantization()
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(
+            f"unknown calibration method {method!r}: expected one of {sorted(CALIBRATION_METHODS)}"
+        )
+    methods, _, _, _, _, create_calibrator, _ = import_quantization()
     model = onnx.load(str(fp32_onnx))
     excluded, _ = head_nodes(model)
     op_types = _quantised_op_types()
@@ -367,11 +381,16 @@ def calibrate(
             both,
             op_types,
             augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-            calibrate_method=method.MinMax,
+            calibrate_method=methods.MinMax if method == "minmax" else methods.Percentile,
+            extra_options=CALIBRATION_METHODS[method],
         )
         try:
-            while not reader.done:
-                calibrator.collect_data(reader)
+            while not reader.done and reader.seen < count:
+                try:
+                    calibrator.collect_data(reader)
+                except ValueError:  # histograms refuse a chunk that ended before any frame
+                    if not reader.done:
+                        raise
         finally:
             reader.close()
         if reader.seen != count:
@@ -393,7 +412,7 @@ def calibrate(
         raise ValueError(
             f"calibration found no range for {len(missing)} tensors, e.g. {min(missing)}"
         )
-    return RangeTable(ranges, dict(info or {}, frames=count, method=SETTINGS["calibration"]))
+    return RangeTable(ranges, dict(info or {}, frames=count, method=method))
 
 
 class _DropPreprocessingHint(logging.Filter):
