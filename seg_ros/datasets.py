@@ -322,11 +322,12 @@ class SegmentationDataset(Dataset):
         measures it; a donor holds at least 64 such pixels.
         """
         if self._paste_donors is None:
-            counts, image_pixels = class_pixel_counts(self)
-            present = counts > 0
-            freq = np.full(self.num_classes, np.inf)
-            freq[present] = counts[present] / image_pixels[present]
-            rare = np.flatnonzero(freq < np.median(freq[present])) if present.any() else []
+            freq, present = class_frequencies(self)
+            rare = (
+                np.flatnonzero(present & (freq < np.median(freq[present])))
+                if present.any()
+                else []
+            )
             donors = [i for i in range(len(self)) if np.isin(self.load(i)[1], rare).sum() >= 64]
             self._paste_donors = (np.asarray(rare, np.int64), donors)
         return self._paste_donors
@@ -425,20 +426,26 @@ def class_pixel_counts(dataset: SegmentationDataset) -> tuple[np.ndarray, np.nda
     return counts, image_pixels
 
 
+def class_frequencies(dataset: SegmentationDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Per class: pixel frequency over the images holding it (0 where absent), and presence."""
+    counts, image_pixels = class_pixel_counts(dataset)
+    present = counts > 0
+    freq = np.zeros(dataset.num_classes, np.float64)
+    freq[present] = counts[present] / image_pixels[present]
+    return freq, present
+
+
 def median_frequency_weights(dataset: SegmentationDataset) -> np.ndarray:
     """Median-frequency balancing (Eigen & Fergus, used by SegNet): w_c = median(f) / f_c.
 
     f_c is the pixel frequency of class c over the images that contain it.
     Classes absent from the data get weight 0 (they cannot be learnt anyway).
     """
-    counts, image_pixels = class_pixel_counts(dataset)
-    present = counts > 0
+    freq, present = class_frequencies(dataset)
     if not present.any():
         raise ValueError(
             "the training labels hold no valid class pixels (all void or out of range?)"
         )
-    freq = np.zeros(dataset.num_classes, np.float64)
-    freq[present] = counts[present] / image_pixels[present]
     weights = np.zeros(dataset.num_classes, np.float32)
     weights[present] = np.median(freq[present]) / freq[present]
     return weights
